@@ -1,0 +1,217 @@
+"""Headless front end: the same engine and model folders as the dock widget, for clusters and scripts.
+
+Option names are a promise to scripts: keep them. A bad value ends the program with one line naming the
+field (exit status 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from .config import MODES, ConfigError, TrainConfig
+from .events import CheckpointSaved, Finished, Progress, Started, Validation
+from .store import ModelError, ModelStore
+
+# option -> TrainConfig field, for every option that maps one-to-one
+FIELD_OPTIONS = {
+    "image": "image", "labels": "labels", "mode": "mode", "dims": "dims", "name": "name",
+    "voxel_size": "voxel_size", "window": "window", "gpus": "gpus", "workers": "workers", "lr": "lr",
+    "iteration_step": "iteration_step", "iteration_save": "iteration_save", "iterations": "iterations",
+    "batch_size": "batch_size", "time_limit": "time_limit_min", "validate_every": "validate_every",
+    "log_every": "log_every", "val_fraction": "val_fraction", "base_channels": "base_channels",
+    "depth": "depth", "stem_stride": "stem_stride", "seed": "seed",
+}
+
+
+def _window(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"window {text!r} must be sizes like 8,256,256 or 256,256") from None
+    if len(values) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"window {text!r} must have 2 (Y,X) or 3 (Z,Y,X) sizes")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="napari-plantbio-train",
+                                     description="Train and manage segmentation models for EM stacks.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a named model (or resume one)")
+    # Every default is None: "not given", so --resume can keep the stored job's values.
+    add = train.add_argument
+    add("--image", help="raw image stack (TIFF or .npy)")
+    add("--labels", help="label stack of the same shape (integer ids or classes)")
+    add("--mode", choices=MODES, help="semantic (classes) or instance (touching objects apart)")
+    add("--dims", choices=("2d", "3d"), help="2d: every slice on its own; 3d: the stack is one volume")
+    add("--name", required=True, help="unique model name (a safe folder name)")
+    add("--voxel-size", nargs=3, type=float, metavar=("X", "Y", "Z"), help="nm per pixel along x, y, z")
+    add("--window", type=_window, help="window size Z,Y,X (3d) or Y,X (2d)")
+    add("--gpus", type=int, help="number of GPUs (0: CPU; default: 1 if CUDA is present)")
+    add("--workers", type=int, help="CPU threads")
+    add("--lr", type=float, help="base learning rate")
+    add("--iteration-step", type=int, help="batches accumulated into one optimiser step")
+    add("--iteration-save", type=int, help="checkpoint every N iterations")
+    add("--iterations", type=int, help="iteration total")
+    add("--batch-size", type=int, help="samples per batch")
+    add("--time-limit", type=float, help="stop (with a checkpoint) after this many minutes")
+    add("--validate-every", type=int, help="score the held-out block every N iterations")
+    add("--log-every", type=int, help="write a metrics.csv row every N iterations")
+    add("--val-fraction", type=float, help="share of the stack held out for validation")
+    add("--base-channels", type=int, help="channels of the network's first level")
+    add("--depth", type=int, help="downsampling steps of the network")
+    add("--stem-stride", type=int, help="in-plane stride of the first layer (1, 2 or 4)")
+    add("--seed", type=int)
+    add("--models-dir", help="models folder (default: $PLANTBIO_MODELS_DIR or the user data folder)")
+    add("--resume", action="store_true", help="continue the named model from its last checkpoint")
+    add("--quiet", action="store_true", help="no progress bar")
+
+    models = commands.add_parser("models", help="list named models")
+    models.add_argument("--models-dir")
+    models.add_argument("--json", action="store_true", help="one JSON object per line")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    given = {field: getattr(args, option) for option, field in FIELD_OPTIONS.items()
+             if getattr(args, option) is not None}
+    if args.resume:
+        record = ModelStore(args.models_dir).record(args.name)
+        return record.config.replace(**given)
+    for required in ("image", "labels", "mode", "dims"):
+        if required not in given:
+            raise ConfigError(required, f"--{required} is required for a new model")
+    if "voxel_size" in given:
+        given["voxel_size"] = tuple(given["voxel_size"])
+    return TrainConfig(**given)
+
+
+def _run_train(args: argparse.Namespace, out: TextIO) -> int:
+    from .data import read_array
+    from .train import train
+
+    config = config_from_args(args)
+    if not config.image or not config.labels:
+        raise ConfigError("image" if not config.image else "labels", "a file path is needed")
+    try:
+        image, labels = read_array(config.image), read_array(config.labels)
+    except (OSError, ValueError) as exc:
+        raise ConfigError("image" if config.image in str(exc) else "labels", str(exc)) from None
+    bar = None if args.quiet else ProgressLine(out)
+    stop = threading.Event()
+    with _signals_set(stop):
+        for event in train(config, image, labels, models_dir=args.models_dir, resume=args.resume, stop=stop):
+            _report(event, config, bar, out)
+    return 0
+
+
+@contextlib.contextmanager
+def _signals_set(stop: threading.Event):
+    """Ctrl-C or a cluster's SIGTERM ends the job at the next iteration with a checkpoint to resume from."""
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _report(event: Any, config: TrainConfig, bar: "ProgressLine | None", out: TextIO) -> None:
+    if isinstance(event, Started):
+        print(f"training {config.name!r} on {event.device} from iteration {event.start_iteration} "
+              f"(window {event.window}); model folder {event.model_dir}", file=out)
+    elif isinstance(event, Progress) and bar:
+        bar.update(event)
+    elif isinstance(event, Validation):
+        _line(bar, out, f"iteration {event.iteration}: validation score {event.score:.4f}"
+                        + (" (best)" if event.is_best else ""))
+    elif isinstance(event, CheckpointSaved) and event.reason != "best":
+        _line(bar, out, f"checkpoint ({event.reason}) at iteration {event.iteration}: {event.path}")
+    elif isinstance(event, Finished):
+        _line(bar, out, f"finished ({event.reason}) at iteration {event.iteration}; best score "
+                        f"{'-' if event.best_score is None else f'{event.best_score:.4f}'}")
+
+
+def _line(bar: "ProgressLine | None", out: TextIO, text: str) -> None:
+    if bar:
+        bar.clear()
+    print(text, file=out, flush=True)
+
+
+class ProgressLine:
+    """A one-line progress bar redrawn in place, at most a few times a second."""
+
+    def __init__(self, out: TextIO, width: int = 30) -> None:
+        self.out, self.width, self.drawn_at, self.length = out, width, 0.0, 0
+
+    def update(self, event: Progress) -> None:
+        now = time.monotonic()
+        if now - self.drawn_at < 0.25 and event.iteration != event.total:
+            return
+        self.drawn_at = now
+        filled = int(self.width * event.iteration / max(1, event.total))
+        eta = "" if event.eta_seconds is None else f" ~{_duration(event.eta_seconds)} left"
+        text = (f"[{'#' * filled}{'.' * (self.width - filled)}] {event.iteration}/{event.total} "
+                f"loss {event.loss:.4f} lr {event.lr:.2e} {event.seconds_per_iteration:.2f}s/it{eta}")
+        self.out.write("\r" + text.ljust(self.length))
+        self.out.flush()
+        self.length = len(text)
+
+    def clear(self) -> None:
+        if self.length:
+            self.out.write("\r" + " " * self.length + "\r")
+            self.length = 0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _run_models(args: argparse.Namespace, out: TextIO) -> int:
+    store = ModelStore(args.models_dir)
+    records = store.records()
+    rows: list[dict[str, Any]] = [{
+        "name": r.name, "mode": r.config.mode, "dims": r.config.dims, "iterations": r.iterations_done,
+        "best_score": r.best_score, "score": r.score_name, "voxel_size": list(r.config.voxel_size),
+    } for r in records]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row), file=out)
+        return 0
+    if not rows:
+        print(f"no models in {store.root}", file=out)
+        return 0
+    print(f"{'name':<28} {'mode':<9} {'dims':<4} {'iterations':>10}  best validation score", file=out)
+    for row in rows:
+        score = "-" if row["best_score"] is None else f"{row['best_score']:.4f} ({row['score']})"
+        print(f"{row['name']:<28} {row['mode']:<9} {row['dims']:<4} {row['iterations']:>10}  {score}", file=out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _run_train(args, out)
+        return _run_models(args, out)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ModelError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

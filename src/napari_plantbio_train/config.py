@@ -1,0 +1,269 @@
+"""A training job as one validated, serialisable value.
+
+The widget, the command line and the saved model folder all speak this one dataclass, so a job started from
+napari can be re-run headless from its ``config.json`` and vice versa. Field names follow the older tool's
+training form (voxel size, window, #GPU, #CPU, base LR, iteration step/save/total, samples per batch, name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Mode = Literal["semantic", "instance"]
+Dims = Literal["2d", "3d"]
+
+MODES: tuple[str, ...] = ("semantic", "instance")
+DIMS: tuple[str, ...] = ("2d", "3d")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_WINDOW_XY = 256
+DEFAULT_WINDOW_Z = 8
+
+
+class ConfigError(ValueError):
+    """A job field holds a value the engine cannot use; ``field`` lets a form put the message beside it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@dataclass
+class TrainConfig:
+    """Every field of the training form; only ``name`` (plus the data) has no working default."""
+
+    name: str
+    mode: Mode = "semantic"
+    dims: Dims = "3d"
+    image: str | None = None
+    labels: str | None = None
+    voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)  # x, y, z in nm, as on the form
+    window: tuple[int, ...] | None = None  # (z, y, x) in 3D, (y, x) in 2D; None picks one from the image
+    gpus: int | None = None  # None: one GPU when CUDA is present, else the CPU
+    workers: int = field(default_factory=default_workers)
+    lr: float = 1e-3
+    iteration_step: int = 1  # gradient accumulation: windows of this many batches make one optimiser step
+    iteration_save: int = 500
+    iterations: int = 5000
+    batch_size: int = 2
+    time_limit_min: float | None = None
+    validate_every: int = 200
+    log_every: int = 10
+    val_fraction: float = 0.15
+    base_channels: int = 16
+    depth: int = 4
+    stem_stride: int = 1
+    seed: int = 0
+
+    # ----- derived values -------------------------------------------------------------------------------------
+    @property
+    def spatial_dims(self) -> int:
+        return 2 if self.dims == "2d" else 3
+
+    @property
+    def anisotropy(self) -> float:
+        """z spacing over in-plane spacing: the network keeps flat kernels while z is much coarser."""
+        x, y, z = self.voxel_size
+        return float(z) / ((float(x) + float(y)) / 2.0)
+
+    @property
+    def out_channels(self) -> int | None:
+        return 2 if self.mode == "instance" else None
+
+    def device(self) -> str:
+        gpus = self.gpus if self.gpus is not None else min(1, cuda_device_count())
+        return "cuda" if gpus >= 1 else "cpu"
+
+    def network_kwargs(self, image_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+        """Constructor arguments of the network this job trains (input and output channels aside).
+
+        In 3D, z is halved at most as often as the window's z size allows: a stack of a few serial sections
+        cannot be pooled along z as often as in-plane, whatever the voxel size says.
+        """
+        kwargs: dict[str, Any] = dict(spatial_dims=self.spatial_dims, base_channels=self.base_channels,
+                                      depth=self.depth, anisotropy=self.anisotropy, stem_stride=self.stem_stride)
+        if self.spatial_dims == 3:
+            z = None
+            if self.window is not None and len(self.window) == 3:
+                z = int(self.window[0])
+            elif image_shape is not None and _stack_shape(image_shape) is not None:
+                z = min(DEFAULT_WINDOW_Z, _stack_shape(image_shape)[0])
+            if z is not None and z >= 1:
+                kwargs["max_z_pools"] = int(math.log2(z))
+        return kwargs
+
+    def network_divisor(self, image_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """What every window axis must be divisible by, from the network this job builds."""
+        from .model import UNet
+
+        net = UNet(in_channels=1, out_channels=1, max_channels=1,
+                   **{**self.network_kwargs(image_shape), "base_channels": 1})
+        return tuple(net.divisor)
+
+    def resolved_window(self, image_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """The window the job trains with: the given one, or a default that fits the image and the network."""
+        if self.window is not None:
+            window = tuple(int(w) for w in self.window)
+            if self.spatial_dims == 2 and len(window) == 3 and window[0] == 1:
+                window = window[1:]
+            return window
+        divisor = self.network_divisor(image_shape)
+        xy = [DEFAULT_WINDOW_XY] * 2
+        z = [DEFAULT_WINDOW_Z] if self.spatial_dims == 3 else []
+        window = list(z + xy)
+        if image_shape is not None:
+            spatial = _stack_shape(image_shape)[-len(window):]
+            window = [min(w, (s // d) * d) if s >= d else w for w, s, d in zip(window, spatial, divisor)]
+        return tuple(max(d, (w // d) * d) for w, d in zip(window, divisor))
+
+    # ----- validation -----------------------------------------------------------------------------------------
+    def problems(self, *, image_shape: tuple[int, ...] | None = None, labels_shape: tuple[int, ...] | None = None,
+                 models_dir: str | Path | None = None, resume: bool = False) -> list[ConfigError]:
+        """Every rule the job breaks, so a form can mark all wrong fields at once."""
+        found: list[ConfigError] = []
+
+        def bad(name: str, message: str) -> None:
+            found.append(ConfigError(name, message))
+
+        if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
+            bad("name", f"{self.name!r} is not a safe folder name: use 1-64 letters, digits, '.', '_' or '-', "
+                        "starting with a letter or digit")
+        elif models_dir is not None:
+            from .store import ModelStore
+
+            taken = ModelStore(models_dir).exists(self.name)
+            if taken and not resume:
+                bad("name", f"a model named {self.name!r} already exists in {models_dir}; pick another name "
+                            "or resume it")
+            if resume and not taken:
+                bad("name", f"there is no model named {self.name!r} in {models_dir} to resume")
+        if self.mode not in MODES:
+            bad("mode", f"{self.mode!r} is not one of {', '.join(MODES)}")
+        if self.dims not in DIMS:
+            bad("dims", f"{self.dims!r} is not one of {', '.join(DIMS)}")
+        if len(self.voxel_size) != 3 or not all(_positive_number(v) for v in self.voxel_size):
+            bad("voxel_size", f"{self.voxel_size!r} must be three positive numbers of nm per pixel (x, y, z)")
+        for name in ("workers", "iteration_step", "iteration_save", "iterations", "batch_size", "validate_every",
+                     "log_every", "base_channels", "depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                bad(name, f"{value!r} must be a whole number of at least 1")
+        if self.stem_stride not in (1, 2, 4):
+            bad("stem_stride", f"{self.stem_stride!r} must be 1, 2 or 4")
+        if not _positive_number(self.lr) or self.lr > 1:
+            bad("lr", f"{self.lr!r} must be a positive number no larger than 1 (typical: 1e-4 to 3e-3)")
+        if self.time_limit_min is not None and not _positive_number(self.time_limit_min):
+            bad("time_limit_min", f"{self.time_limit_min!r} must be a positive number of minutes, or empty")
+        if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction < 0.5):
+            bad("val_fraction", f"{self.val_fraction!r} must lie between 0 and 0.5")
+        self._check_gpus(bad)
+        if found:
+            return found  # window rules need a sane network description
+        self._check_window(bad, image_shape, labels_shape)
+        return found
+
+    def validate(self, **context: Any) -> "TrainConfig":
+        """Raise the first problem (the CLI prints one line); return self so calls chain."""
+        found = self.problems(**context)
+        if found:
+            raise found[0]
+        return self
+
+    def _check_gpus(self, bad) -> None:
+        if self.gpus is None:
+            return
+        if not isinstance(self.gpus, int) or isinstance(self.gpus, bool) or self.gpus < 0:
+            bad("gpus", f"{self.gpus!r} must be a whole number, 0 for the CPU")
+            return
+        present = cuda_device_count()
+        if self.gpus > present:
+            bad("gpus", f"{self.gpus} requested but this machine has {present} CUDA GPU(s); use {present}")
+        elif self.gpus > 1:
+            bad("gpus", f"{self.gpus} GPUs: this version trains on one device; use 1")
+
+    def _check_window(self, bad, image_shape, labels_shape) -> None:
+        if image_shape is not None:
+            stack = _stack_shape(image_shape)
+            if stack is None:
+                bad("image", f"shape {tuple(image_shape)} is not a 2D image or a 3D stack of one channel")
+                return
+            if self.spatial_dims == 3 and stack[0] < 2:
+                bad("dims", "3d needs a stack of several slices; this image is a single 2D slice, use 2d")
+                return
+            if labels_shape is not None and _stack_shape(labels_shape) != stack:
+                bad("labels", f"shape {tuple(labels_shape)} differs from the image's {tuple(image_shape)}")
+        window = self.resolved_window(image_shape)
+        if len(window) != self.spatial_dims:
+            want = "(z, y, x)" if self.spatial_dims == 3 else "(y, x)"
+            bad("window", f"{window!r} must have {self.spatial_dims} sizes {want} in {self.dims} mode")
+            return
+        if not all(isinstance(w, int) and w >= 1 for w in window):
+            bad("window", f"{window!r} must be whole numbers of pixels")
+            return
+        divisor = self.network_divisor(image_shape)
+        for axis, w, d in zip("zyx"[-len(window):], window, divisor):
+            if w % d:
+                lower, upper = max(d, (w // d) * d), (w // d + 1) * d
+                nearest = upper if (upper - w) <= (w - lower) or lower == w else lower
+                bad("window", f"{axis} size {w} does not fit the network's downsampling by {d}: "
+                              f"the nearest valid size is {nearest}")
+                return
+        if image_shape is not None:
+            spatial = _stack_shape(image_shape)[-len(window):]
+            for axis, w, s in zip("zyx"[-len(window):], window, spatial):
+                if w > s:
+                    bad("window", f"{axis} size {w} is larger than the image ({s} pixels along {axis})")
+                    return
+
+    # ----- serialisation --------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["voxel_size"] = list(self.voxel_size)
+        out["window"] = None if self.window is None else list(self.window)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(unknown[0], f"is not a field of a training job (fields: {', '.join(sorted(known))})")
+        values = dict(data)
+        if values.get("voxel_size") is not None:
+            values["voxel_size"] = tuple(float(v) for v in values["voxel_size"])
+        if values.get("window") is not None:
+            values["window"] = tuple(int(v) for v in values["window"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _stack_shape(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """Every array is handled as (Z, Y, X); a 2D image is a stack of one slice."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 2:
+        return (1, *shape)
+    if len(shape) == 3:
+        return shape  # type: ignore[return-value]
+    return None

@@ -1,0 +1,183 @@
+"""Arrays in, training windows out.
+
+Everything here works on (Z, Y, X) stacks; a 2D image is a stack of one slice, and a 2D job simply draws
+windows one slice thick. Intensities are normalised with statistics of the whole training stack (saved with
+the model), never per window: the absolute brightness is what tells a dark organelle from a dark but
+featureless region, and per-window scaling throws that away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import ConfigError
+
+Region = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # (start, stop) for z, y, x
+
+
+def read_array(path: str | Path) -> np.ndarray:
+    """Read a stack from TIFF (including LZW/zlib-compressed lab files) or .npy."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        return tifffile.imread(path)
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    raise ValueError(f"{path}: unsupported file type {suffix!r} (use .tif, .tiff or .npy)")
+
+
+def as_stack(array: np.ndarray, *, field: str) -> np.ndarray:
+    """A (Z, Y, X) view of a 2D image or a 3D stack; anything else is refused with the field's name."""
+    array = np.asarray(array)
+    if array.ndim == 2:
+        return array[np.newaxis]
+    if array.ndim == 3 and not (array.shape[-1] in (3, 4) and array.dtype == np.uint8 and array.shape[0] > 4):
+        return array
+    raise ConfigError(field, f"shape {array.shape} is not a single-channel 2D image or 3D stack "
+                             "(colour or multi-channel images are not supported)")
+
+
+def check_image(array: np.ndarray, *, field: str = "image") -> None:
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.number):
+        raise ConfigError(field, f"dtype {array.dtype} is not a numeric image type")
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise ConfigError(field, "complex images are not supported")
+    if array.size == 0:
+        raise ConfigError(field, "the image is empty")
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Maps raw intensities so that the 0.5th and 99.5th percentiles of the training stack become 0 and 1.
+
+    Robust percentiles rather than min/max keep a few saturated pixels from squeezing the contrast; the values
+    are not clipped, so nothing the network could use is lost, whatever the dtype or range of the stack.
+    """
+
+    low: float
+    high: float
+
+    @classmethod
+    def fit(cls, image: np.ndarray, max_samples: int = 2_000_000) -> "Normalisation":
+        flat = np.asarray(image).reshape(-1)
+        step = max(1, flat.size // max_samples)
+        sample = flat[::step].astype(np.float64)
+        low, high = np.percentile(sample, [0.5, 99.5])
+        if not np.isfinite(low) or not np.isfinite(high):
+            raise ConfigError("image", "contains NaN or infinite values")
+        if high <= low:
+            high = low + 1.0  # a constant image: keep it finite rather than dividing by zero
+        return cls(float(low), float(high))
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        out = np.asarray(array, dtype=np.float32) - np.float32(self.low)
+        out *= np.float32(1.0 / (self.high - self.low))
+        return out
+
+    def to_dict(self) -> dict[str, float]:
+        return {"low": self.low, "high": self.high}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, float]) -> "Normalisation":
+        return cls(float(data["low"]), float(data["high"]))
+
+
+def split_validation(shape: tuple[int, int, int], window: tuple[int, int, int], fraction: float,
+                     has_labels: np.ndarray | None = None) -> tuple[Region, Region]:
+    """Hold out a block at one end of the longest in-plane axis (a block, so validation never sees a pixel
+    of a training window). Returns (train region, validation region)."""
+    axis = 1 if shape[1] >= shape[2] else 2
+    length, win = shape[axis], window[axis]
+    size = max(int(round(length * fraction)), min(32, length))
+    size = min(size, length - win)
+    if size < min(16, win):
+        raise ConfigError("window", f"{'zyx'[axis]} size {win} leaves no room for a validation block in an image "
+                                    f"of {length} pixels along {'zyx'[axis]}; use a window of at most "
+                                    f"{max(1, length - 32)}")
+    full = [(0, s) for s in shape]
+    ends = [(length - size, length), (0, size)]
+    for val_span in ends:
+        train_span = (0, length - size) if val_span[0] > 0 else (size, length)
+        val, train = list(full), list(full)
+        val[axis], train[axis] = val_span, train_span
+        if has_labels is None or _any_in(has_labels, tuple(val)):
+            break
+    return tuple(train), tuple(val)  # type: ignore[return-value]
+
+
+def _any_in(mask: np.ndarray, region: Region) -> bool:
+    return bool(mask[tuple(slice(a, b) for a, b in region)].any())
+
+
+def crop(array: np.ndarray, region: Region) -> np.ndarray:
+    return array[(Ellipsis, *[slice(a, b) for a, b in region])]
+
+
+class WindowSampler:
+    """Random training windows from a region of a stack, half of them centred on a labelled object.
+
+    Objects are often a small share of an EM stack (under 10% of the chloroplast set); uniform windows would
+    mostly teach the network what background looks like.
+    """
+
+    def __init__(self, image: np.ndarray, target: np.ndarray, foreground: np.ndarray, region: Region,
+                 window: tuple[int, int, int], normalisation: Normalisation, rng: np.random.Generator,
+                 object_fraction: float = 0.5, augment: bool = True) -> None:
+        self.image, self.target, self.region = image, target, region
+        self.window, self.norm, self.rng = window, normalisation, rng
+        self.object_fraction, self.augment = object_fraction, augment
+        for axis, ((a, b), w) in enumerate(zip(region, window)):
+            if b - a < w:
+                raise ConfigError("window", f"{'zyx'[axis]} size {w} is larger than the training region "
+                                            f"({b - a} pixels)")
+        fg = crop(foreground, region)
+        coords = np.flatnonzero(fg[:, ::4, ::4])  # every 16th pixel is plenty to aim at objects
+        self.object_coords = coords
+        self._fg_shape = fg[:, ::4, ::4].shape
+        self.square = window[1] == window[2]
+
+    def _corner(self) -> list[int]:
+        if self.object_coords.size and self.rng.random() < self.object_fraction:
+            z, y, x = np.unravel_index(self.rng.choice(self.object_coords), self._fg_shape)
+            centre = (z, y * 4, x * 4)
+            corner = [c + a - w // 2 + int(self.rng.integers(-w // 4, w // 4 + 1))
+                      for c, (a, _), w in zip(centre, self.region, self.window)]
+        else:
+            corner = [int(self.rng.integers(a, b - w + 1)) for (a, b), w in zip(self.region, self.window)]
+        return [min(max(c, a), b - w) for c, (a, b), w in zip(corner, self.region, self.window)]
+
+    def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(B, 1, Z, Y, X) float32 images and (B, ..., Z, Y, X) targets, augmented alike."""
+        xs, ys = [], []
+        for _ in range(batch):
+            corner = self._corner()
+            sl = tuple(slice(c, c + w) for c, w in zip(corner, self.window))
+            x = self.norm.apply(self.image[sl])
+            y = self.target[(Ellipsis, *sl)]
+            if self.augment:
+                x, y = self._augment(x, y)
+            xs.append(x)
+            ys.append(y)
+        return np.stack(xs)[:, np.newaxis], np.stack(ys)
+
+    def _augment(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rng = self.rng
+        axes = [-1, -2] + ([-3] if self.window[0] > 1 else [])
+        for axis in axes:
+            if rng.random() < 0.5:
+                x, y = np.flip(x, axis), np.flip(y, axis)
+        k = int(rng.integers(4)) if self.square else 2 * int(rng.integers(2))
+        if k:
+            x, y = np.rot90(x, k, axes=(-2, -1)), np.rot90(y, k, axes=(-2, -1))
+        # Intensity jitter in normalised units: EM contrast and brightness drift between sessions and sections.
+        x = x * np.float32(rng.uniform(0.85, 1.15)) + np.float32(rng.uniform(-0.1, 0.1))
+        if rng.random() < 0.3:
+            x = x + rng.normal(0.0, 0.03, size=x.shape).astype(np.float32)
+        return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)

@@ -1,0 +1,72 @@
+"""What a long job tells its observers, as small immutable values.
+
+Training (and later auto-labelling) are generators of these events; the dock widget, the command line and the
+tests consume the same stream, so nothing about progress reporting lives in any one front end. Arrays in events
+are fresh numpy copies, never tensors still being trained, so they may cross threads safely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Started:
+    model_dir: Path
+    total_iterations: int
+    start_iteration: int
+    window: tuple[int, ...]
+    device: str
+    validation_region: tuple[tuple[int, int], ...]  # (start, stop) per (z, y, x) axis of the given stack
+
+
+@dataclass(frozen=True)
+class Progress:
+    iteration: int
+    total: int
+    loss: float
+    lr: float
+    seconds_per_iteration: float
+    data_seconds: float  # of the last iteration, spent waiting for windows rather than computing
+    eta_seconds: float | None
+
+
+@dataclass(frozen=True)
+class Validation:
+    iteration: int
+    score: float  # the one number to watch: mean IoU (semantic) or matched-object F1 at IoU 0.5 (instance)
+    metrics: dict[str, float] = field(default_factory=dict)
+    is_best: bool = False
+
+
+@dataclass(frozen=True)
+class Preview:
+    """Predictions on the validation region, placed by ``offset`` (z, y, x) in the given stack."""
+
+    iteration: int
+    probabilities: np.ndarray  # (K, Z, Y, X) float32 in [0, 1]
+    labels: np.ndarray  # (Z, Y, X) integer: original class values (semantic) or object ids (instance)
+    offset: tuple[int, int, int]
+    channel_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    iteration: int
+    path: Path
+    reason: str  # "save" (every iteration_save), "best", "stop" or "final"
+
+
+@dataclass(frozen=True)
+class Finished:
+    iteration: int
+    model_dir: Path
+    stopped: bool  # a stop request or the time limit ended the job before its iteration total
+    reason: str  # "completed", "stopped" or "time limit"
+    best_score: float | None
+
+
+Event = Started | Progress | Validation | Preview | CheckpointSaved | Finished
