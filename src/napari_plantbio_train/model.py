@@ -1,0 +1,164 @@
+"""One residual U-Net for 2D images and 3D stacks.
+
+Serial-section EM stacks are often ten times coarser along z than in-plane, so the network follows nnU-Net's
+rule: while z is still much coarser than x/y it convolves and pools in-plane only, and turns isotropic once the
+in-plane pooling has caught up. GroupNorm instead of BatchNorm because CPU training runs batches of 1 or 2.
+Skip connections concatenate (the decoder sees encoder features unchanged, not blended with upsampled ones).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+_OPS: dict[int, tuple[type[nn.Module], type[nn.Module], type[nn.Module]]] = {
+    2: (nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d),
+    3: (nn.Conv3d, nn.ConvTranspose3d, nn.MaxPool3d),
+}
+STEM_STRIDES = (1, 2, 4)
+
+
+def nearest_valid_size(size: int, divisor: int) -> int:
+    """The multiple of ``divisor`` closest to ``size`` (ties go up), never below ``divisor`` itself."""
+    below = (size // divisor) * divisor
+    above = below if below == size else below + divisor
+    if below < divisor:
+        return max(above, divisor)
+    return below if size - below < above - size else above
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    groups = next(g for g in range(min(8, channels), 0, -1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels)
+
+
+class ResBlock(nn.Module):
+    """conv-norm-act-conv-norm plus a shortcut; the 1x1 projection appears only when the width changes."""
+
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, kernel: tuple[int, ...]) -> None:
+        super().__init__()
+        conv = _OPS[spatial_dims][0]
+        pad = tuple(k // 2 for k in kernel)
+        self.body = nn.Sequential(
+            conv(in_ch, out_ch, kernel, padding=pad, bias=False), _norm(out_ch), nn.ReLU(inplace=True),
+            conv(out_ch, out_ch, kernel, padding=pad, bias=False), _norm(out_ch),
+        )
+        self.shortcut = nn.Identity() if in_ch == out_ch else conv(in_ch, out_ch, 1, bias=False)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+class UNet(nn.Module):
+    """Encoder-decoder with ``depth`` downsampling steps; returns per-pixel logits at the input's resolution.
+
+    ``anisotropy`` is the z voxel size over the in-plane voxel size (3D only). ``stem_stride`` runs the whole
+    U-Net at 1/2 or 1/4 of the in-plane resolution and learns the way back up, which makes CPU training of
+    large windows affordable at some cost in boundary precision.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, *, base_channels: int = 16,
+                 depth: int = 4, anisotropy: float = 1.0, stem_stride: int = 1, max_channels: int = 256,
+                 max_z_pools: int | None = None) -> None:
+        super().__init__()
+        if spatial_dims not in _OPS:
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if stem_stride not in STEM_STRIDES:
+            raise ValueError(f"stem_stride must be one of {STEM_STRIDES}, got {stem_stride}")
+        if depth < 0 or min(in_channels, out_channels, base_channels, max_channels) < 1:
+            raise ValueError("depth must be >= 0 and every channel count >= 1")
+        if not anisotropy > 0:
+            raise ValueError(f"anisotropy must be positive, got {anisotropy}")
+        self.spec: dict[str, Any] = dict(
+            spatial_dims=int(spatial_dims), in_channels=int(in_channels), out_channels=int(out_channels),
+            base_channels=int(base_channels), depth=int(depth), anisotropy=float(anisotropy),
+            stem_stride=int(stem_stride), max_channels=int(max_channels),
+            max_z_pools=None if max_z_pools is None else int(max_z_pools))
+        conv, up_conv, pool = _OPS[spatial_dims]
+        d, s = spatial_dims, stem_stride
+
+        # Spacing per axis in units of the input's in-plane voxel; in 2D only the in-plane rule applies.
+        spacing = [float(anisotropy), 1.0, 1.0] if d == 3 else [1.0, 1.0]
+
+        def flat() -> bool:
+            return d == 3 and spacing[0] > 2 * spacing[1]
+
+        def kernel() -> tuple[int, ...]:
+            return (1, 3, 3) if flat() else (3,) * d
+
+        self.stem: nn.Module = nn.Identity()
+        self.stem_up: nn.Module = nn.Identity()
+        in_ch = in_channels
+        if s > 1:
+            # Overlapping (2s-1) in-plane kernel so no input pixel is skipped; z keeps full resolution.
+            k = (kernel()[0], 2 * s - 1, 2 * s - 1) if d == 3 else (2 * s - 1,) * 2
+            stride = (1, s, s) if d == 3 else (s, s)
+            pad = tuple(kk // 2 for kk in k)
+            self.stem = nn.Sequential(conv(in_channels, base_channels, k, stride=stride, padding=pad, bias=False),
+                                      _norm(base_channels), nn.ReLU(inplace=True))
+            self.stem_up = nn.Sequential(up_conv(base_channels, base_channels, stride, stride=stride),
+                                         _norm(base_channels), nn.ReLU(inplace=True))
+            in_ch = base_channels
+            spacing[-2:] = [spacing[-1] * s] * 2
+
+        widths = [min(base_channels * 2**i, max_channels) for i in range(depth + 1)]
+        kernels, pools = [], []
+        z_pools_left = depth if max_z_pools is None else max_z_pools
+        for _ in range(depth):
+            kernels.append(kernel())
+            # A thin stack (a few serial sections) cannot be halved along z as often as in-plane.
+            pool_z = d == 3 and not flat() and z_pools_left > 0
+            pools.append((2,) * d if pool_z or d == 2 else (1, 2, 2))
+            z_pools_left -= int(pool_z)
+            spacing = [sp * p for sp, p in zip(spacing, pools[-1])]
+        kernels.append(kernel())
+
+        self.encoders = nn.ModuleList()
+        for width, k in zip(widths, kernels):
+            self.encoders.append(ResBlock(d, in_ch, width, k))
+            in_ch = width
+        self.pools = nn.ModuleList(pool(p, stride=p) for p in pools)
+        self.ups = nn.ModuleList(up_conv(widths[i + 1], widths[i], pools[i], stride=pools[i])
+                                 for i in range(depth))
+        self.decoders = nn.ModuleList(ResBlock(d, 2 * widths[i], widths[i], kernels[i]) for i in range(depth))
+        self.head = conv(widths[0], out_channels, 1)
+
+        divisor = [1] * d
+        for p in pools:
+            divisor = [a * b for a, b in zip(divisor, p)]
+        divisor[-2:] = [divisor[-2] * s, divisor[-1] * s]
+        self.divisor: tuple[int, ...] = tuple(divisor)
+        self.kernels: tuple[tuple[int, ...], ...] = tuple(kernels)
+        self.pool_factors: tuple[tuple[int, ...], ...] = tuple(pools)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> UNet:
+        return cls(**spec)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Fail before any compute, with the size to use instead, rather than deep inside a concatenation."""
+        d = self.spec["spatial_dims"]
+        if x.ndim != d + 2:
+            raise ValueError(f"expected a (B, C, {', '.join('ZYX'[-d:])}) tensor, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.spec["in_channels"]:
+            raise ValueError(f"expected {self.spec['in_channels']} input channels, got {x.shape[1]}")
+        for axis, size, div in zip("zyx"[-d:], x.shape[2:], self.divisor):
+            if size % div:
+                raise ValueError(f"axis {axis} has size {size}, which is not divisible by {div}; the nearest "
+                                 f"valid size is {nearest_valid_size(size, div)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        x = self.stem(x)
+        skips = []
+        for i, encoder in enumerate(self.encoders):
+            x = encoder(x)
+            if i < len(self.pools):
+                skips.append(x)
+                x = self.pools[i](x)
+        for up, decoder, skip in zip(reversed(self.ups), reversed(self.decoders), reversed(skips)):
+            x = decoder(torch.cat([up(x), skip], dim=1))
+        return self.head(self.stem_up(x))

@@ -1,0 +1,123 @@
+"""Label arrays to the targets a network trains on.
+
+Semantic models learn one class index per pixel. Instance models learn two maps, foreground and contour, so
+that ``foreground & ~contour`` leaves one seed per object even where objects touch; a watershed from those
+seeds then recovers the objects. Contours are drawn in-plane, slice by slice, because EM stacks are much
+coarser along z: an object's first and last slices would otherwise be all contour and lose their seeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.segmentation import find_boundaries
+
+from .config import ConfigError
+
+# Label dtypes small enough to count every possible value with one bincount instead of sorting the stack.
+_COUNTABLE = (np.bool_, np.uint8, np.uint16)
+_LOOKUP_LIMIT = 1 << 24
+
+
+def check_label_array(labels: np.ndarray, *, field: str = "labels") -> None:
+    """Reject the usual wrong layers (an image, a colour rendering) before they become nonsense targets.
+
+    Raises ``ConfigError`` (a ``ValueError``) whose field lets a form show the message beside the input.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype == np.bool_:
+        return
+    if labels.dtype.kind == "f":
+        if labels.size and np.all(np.isfinite(labels)) and np.array_equal(labels, np.round(labels)):
+            raise ConfigError(field, f"holds whole numbers but as {labels.dtype}; a label array must have an "
+                                     "integer type (convert it with .astype(np.uint16) or pick a labels layer)")
+        raise ConfigError(field, f"is a {labels.dtype} array with fractional values, which looks like an "
+                                 "image; pick a labels layer with one integer id per pixel")
+    if labels.dtype.kind not in "iu":
+        raise ConfigError(field, f"has dtype {labels.dtype}; a label array must hold integers")
+    if (labels.ndim >= 3 and labels.dtype == np.uint8 and labels.shape[-1] in (3, 4)
+            and min(labels.shape[-3], labels.shape[-2]) > 4):
+        raise ConfigError(field, f"looks like an RGB{'A' if labels.shape[-1] == 4 else ''} colour image (uint8, "
+                                 f"shape {labels.shape}); a label array holds one integer id per pixel, not "
+                                 "one colour")
+
+
+def class_values(labels: np.ndarray) -> list[int]:
+    """Sorted unique label values (0 = background included if present) -> the class list of a semantic model."""
+    labels = np.asarray(labels)
+    check_label_array(labels)
+    if labels.dtype.type in _COUNTABLE:
+        return np.flatnonzero(np.bincount(labels.ravel().astype(np.intp, copy=False))).tolist()
+    return [int(v) for v in np.unique(labels)]
+
+
+def semantic_target(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """int64 class index per pixel: the position of each pixel's value in ``values``.
+
+    ``values`` comes from training (``class_values`` of the training labels), so a value outside it means the
+    labels and the model disagree about the classes; that is an error rather than a silent background.
+    """
+    labels = np.asarray(labels)
+    check_label_array(labels)
+    if labels.dtype == np.bool_:
+        labels = labels.view(np.uint8)
+    table = np.asarray([int(v) for v in values], dtype=np.int64)
+    if len(np.unique(table)) != len(table):
+        raise ValueError(f"class values must be distinct, got {list(values)}")
+    if labels.size == 0:
+        return np.zeros(labels.shape, dtype=np.int64)
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo >= 0 and hi < _LOOKUP_LIMIT:
+        lut = np.full(hi + 1, -1, dtype=np.int64)
+        inside = (table >= 0) & (table <= hi)
+        lut[table[inside]] = np.flatnonzero(inside)
+        target = lut[labels]
+    else:
+        order = np.argsort(table)
+        pos = np.clip(np.searchsorted(table[order], labels), 0, len(table) - 1)
+        target = np.where(table[order][pos] == labels, order[pos], -1)
+    unknown = target < 0
+    if unknown.any():
+        missing = np.unique(labels[unknown])
+        shown = ", ".join(str(v) for v in missing[:10]) + (", ..." if len(missing) > 10 else "")
+        raise ValueError(f"label value(s) {shown} are not among the model's classes {table.tolist()}")
+    return target
+
+
+def instance_targets(labels: np.ndarray, *, per_slice: bool, contour_width: int = 2) -> np.ndarray:
+    """float32 array of shape (2, *labels.shape): channel 0 foreground (labels > 0), channel 1 contour.
+
+    Each object gets ``ceil(contour_width / 2)`` pixels of contour along every border with a different id
+    (another object or background), so two touching objects are split by about ``contour_width`` pixels and
+    their seeds never touch, not even diagonally. Contours never cover background. With ``per_slice=False``
+    the ids are 3D objects, so voxels stacked on a different object along z are contour too.
+    """
+    labels = np.asarray(labels)
+    check_label_array(labels)
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"labels must be (Z, Y, X) or (Y, X), got shape {labels.shape}")
+    if contour_width < 1:
+        raise ValueError(f"contour_width must be at least 1, got {contour_width}")
+    if labels.dtype == np.bool_:
+        labels = labels.view(np.uint8)
+    stack = labels if labels.ndim == 3 else labels[None]
+    foreground = stack > 0
+    contour = np.empty(stack.shape, dtype=bool)
+    grow = (contour_width + 1) // 2 - 1
+    cross = ndi.generate_binary_structure(2, 1)
+    for z, plane in enumerate(stack):
+        edge = find_boundaries(plane, mode="inner", connectivity=1)
+        if grow:
+            # Any object pixel within `grow` steps of an edge pixel is itself that close to another id.
+            edge = ndi.binary_dilation(edge, structure=cross, iterations=grow)
+        np.logical_and(edge, foreground[z], out=contour[z])
+    if not per_slice and len(stack) > 1:
+        stacked = (stack[1:] != stack[:-1]) & foreground[1:] & foreground[:-1]
+        contour[1:] |= stacked
+        contour[:-1] |= stacked
+    out = np.empty((2, *stack.shape), dtype=np.float32)
+    out[0] = foreground
+    out[1] = contour
+    return out.reshape((2, *labels.shape))
