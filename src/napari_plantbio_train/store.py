@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,7 +134,7 @@ class ModelStore:
             return torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError as exc:
             raise ModelError(f"checkpoint {path} is missing") from exc
-        except (RuntimeError, ValueError, EOFError, OSError) as exc:
+        except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as exc:
             raise ModelError(f"{path} is not a checkpoint this plugin can read safely: {exc}") from exc
 
     def load_model(self, name: str, which: str = "best"):

@@ -1,0 +1,176 @@
+"""Whole-stack prediction from a network trained on small windows.
+
+A network sees only a window at a time, and its outputs are least reliable near a window's border, where the
+receptive field runs off the data. Overlapping windows are therefore blended with Gaussian weights that trust
+each window's centre most; dividing the weighted sum by the summed weights keeps the blend an average, so a
+network that returns its input returns the stack unchanged and a constant network leaves no seams. One code
+path serves 2D and 3D windows (`ndim = image.ndim - 1`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+ProgressCallback = Callable[[int, int], None]
+
+# Far corners of a 3D Gaussian window fall to ~1e-11; a floor keeps every voxel covered by a non-zero weight
+# (no division by zero where only window corners reach) while staying far below the centre's weight of 1.
+_MIN_WEIGHT = 1e-3
+
+
+def gaussian_weights(window: tuple[int, ...], sigma_scale: float = 0.125) -> np.ndarray:
+    """Blending weights for one window, highest at its centre, where the network sees the most context."""
+    if any(size < 1 for size in window):
+        raise ValueError(f"window sizes must be positive, got {window}")
+    if sigma_scale <= 0:
+        raise ValueError(f"sigma_scale must be positive, got {sigma_scale}")
+    weights = np.ones((), dtype=np.float64)
+    for size in window:
+        sigma = size * sigma_scale
+        offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2
+        profile = np.exp(-0.5 * (offsets / sigma) ** 2)
+        weights = np.multiply.outer(weights, profile / profile.max())
+    return np.maximum(weights, _MIN_WEIGHT).astype(np.float32)
+
+
+def window_starts(size: int, window: int, overlap: float) -> list[int]:
+    """Window origins along one axis; the last is moved back to end at `size` so no edge goes unpredicted."""
+    if window < 1:
+        raise ValueError(f"window must be positive, got {window}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if size <= window:
+        return [0]
+    stride = max(1, round(window * (1 - overlap)))
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] + window < size:
+        starts.append(size - window)
+    return starts
+
+
+def sliding_window(predictor: Predictor, image: torch.Tensor, window: tuple[int, ...], *, overlap: float = 0.5,
+                   batch_size: int = 1, out_channels: int | None = None,
+                   progress: ProgressCallback | None = None) -> torch.Tensor:
+    """Predict an image of any size with a network that takes fixed windows.
+
+    `image` is (C, *spatial); the predictor gets (B, C, *window) batches on the image's device (it moves them to
+    the model's device itself) and returns (B, K, *window); outputs are accumulated on the image's device, so a
+    large stack can stay in host memory while the model runs on a GPU. `out_channels` only checks K, which is
+    otherwise read from the first batch. `progress(done, total)` is called after each batch.
+    """
+    ndim = image.ndim - 1
+    window = tuple(int(w) for w in window)
+    if len(window) != ndim:
+        raise ValueError(f"window {window} has {len(window)} axes but the image (C, *spatial) has {ndim} spatial "
+                         f"axes (shape {tuple(image.shape)})")
+    if any(w < 1 for w in window):
+        raise ValueError(f"window sizes must be positive, got {window}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    spatial = tuple(image.shape[1:])
+    padded, crop = _pad_to_window(image, window)
+    padded_spatial = tuple(padded.shape[1:])
+
+    weights = torch.from_numpy(gaussian_weights(window)).to(image.device)
+    weight_sum = torch.zeros(padded_spatial, dtype=torch.float32, device=image.device)
+    output: torch.Tensor | None = None
+
+    origins = list(itertools.product(*(window_starts(s, w, overlap) for s, w in zip(padded_spatial, window))))
+    total = -(-len(origins) // batch_size)
+    for done, batch in enumerate(_batches(origins, batch_size), start=1):
+        regions = [tuple(slice(o, o + w) for o, w in zip(origin, window)) for origin in batch]
+        inputs = torch.stack([padded[(slice(None), *region)] for region in regions])
+        # Only the predictor runs in inference mode: tensors created there could not be updated in place
+        # afterwards, and the returned output should be an ordinary tensor the caller may modify.
+        with torch.inference_mode():
+            result = predictor(inputs)
+        _check_output(result, inputs, window, out_channels)
+        result = result.to(device=image.device, dtype=torch.float32)
+        if output is None:
+            output = torch.zeros((result.shape[1], *padded_spatial), dtype=torch.float32, device=image.device)
+        for region, values in zip(regions, result):
+            output[(slice(None), *region)] += values * weights
+            weight_sum[region] += weights
+        if progress is not None:
+            progress(done, total)
+    assert output is not None  # at least one window always exists
+    output /= weight_sum
+    return output[(slice(None), *crop)].contiguous() if padded_spatial != spatial else output
+
+
+def predict_stack(predictor: Predictor, image: np.ndarray, *, spatial_dims: int, window: tuple[int, ...],
+                  overlap: float = 0.5, batch_size: int = 1,
+                  progress: ProgressCallback | None = None) -> np.ndarray:
+    """Raw predictor outputs (K, Z, Y, X) for a normalised (Z, Y, X) stack, in the way the model was trained.
+
+    A 2D model never saw neighbouring slices, so each slice is predicted alone with a (y, x) window; a 3D model
+    gets one sliding window over the whole volume. No activation is applied: logits stay logits. `progress` counts
+    slices for 2D models and window batches for 3D models.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3:
+        raise ValueError(f"image must be (Z, Y, X), got shape {image.shape}")
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    if len(window) != spatial_dims:
+        hint = "(y, x)" if spatial_dims == 2 else "(z, y, x)"
+        raise ValueError(f"a {spatial_dims}D model needs a {hint} window, got {tuple(window)}")
+    tensor = torch.from_numpy(np.ascontiguousarray(image))
+    if spatial_dims == 3:
+        return sliding_window(predictor, tensor[None], window, overlap=overlap, batch_size=batch_size,
+                              progress=progress).numpy()
+    output: np.ndarray | None = None
+    n_slices = image.shape[0]
+    for z in range(n_slices):
+        result = sliding_window(predictor, tensor[z][None], window, overlap=overlap, batch_size=batch_size)
+        if output is None:
+            output = np.empty((result.shape[0], *image.shape), dtype=np.float32)
+        output[:, z] = result.numpy()
+        if progress is not None:
+            progress(z + 1, n_slices)
+    assert output is not None  # a stack has at least one slice
+    return output
+
+
+def _check_output(result: torch.Tensor, inputs: torch.Tensor, window: tuple[int, ...],
+                  out_channels: int | None) -> None:
+    shape = tuple(result.shape)
+    if (len(shape) == len(window) + 2 and shape[0] == inputs.shape[0] and shape[2:] == window
+            and (out_channels is None or shape[1] == out_channels)):
+        return
+    channels = "K" if out_channels is None else str(out_channels)
+    raise ValueError(f"predictor returned shape {shape} for input {tuple(inputs.shape)}; expected "
+                     f"({inputs.shape[0]}, {channels}, {', '.join(map(str, window))})")
+
+
+def _batches(items: list[tuple[int, ...]], size: int) -> Iterator[list[tuple[int, ...]]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _pad_to_window(image: torch.Tensor, window: tuple[int, ...]) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Grow axes shorter than the window, symmetrically, so a single window fits; return the crop that undoes it.
+
+    Reflection keeps the padded region image-like (texture the network has seen), but it cannot reach further
+    than the axis is long; such axes are padded by repeating their edge values instead.
+    """
+    crop = []
+    for axis, (size, w) in enumerate(zip(image.shape[1:], window), start=1):
+        if size >= w:
+            crop.append(slice(None))
+            continue
+        before = (w - size) // 2
+        positions = torch.arange(-before, w - before, device=image.device)
+        if max(before, w - size - before) <= size - 1:
+            positions = positions.abs()
+            positions = torch.where(positions > size - 1, 2 * (size - 1) - positions, positions)
+        else:
+            positions = positions.clamp(0, size - 1)
+        image = image.index_select(axis, positions)
+        crop.append(slice(before, before + size))
+    return image, tuple(crop)

@@ -1,0 +1,253 @@
+"""The training loop, as a generator of events.
+
+``train(...)`` is the only training loop in the project: the dock widget runs it in a napari worker thread,
+the command line iterates it in the foreground, the tests iterate it directly. It reads top to bottom:
+prepare the material once (targets, normalisation, validation block, network), then per iteration draw
+windows, step, report; validate and preview now and then; checkpoint every ``iteration_save`` and when asked
+to stop. A stop request is honoured at the next iteration and always leaves a checkpoint to resume from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import ConfigError, TrainConfig
+from .data import Normalisation, Region, WindowSampler, as_stack, check_image, crop, split_validation
+from .events import CheckpointSaved, Event, Finished, Preview, Progress, Started, Validation
+from .model import UNet
+from .store import ModelStore, ModelWriter
+from .targets import check_label_array, class_values, instance_targets, semantic_target
+from .validate import score_region
+
+StopSignal = threading.Event | Callable[[], bool] | None
+WARMUP_ITERATIONS = 100
+
+
+def lr_at(iteration: int, progress: float, base_lr: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` iterations, then cosine decay to 1% of the base by ``progress`` = 1.
+
+    ``progress`` is the larger of the iteration share and the time-limit share, so a job that will be cut by
+    its time limit still anneals before it ends instead of stopping at a high learning rate.
+    """
+    if iteration < warmup:
+        return base_lr * (iteration + 1) / warmup
+    progress = min(max(progress, 0.0), 1.0)
+    return base_lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice per channel over the whole batch: stable when a window holds no object of a class."""
+    dims = (0, *range(2, prob.ndim))
+    overlap = (prob * target).sum(dims)
+    total = prob.sum(dims) + target.sum(dims)
+    return (1.0 - (2.0 * overlap + eps) / (total + eps)).mean()
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, mode: str) -> torch.Tensor:
+    """Semantic: cross-entropy + Dice over classes. Instance: BCE + Dice on foreground and contour maps."""
+    logits = logits.float()
+    if mode == "semantic":
+        onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+        return F.cross_entropy(logits, target) + dice_loss(logits.softmax(1), onehot)
+    return F.binary_cross_entropy_with_logits(logits, target) + dice_loss(logits.sigmoid(), target)
+
+
+@dataclass
+class Material:
+    """Everything prepared once before the first iteration."""
+
+    stack: np.ndarray  # (Z, Y, X) raw image
+    truth: np.ndarray  # (Z, Y, X) labels as given
+    target: np.ndarray  # class indices (Z, Y, X) or instance maps (2, Z, Y, X), uint8
+    classes: list[int] | None
+    normalisation: Normalisation
+    window: tuple[int, ...]  # as the network sees it: (z, y, x) in 3D, (y, x) in 2D
+    train_region: Region
+    val_region: Region
+
+
+def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previous: dict | None) -> Material:
+    """Check the data against the job and derive targets, normalisation and the held-out block."""
+    stack, truth = as_stack(image, field="image"), as_stack(labels, field="labels")
+    check_image(stack)
+    check_label_array(truth, field="labels")
+    if stack.shape != truth.shape:
+        raise ConfigError("labels", f"shape {np.shape(labels)} differs from the image's {np.shape(image)}")
+    if not truth.any():
+        raise ConfigError("labels", "the labels layer is empty: paint at least one object")
+    if previous is not None:
+        classes, normalisation = previous.get("classes"), Normalisation.from_dict(previous["normalisation"])
+    else:
+        classes = class_values(truth) if config.mode == "semantic" else None
+        normalisation = Normalisation.fit(stack)
+    if config.mode == "semantic":
+        if len(classes) < 2:
+            raise ConfigError("labels", "semantic training needs at least two label values (background and "
+                                        "one class)")
+        target = semantic_target(truth, classes).astype(np.uint8 if len(classes) < 256 else np.int64)
+        foreground = target > 0
+    else:
+        target = instance_targets(truth, per_slice=config.dims == "2d").astype(np.uint8)
+        foreground = target[0] > 0
+    window = config.resolved_window(stack.shape)
+    window3 = window if len(window) == 3 else (1, *window)
+    train_region, val_region = split_validation(stack.shape, window3, config.val_fraction, foreground)
+    return Material(stack, truth, target, classes, normalisation, window, train_region, val_region)
+
+
+def _stop_requested(stop: StopSignal) -> bool:
+    if stop is None:
+        return False
+    return stop.is_set() if isinstance(stop, threading.Event) else bool(stop())
+
+
+def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_dir: str | Path | None = None,
+          resume: bool = False, stop: StopSignal = None) -> Generator[Event, None, Path]:
+    """Train (or resume) the named model; yields events and returns the model folder."""
+    store = ModelStore(models_dir)
+    config.validate(image_shape=np.shape(image), labels_shape=np.shape(labels), models_dir=store.root,
+                    resume=resume)
+    previous_state, previous_meta = None, None
+    if resume:
+        record = store.record(config.name)
+        previous_meta = {"classes": record.classes, "normalisation": record.normalisation}
+        previous_state = store.load_checkpoint(record, "last")
+    material = prepare(config, image, labels, previous=previous_meta)
+
+    torch.manual_seed(config.seed)
+    device = torch.device(config.device())
+    if device.type == "cpu":
+        torch.set_num_threads(config.workers)
+    out_channels = 2 if config.mode == "instance" else len(material.classes)
+    model = UNet(in_channels=1, out_channels=out_channels, **config.network_kwargs(np.shape(image))).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
+    start = 0
+    if previous_state is not None:
+        model.load_state_dict(previous_state["model"])
+        optimizer.load_state_dict(previous_state["optimizer"])
+        start = int(previous_state["iteration"])
+    writer = ModelWriter(store, config, resume=resume)
+    writer.describe(network=model.spec, normalisation=material.normalisation.to_dict(), classes=material.classes,
+                    window=list(material.window), validation_region=[list(r) for r in material.val_region],
+                    mode=config.mode, dims=config.dims, voxel_size=list(config.voxel_size))
+    best_score = writer.meta.get("best_score")
+
+    window3 = material.window if config.spatial_dims == 3 else (1, *material.window)
+    rng = np.random.default_rng([config.seed, start])  # a resumed job draws new windows, not the same ones
+    sampler = WindowSampler(material.stack, material.target, _foreground(material), material.train_region,
+                            window3, material.normalisation, rng)
+    # bf16 autocast on GPUs that have it; on the CPU plain fp32 is faster than emulated low precision.
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                and torch.cuda.is_bf16_supported() else contextlib.nullcontext())
+    target_dtype = torch.long if config.mode == "semantic" else torch.float32
+
+    yield Started(writer.folder, config.iterations, start, material.window, device.type, material.val_region)
+    began, limit = time.perf_counter(), (config.time_limit_min or 0) * 60.0
+    seconds_ema: float | None = None
+    iteration, last_saved, reason = start, start, "completed"
+    model.train()
+    while iteration < config.iterations:
+        if _stop_requested(stop):
+            reason = "stopped"
+            break
+        elapsed = time.perf_counter() - began
+        if limit and elapsed >= limit:
+            reason = "time limit"
+            break
+        iteration += 1
+        progress = max(iteration / config.iterations, elapsed / limit if limit else 0.0)
+        lr = lr_at(iteration - 1, progress, config.lr, min(WARMUP_ITERATIONS, config.iterations // 10 + 1))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        tick, data_seconds, loss_sum = time.perf_counter(), 0.0, 0.0
+        for _ in range(config.iteration_step):  # gradient accumulation: one optimiser step per iteration
+            t = time.perf_counter()
+            x, y = sampler.sample(config.batch_size)
+            x = torch.from_numpy(_squeeze_z(x, config.spatial_dims)).to(device, non_blocking=True)
+            y = torch.from_numpy(_squeeze_z(y, config.spatial_dims)).to(device, dtype=target_dtype)
+            data_seconds += time.perf_counter() - t
+            with autocast:
+                loss = segmentation_loss(model(x), y, config.mode) / config.iteration_step
+            loss.backward()
+            loss_sum += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - tick
+        seconds_ema = seconds if seconds_ema is None else 0.9 * seconds_ema + 0.1 * seconds
+        yield Progress(iteration, config.iterations, loss_sum, lr, seconds, data_seconds,
+                       _eta(iteration, config.iterations, seconds_ema, limit, time.perf_counter() - began))
+
+        row = {"iteration": iteration, "loss": loss_sum, "lr": lr, "seconds_per_iteration": seconds,
+               "data_seconds": data_seconds, "elapsed_seconds": time.perf_counter() - began}
+        if iteration % config.validate_every == 0 or iteration == config.iterations:
+            result = score_region(model, material, config, device, autocast)
+            row["validation_score"] = result.score
+            is_best = best_score is None or result.score > best_score
+            yield Validation(iteration, result.score, result.metrics, is_best)
+            yield Preview(iteration, result.probabilities, result.labels,
+                          tuple(a for a, _ in material.val_region), result.channel_names)
+            if is_best:
+                best_score = result.score
+                path = writer.save_best(iteration, _cpu_state(model), best_score)
+                yield CheckpointSaved(iteration, path, "best")
+            model.train()
+        if iteration % config.log_every == 0 or "validation_score" in row:
+            writer.log(row)
+        if iteration % config.iteration_save == 0:
+            path = writer.save(iteration, _full_state(model, optimizer, iteration))
+            last_saved = iteration
+            yield CheckpointSaved(iteration, path, "save")
+
+    if iteration != last_saved or not (writer.folder / "model.json").exists():
+        final = reason == "completed"
+        path = writer.save(iteration, _full_state(model, optimizer, iteration), keep=final)
+        yield CheckpointSaved(iteration, path, "final" if final else "stop")
+    yield Finished(iteration, writer.folder, reason != "completed", reason, best_score)
+    return writer.folder
+
+
+def _foreground(material: Material) -> np.ndarray:
+    return material.target[0] > 0 if material.target.ndim == 4 else material.target > 0
+
+
+def _squeeze_z(array: np.ndarray, spatial_dims: int) -> np.ndarray:
+    """Windows are drawn as (..., Z, Y, X); a 2D network wants the one-slice z axis gone."""
+    return array[..., 0, :, :] if spatial_dims == 2 else array
+
+
+def _eta(iteration: int, total: int, seconds: float, limit: float, elapsed: float) -> float:
+    eta = (total - iteration) * seconds
+    return min(eta, max(0.0, limit - elapsed)) if limit else eta
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int) -> dict:
+    return {"model": _cpu_state(model), "optimizer": optimizer.state_dict(), "iteration": iteration}
+
+
+def run_to_end(events: Generator[Event, None, Path]) -> tuple[Path, list[Event]]:
+    """Drain a training generator (tests, scripts): the model folder and every event seen."""
+    seen: list[Event] = []
+    while True:
+        try:
+            seen.append(next(events))
+        except StopIteration as done:
+            return done.value, seen
+
+
+__all__ = ["train", "lr_at", "segmentation_loss", "prepare", "Material", "run_to_end", "crop"]

@@ -1,0 +1,79 @@
+"""The command line: same engine, same model folders, one-line errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_plantbio_train.cli import main
+from napari_plantbio_train.store import ModelStore
+
+
+@pytest.fixture
+def stack_files(tmp_path, chloroplast_crop):
+    image, labels = chloroplast_crop
+    image_path, labels_path = tmp_path / "image.tif", tmp_path / "labels.tif"
+    tifffile.imwrite(image_path, image, compression="lzw")  # lab files are often LZW-compressed
+    tifffile.imwrite(labels_path, labels, compression="zlib")
+    return image_path, labels_path
+
+
+def _train_args(image, labels, models_dir, name="cli-model", *extra):
+    return ["train", "--image", str(image), "--labels", str(labels), "--mode", "instance", "--dims", "3d",
+            "--name", name, "--voxel-size", "5", "5", "50", "--window", "2,64,64", "--gpus", "0",
+            "--workers", "2", "--lr", "0.002", "--iteration-step", "2", "--iteration-save", "4",
+            "--iterations", "6", "--batch-size", "1", "--validate-every", "3", "--base-channels", "4",
+            "--depth", "2", "--models-dir", str(models_dir), *extra]
+
+
+def test_train_then_list_then_resume(stack_files, models_dir):
+    out = io.StringIO()
+    assert main(_train_args(*stack_files, models_dir), out=out) == 0
+    text = out.getvalue()
+    assert "validation score" in text and "finished (completed) at iteration 6" in text
+    record = ModelStore(models_dir).record("cli-model")
+    assert record.config.iteration_step == 2 and record.config.voxel_size == (5.0, 5.0, 50.0)
+    assert record.iterations_done == 6
+
+    listing = io.StringIO()
+    assert main(["models", "--models-dir", str(models_dir), "--json"], out=listing) == 0
+    row = json.loads(listing.getvalue().splitlines()[0])
+    assert row["name"] == "cli-model" and row["mode"] == "instance" and row["iterations"] == 6
+
+    again = io.StringIO()
+    resume = ["train", "--name", "cli-model", "--resume", "--iterations", "8", "--models-dir", str(models_dir),
+              "--quiet"]
+    assert main(resume, out=again) == 0
+    assert "from iteration 6" in again.getvalue()
+    assert ModelStore(models_dir).record("cli-model").iterations_done == 8
+
+
+@pytest.mark.parametrize("extra,field", [(["--window", "2,66,64"], "window"), (["--lr", "-1"], "lr"),
+                                         (["--batch-size", "0"], "batch_size"), (["--gpus", "99"], "gpus")])
+def test_bad_value_is_one_line_naming_the_field(stack_files, models_dir, extra, field):
+    args = [sys.executable, "-m", "napari_plantbio_train.cli", *_train_args(*stack_files, models_dir, "bad"),
+            *extra]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {field}: "), done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (models_dir / "bad").exists()
+
+
+def test_missing_file_is_one_line(tmp_path, models_dir, capsys):
+    args = _train_args(tmp_path / "nope.tif", tmp_path / "nope2.tif", models_dir)
+    assert main(args) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_models_listing_when_empty(models_dir):
+    out = io.StringIO()
+    assert main(["models", "--models-dir", str(models_dir)], out=out) == 0
+    assert "no models" in out.getvalue()

@@ -1,0 +1,59 @@
+import numpy as np
+from scipy import ndimage
+
+from napari_plantbio_train.postprocess import instances_from_maps
+
+
+def _disc(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
+    yy, xx = np.indices(shape)
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
+
+
+def _inner_band(mask: np.ndarray, width: int = 2) -> np.ndarray:
+    """Pixels of a 2D mask within `width` steps of its outside, like the contour an instance model predicts."""
+    return mask & ~ndimage.binary_erosion(mask, iterations=width)
+
+
+def test_touching_discs_are_separated_by_the_contour():
+    left, right = _disc((40, 60), (20, 20), 12), _disc((40, 60), (20, 42), 12)
+    assert (left & right).any()  # they overlap, so the foreground is one blob
+    foreground = (left | right).astype(np.float32)
+    contour = (_inner_band(left) | _inner_band(right)).astype(np.float32)
+    labels = instances_from_maps(foreground[None], contour[None], per_slice=True)
+    assert labels.dtype == np.uint32
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert (labels[0][foreground > 0] > 0).all()  # the contour band is flooded back into the objects
+    # each seed keeps the centre of its own disc
+    assert labels[0, 20, 20] != labels[0, 20, 42]
+
+
+def test_per_slice_and_3d_modes():
+    shape = (3, 20, 20)
+    foreground = np.zeros(shape, np.float32)
+    foreground[:, 5:15, 5:15] = 1
+    contour = np.zeros(shape, np.float32)
+    labels_3d = instances_from_maps(foreground, contour, per_slice=False, min_seed_size=4, min_size=10)
+    labels_2d = instances_from_maps(foreground, contour, per_slice=True, min_seed_size=4, min_size=10)
+    assert set(np.unique(labels_3d)) == {0, 1}
+    assert set(np.unique(labels_2d)) == {0, 1, 2, 3}
+    assert len({labels_2d[z, 10, 10] for z in range(3)}) == 3
+
+
+def test_small_objects_removed_and_ids_consecutive():
+    foreground = np.zeros((1, 40, 40), np.float32)
+    foreground[0, 2:12, 2:12] = 1  # 100 px: kept
+    foreground[0, 20:24, 20:24] = 1  # 16 px: seed kept, object below min_size
+    foreground[0, 30:38, 2:12] = 1  # 80 px: kept
+    foreground[0, 30:32, 30:32] = 1  # 4 px: seed too small, never grows
+    contour = np.zeros_like(foreground)
+    labels = instances_from_maps(foreground, contour, per_slice=False, min_seed_size=16, min_size=64)
+    assert np.array_equal(np.unique(labels), [0, 1, 2])
+    assert labels[0, 21, 21] == 0 and labels[0, 31, 31] == 0
+    assert np.count_nonzero(labels) == 180
+
+
+def test_nothing_above_threshold_gives_empty_labels():
+    labels = instances_from_maps(np.full((2, 8, 8), 0.2, np.float32), np.zeros((2, 8, 8), np.float32),
+                                 per_slice=False)
+    assert labels.dtype == np.uint32
+    assert not labels.any()

@@ -1,0 +1,181 @@
+"""The training engine, driven directly: the same generator the widget and the command line run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_plantbio_train.config import ConfigError, TrainConfig
+from napari_plantbio_train.events import CheckpointSaved, Finished, Preview, Progress, Started, Validation
+from napari_plantbio_train.store import ModelError, ModelStore
+from napari_plantbio_train.train import lr_at, run_to_end, segmentation_loss, train
+
+TINY = dict(base_channels=4, depth=2, iterations=12, validate_every=6, iteration_save=6, log_every=2,
+            batch_size=1, workers=2, lr=3e-3)
+
+
+def _of(events, kind):
+    return [e for e in events if isinstance(e, kind)]
+
+
+def test_lr_warms_up_then_decays():
+    assert lr_at(0, 0.0, 1e-3, 10) == pytest.approx(1e-4)
+    assert lr_at(9, 0.1, 1e-3, 10) == pytest.approx(1e-3)
+    assert lr_at(50, 0.5, 1e-3, 10) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
+    assert lr_at(100, 1.0, 1e-3, 10) == pytest.approx(1e-5)
+
+
+def test_losses_fall_to_near_zero_for_a_perfect_prediction():
+    target = torch.zeros(1, 2, 8, 8)
+    target[:, :, 2:5, 2:5] = 1
+    perfect = (target * 2 - 1) * 20
+    assert segmentation_loss(perfect, target, "instance") < 0.05
+    assert segmentation_loss(-perfect, target, "instance") > 1.5
+    classes = torch.zeros(1, 8, 8, dtype=torch.long)
+    classes[:, :4] = 1
+    logits = torch.nn.functional.one_hot(classes, 2).movedim(-1, 1).float() * 20
+    assert segmentation_loss(logits, classes, "semantic") < 0.05
+
+
+def test_instance_3d_writes_a_complete_model(chloroplast_crop, models_dir):
+    image, labels = chloroplast_crop
+    config = TrainConfig(name="chl3d", mode="instance", dims="3d", window=(2, 64, 64),
+                         voxel_size=(5, 5, 50), **TINY)
+    folder, events = run_to_end(train(config, image, labels, models_dir=models_dir))
+    assert isinstance(events[0], Started) and events[0].window == (2, 64, 64)
+    progress = _of(events, Progress)
+    assert [p.iteration for p in progress] == list(range(1, 13))
+    assert all(np.isfinite(p.loss) and p.lr > 0 for p in progress)
+    validations = _of(events, Validation)
+    assert [v.iteration for v in validations] == [6, 12]
+    assert {"f1", "foreground_iou"} <= set(validations[0].metrics)
+    preview = _of(events, Preview)[-1]
+    z, y, x = (b - a for a, b in events[0].validation_region)
+    assert preview.probabilities.shape == (2, z, y, x) and preview.labels.shape == (z, y, x)
+    assert 0 <= preview.probabilities.min() and preview.probabilities.max() <= 1
+    finished = events[-1]
+    assert isinstance(finished, Finished) and not finished.stopped and finished.iteration == 12
+    assert {p.name for p in folder.iterdir()} >= {"model.json", "config.json", "metrics.csv", "checkpoints"}
+    assert {p.name for p in (folder / "checkpoints").iterdir()} == {"iter_0000006.pt", "iter_0000012.pt",
+                                                                    "best.pt"}
+    rows = list(csv.DictReader(open(folder / "metrics.csv")))
+    assert [int(r["iteration"]) for r in rows] == [2, 4, 6, 8, 10, 12]
+    assert {"loss", "lr", "seconds_per_iteration", "data_seconds", "validation_score"} <= set(rows[0])
+    assert rows[2]["validation_score"] != "" and rows[0]["validation_score"] == ""
+    store = ModelStore(models_dir)
+    assert store.names() == ["chl3d"]
+    model, record = store.load_model("chl3d")
+    assert record.iterations_done == 12 and record.config == config
+    assert record.normalisation["low"] < record.normalisation["high"]
+    x = torch.zeros(1, 1, 2, 64, 64)
+    assert model(x).shape == (1, 2, 2, 64, 64)
+
+
+def test_semantic_2d_maps_noncontiguous_classes(plate_crop, models_dir):
+    image, labels = plate_crop
+    labels = np.where(labels > 0, 7, 0).astype(np.uint8)
+    labels[:10, :10] = 3  # a third, rare class with a gap in the values
+    config = TrainConfig(name="plate", mode="semantic", dims="2d", window=(64, 64), **TINY)
+    folder, events = run_to_end(train(config, image, labels, models_dir=models_dir))
+    record = ModelStore(models_dir).record("plate")
+    assert record.classes == [0, 3, 7]
+    preview = _of(events, Preview)[-1]
+    assert preview.probabilities.shape[0] == 3 and preview.probabilities.shape[1] == 1
+    assert set(np.unique(preview.labels)) <= {0, 3, 7}
+    np.testing.assert_allclose(preview.probabilities.sum(0), 1.0, atol=1e-4)
+    assert "mean_iou" in _of(events, Validation)[0].metrics
+
+
+@pytest.mark.parametrize("dtype,scale", [(np.uint16, 250.0), (np.float32, 1 / 255.0)])
+def test_any_numeric_image_type_trains(chloroplast_crop, models_dir, dtype, scale):
+    image, labels = chloroplast_crop
+    converted = (image.astype(np.float64) * scale).astype(dtype)
+    config = TrainConfig(name=f"t-{np.dtype(dtype).name}", mode="instance", dims="2d", window=(64, 64),
+                         **{**TINY, "iterations": 4, "validate_every": 4})
+    _, events = run_to_end(train(config, converted, labels, models_dir=models_dir))
+    record = ModelStore(models_dir).record(config.name)
+    low, high = record.normalisation["low"], record.normalisation["high"]
+    assert low >= converted.min() and high <= converted.max() and high > low
+    assert np.isfinite(_of(events, Progress)[-1].loss)
+
+
+def test_stop_leaves_a_loadable_checkpoint_and_resume_continues(chloroplast_crop, models_dir):
+    image, labels = chloroplast_crop
+    config = TrainConfig(name="stopme", mode="instance", dims="2d", window=(64, 64),
+                         **{**TINY, "iterations": 40, "iteration_save": 100})
+    stop = threading.Event()
+    events = []
+    for event in train(config, image, labels, models_dir=models_dir, stop=stop):
+        events.append(event)
+        if isinstance(event, Progress) and event.iteration == 5:
+            stop.set()
+    finished = events[-1]
+    assert isinstance(finished, Finished) and finished.stopped and finished.reason == "stopped"
+    assert finished.iteration == 5
+    assert _of(events, CheckpointSaved)[-1].reason == "stop"
+    store = ModelStore(models_dir)
+    model, record = store.load_model("stopme", "last")
+    assert record.iterations_done == 5
+
+    resumed = config.replace(iterations=8)
+    _, more = run_to_end(train(resumed, image, labels, models_dir=models_dir, resume=True))
+    assert more[0].start_iteration == 5
+    assert [p.iteration for p in _of(more, Progress)] == [6, 7, 8]
+    assert store.record("stopme").iterations_done == 8
+    rows = list(csv.DictReader(open(store.folder("stopme") / "metrics.csv")))
+    assert rows[0]["iteration"] == "2" and rows[-1]["iteration"] == "8"
+
+
+def test_time_limit_ends_with_a_checkpoint(chloroplast_crop, models_dir):
+    image, labels = chloroplast_crop
+    config = TrainConfig(name="timed", mode="instance", dims="2d", window=(64, 64), time_limit_min=0.02,
+                         **{**TINY, "iterations": 100000, "validate_every": 100000, "iteration_save": 100000})
+    folder, events = run_to_end(train(config, image, labels, models_dir=models_dir))
+    assert events[-1].reason == "time limit" and events[-1].stopped
+    assert 0 < events[-1].iteration < 100000
+    assert ModelStore(models_dir).record("timed").iterations_done == events[-1].iteration
+
+
+def test_bad_labels_are_refused_before_anything_is_written(chloroplast_crop, models_dir):
+    image, labels = chloroplast_crop
+    config = TrainConfig(name="bad", mode="instance", dims="3d", window=(2, 64, 64), **TINY)
+    with pytest.raises(ValueError, match="labels"):
+        next(train(config, image, labels.astype(np.float32) + 0.5, models_dir=models_dir))
+    with pytest.raises(ConfigError, match="labels.*empty"):
+        next(train(config, image, np.zeros_like(labels), models_dir=models_dir))
+    with pytest.raises(ConfigError, match="window"):
+        next(train(config.replace(window=(2, 512, 512)), image, labels, models_dir=models_dir))
+    assert not (models_dir / "bad").exists()
+
+
+def test_a_crash_before_the_first_checkpoint_leaves_no_model(chloroplast_crop, models_dir):
+    image, labels = chloroplast_crop
+    config = TrainConfig(name="crash", mode="instance", dims="2d", window=(64, 64), **TINY)
+    events = train(config, image, labels, models_dir=models_dir)
+    next(events)  # Started: the folder exists, the model does not yet
+    events.close()  # the consumer went away (viewer closed, process killed) before any checkpoint
+    assert not ModelStore(models_dir).exists("crash")
+    assert ModelStore(models_dir).names() == []
+    # and the name is free again
+    _, again = run_to_end(train(config.replace(iterations=2), image, labels, models_dir=models_dir))
+    assert ModelStore(models_dir).exists("crash")
+
+
+def test_loading_refuses_a_pickled_object(models_dir, chloroplast_crop):
+    image, labels = chloroplast_crop
+    config = TrainConfig(name="evil", mode="instance", dims="2d", window=(64, 64), **{**TINY, "iterations": 2})
+    folder, _ = run_to_end(train(config, image, labels, models_dir=models_dir))
+    meta = json.loads((folder / "model.json").read_text())
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    torch.save({"model": Payload()}, folder / meta["last"])
+    with pytest.raises(ModelError, match="safely"):
+        ModelStore(models_dir).load_model("evil", "last")
