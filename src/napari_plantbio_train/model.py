@@ -29,6 +29,39 @@ def nearest_valid_size(size: int, divisor: int) -> int:
     return below if size - below < above - size else above
 
 
+class PerSlice(nn.Module):
+    """A 2D layer applied to every z slice of a 3D tensor.
+
+    The same maths as a 3D layer with a unit z kernel and z stride, but PyTorch's CPU kernels for 2D
+    convolutions are 4-8x faster than its 3D ones with a (1, 3, 3) kernel (measured here), and flat kernels are
+    what anisotropic EM stacks use in the upper, most expensive levels of the network.
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, z, y, w = x.shape
+        out = self.layer(x.transpose(1, 2).reshape(b * z, c, y, w))
+        return out.reshape(b, z, *out.shape[1:]).transpose(1, 2)
+
+
+def _layer(kind: str, d: int, *channels: int, kernel: int | tuple[int, ...], stride: int | tuple[int, ...] = 1,
+           padding: int | tuple[int, ...] = 0, bias: bool = True) -> nn.Module:
+    """A convolution ("conv"), transposed convolution ("up") or max-pool ("pool") for ``d`` spatial dims."""
+    kernel, stride, padding = (v if isinstance(v, tuple) else (v,) * d for v in (kernel, stride, padding))
+    if d == 3 and kernel[0] == 1 and stride[0] == 1:
+        return PerSlice(_layer(kind, 2, *channels, kernel=kernel[1:], stride=stride[1:], padding=padding[1:],
+                               bias=bias))
+    conv, up_conv, pool = _OPS[d]
+    if kind == "pool":
+        return pool(kernel, stride=stride)
+    if kind == "up":
+        return up_conv(*channels, kernel, stride=stride, bias=bias)
+    return conv(*channels, kernel, stride=stride, padding=padding, bias=bias)
+
+
 def _norm(channels: int) -> nn.GroupNorm:
     groups = next(g for g in range(min(8, channels), 0, -1) if channels % g == 0)
     return nn.GroupNorm(groups, channels)
@@ -39,13 +72,15 @@ class ResBlock(nn.Module):
 
     def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, kernel: tuple[int, ...]) -> None:
         super().__init__()
-        conv = _OPS[spatial_dims][0]
         pad = tuple(k // 2 for k in kernel)
+        d = spatial_dims
         self.body = nn.Sequential(
-            conv(in_ch, out_ch, kernel, padding=pad, bias=False), _norm(out_ch), nn.ReLU(inplace=True),
-            conv(out_ch, out_ch, kernel, padding=pad, bias=False), _norm(out_ch),
+            _layer("conv", d, in_ch, out_ch, kernel=kernel, padding=pad, bias=False), _norm(out_ch),
+            nn.ReLU(inplace=True),
+            _layer("conv", d, out_ch, out_ch, kernel=kernel, padding=pad, bias=False), _norm(out_ch),
         )
-        self.shortcut = nn.Identity() if in_ch == out_ch else conv(in_ch, out_ch, 1, bias=False)
+        self.shortcut = (nn.Identity() if in_ch == out_ch
+                         else _layer("conv", d, in_ch, out_ch, kernel=1, bias=False))
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +112,6 @@ class UNet(nn.Module):
             base_channels=int(base_channels), depth=int(depth), anisotropy=float(anisotropy),
             stem_stride=int(stem_stride), max_channels=int(max_channels),
             max_z_pools=None if max_z_pools is None else int(max_z_pools))
-        conv, up_conv, pool = _OPS[spatial_dims]
         d, s = spatial_dims, stem_stride
 
         # Spacing per axis in units of the input's in-plane voxel; in 2D only the in-plane rule applies.
@@ -97,9 +131,10 @@ class UNet(nn.Module):
             k = (kernel()[0], 2 * s - 1, 2 * s - 1) if d == 3 else (2 * s - 1,) * 2
             stride = (1, s, s) if d == 3 else (s, s)
             pad = tuple(kk // 2 for kk in k)
-            self.stem = nn.Sequential(conv(in_channels, base_channels, k, stride=stride, padding=pad, bias=False),
+            self.stem = nn.Sequential(_layer("conv", d, in_channels, base_channels, kernel=k, stride=stride,
+                                             padding=pad, bias=False),
                                       _norm(base_channels), nn.ReLU(inplace=True))
-            self.stem_up = nn.Sequential(up_conv(base_channels, base_channels, stride, stride=stride),
+            self.stem_up = nn.Sequential(_layer("up", d, base_channels, base_channels, kernel=stride, stride=stride),
                                          _norm(base_channels), nn.ReLU(inplace=True))
             in_ch = base_channels
             spacing[-2:] = [spacing[-1] * s] * 2
@@ -120,11 +155,11 @@ class UNet(nn.Module):
         for width, k in zip(widths, kernels):
             self.encoders.append(ResBlock(d, in_ch, width, k))
             in_ch = width
-        self.pools = nn.ModuleList(pool(p, stride=p) for p in pools)
-        self.ups = nn.ModuleList(up_conv(widths[i + 1], widths[i], pools[i], stride=pools[i])
+        self.pools = nn.ModuleList(_layer("pool", d, kernel=p, stride=p) for p in pools)
+        self.ups = nn.ModuleList(_layer("up", d, widths[i + 1], widths[i], kernel=pools[i], stride=pools[i])
                                  for i in range(depth))
         self.decoders = nn.ModuleList(ResBlock(d, 2 * widths[i], widths[i], kernels[i]) for i in range(depth))
-        self.head = conv(widths[0], out_channels, 1)
+        self.head = _layer("conv", d, widths[0], out_channels, kernel=1)
 
         divisor = [1] * d
         for p in pools:

@@ -154,7 +154,22 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_
     yield Started(writer.folder, config.iterations, start, material.window, device.type, material.val_region)
     began, limit = time.perf_counter(), (config.time_limit_min or 0) * 60.0
     seconds_ema: float | None = None
-    iteration, last_saved, reason = start, start, "completed"
+    iteration, last_saved, last_validated, reason = start, start, start, "completed"
+
+    def validation(at: int) -> Generator[Event, None, float]:
+        """Score the held-out block, show it, and keep the weights if they are the best so far."""
+        nonlocal best_score
+        result = score_region(model, material, config, device, autocast)
+        is_best = best_score is None or result.score > best_score
+        yield Validation(at, result.score, result.metrics, is_best)
+        yield Preview(at, result.probabilities, result.labels, tuple(a for a, _ in material.val_region),
+                      result.channel_names)
+        if is_best:
+            best_score = result.score
+            yield CheckpointSaved(at, writer.save_best(at, _cpu_state(model), best_score), "best")
+        model.train()
+        return result.score
+
     model.train()
     while iteration < config.iterations:
         if _stop_requested(stop):
@@ -192,17 +207,9 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_
         row = {"iteration": iteration, "loss": loss_sum, "lr": lr, "seconds_per_iteration": seconds,
                "data_seconds": data_seconds, "elapsed_seconds": time.perf_counter() - began}
         if iteration % config.validate_every == 0 or iteration == config.iterations:
-            result = score_region(model, material, config, device, autocast)
-            row["validation_score"] = result.score
-            is_best = best_score is None or result.score > best_score
-            yield Validation(iteration, result.score, result.metrics, is_best)
-            yield Preview(iteration, result.probabilities, result.labels,
-                          tuple(a for a, _ in material.val_region), result.channel_names)
-            if is_best:
-                best_score = result.score
-                path = writer.save_best(iteration, _cpu_state(model), best_score)
-                yield CheckpointSaved(iteration, path, "best")
-            model.train()
+            score = yield from validation(iteration)
+            row["validation_score"] = score
+            last_validated = iteration
         if iteration % config.log_every == 0 or "validation_score" in row:
             writer.log(row)
         if iteration % config.iteration_save == 0:
@@ -210,6 +217,12 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_
             last_saved = iteration
             yield CheckpointSaved(iteration, path, "save")
 
+    if reason == "time limit" and last_validated != iteration:
+        # A time-limited job is a finished job for its user: score what it reached (a stop request skips this
+        # to end quickly).
+        score = yield from validation(iteration)
+        writer.log({"iteration": iteration, "validation_score": score,
+                    "elapsed_seconds": time.perf_counter() - began})
     if iteration != last_saved or not (writer.folder / "model.json").exists():
         final = reason == "completed"
         path = writer.save(iteration, _full_state(model, optimizer, iteration), keep=final)

@@ -1,0 +1,70 @@
+"""A combo box of the viewer's layers of one kind, kept in step with the layer list."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qtpy.QtWidgets import QComboBox, QWidget
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Layer
+
+
+class LayerPicker(QComboBox):
+    """Holds layer objects rather than names, so a rename or a duplicate name never picks the wrong layer.
+
+    The list follows insertions, removals, moves and renames; the current choice survives all of them except
+    its own removal.
+    """
+
+    def __init__(self, viewer: napari.Viewer, layer_type: type[Layer], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._layer_type = layer_type
+        self._layers: list[Layer] = []
+        events = viewer.layers.events
+        events.inserted.connect(self._on_inserted)
+        events.removed.connect(self.refresh)
+        events.moved.connect(self.refresh)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+        # napari holds these slots weakly and drops them if this widget is deleted first.
+        self.refresh()
+
+    @property
+    def value(self) -> Layer | None:
+        index = self.currentIndex()
+        return self._layers[index] if 0 <= index < len(self._layers) else None
+
+    @value.setter
+    def value(self, layer: Layer | None) -> None:
+        if layer is None:
+            self.setCurrentIndex(-1)
+            return
+        if layer not in self._layers:
+            raise ValueError(f"{layer.name!r} is not a {self._layer_type.__name__} layer of this viewer")
+        self.setCurrentIndex(self._layers.index(layer))
+
+    def choices(self) -> list[Layer]:
+        return list(self._layers)
+
+    def _on_inserted(self, event) -> None:
+        event.value.events.name.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, *_args) -> None:
+        current = self.value
+        self._layers = [layer for layer in self._viewer.layers if isinstance(layer, self._layer_type)]
+        self.blockSignals(True)
+        self.clear()
+        self.addItems([layer.name for layer in self._layers])
+        if current in self._layers:
+            self.setCurrentIndex(self._layers.index(current))
+        elif self._layers:
+            self.setCurrentIndex(0)
+        self.blockSignals(False)
+        # Emitted once, after the list is rebuilt, and only when the chosen layer really changed.
+        if self.value != current:
+            self.currentIndexChanged.emit(self.currentIndex())
+

@@ -1,0 +1,329 @@
+"""The training form: the older tool's fields, read into a ``TrainConfig`` and marked where a value is wrong."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..config import DIMS, MODES, ConfigError, TrainConfig
+from ..store import default_models_dir
+from .layer_picker import LayerPicker
+
+if TYPE_CHECKING:
+    import napari
+
+# Shown beside each field: the older tool's guide, shortened.
+TIPS = {
+    "image": "The raw images to learn from; later stacks to auto-label should look like these.",
+    "labels": "Labels matching the image: one value per class (semantic) or one id per object (instance).",
+    "mode": "semantic: one value per class of organelle. instance: tells touching objects of one kind apart.",
+    "dims": "3d treats the stack as one volume; 2d treats every slice as a separate image.",
+    "window": "Size of the training window, z,y,x in 3d or y,x in 2d (e.g. 8,256,256). Empty: chosen for you.",
+    "gpus": "GPUs to train on; auto uses one when CUDA is present, 0 forces the CPU.",
+    "workers": "CPU threads for training on the CPU; no more than the machine's cores.",
+    "lr": "Base learning rate: higher learns faster but less stably (typical 1e-4 to 3e-3).",
+    "iteration_step": "Batches accumulated into one optimiser step (a larger effective batch).",
+    "iteration_save": "Keep a checkpoint every this many iterations.",
+    "iterations": "Total training iterations; too few learn nothing, too many over-fit.",
+    "batch_size": "Windows processed together per step; lower it if memory runs out.",
+    "name": "The model's name in the models folder; each model needs a unique name.",
+    "time_limit_min": "Stop (with a checkpoint) after this many minutes even if iterations remain; none: no limit.",
+    "models_dir": "Folder that holds one sub-folder per trained model.",
+    "validate_every": "Score the held-out block (and refresh the preview layers) every this many iterations.",
+    "base_channels": "Width of the network's first level; smaller trains faster, larger can learn more.",
+    "depth": "Number of downsampling levels of the U-Net.",
+    "stem_stride": "Run the network at 1/2 or 1/4 of the in-plane resolution: much faster on a CPU, coarser edges.",
+}
+
+
+def _spin(minimum: int, maximum: int, value: int, special: str | None = None) -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(minimum, maximum)
+    box.setValue(value)
+    if special:
+        box.setSpecialValueText(special)
+    return box
+
+
+class TrainForm(QWidget):
+    """Each field sits in a row with a red message label under it, addressed by the ``TrainConfig`` field name."""
+
+    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        import napari.layers
+
+        defaults = TrainConfig(name="")
+        self.image = LayerPicker(viewer, napari.layers.Image)
+        self.labels = LayerPicker(viewer, napari.layers.Labels)
+        self.mode = QComboBox()
+        self.mode.addItems(MODES)
+        self.mode.setCurrentText(defaults.mode)
+        self.dims = QComboBox()
+        self.dims.addItems(DIMS)
+        self.dims.setCurrentText(defaults.dims)
+        self.voxel = []
+        for _ in "xyz":
+            box = QDoubleSpinBox()
+            box.setRange(0.0, 1e6)
+            box.setDecimals(3)
+            box.setValue(1.0)
+            self.voxel.append(box)
+        self.window = QLineEdit()
+        self.window.setPlaceholderText("auto")
+        self.gpus = _spin(-1, 64, -1, special="auto")
+        self.workers = _spin(1, 1024, min(defaults.workers, 64))
+        self.lr = QLineEdit(f"{defaults.lr:g}")
+        self.iteration_step = _spin(1, 1024, defaults.iteration_step)
+        self.iteration_save = _spin(1, 10_000_000, defaults.iteration_save)
+        self.iterations = _spin(1, 10_000_000, defaults.iterations)
+        self.batch_size = _spin(1, 1024, defaults.batch_size)
+        self.name = QLineEdit()
+        self.name.setPlaceholderText("e.g. chloroplasts-3d")
+        self.time_limit = QDoubleSpinBox()
+        self.time_limit.setRange(0.0, 1e6)
+        self.time_limit.setDecimals(1)
+        self.time_limit.setSpecialValueText("none")
+        self.models_dir = QLineEdit(str(default_models_dir()))
+        browse = QPushButton("…")
+        browse.setMaximumWidth(30)
+        browse.setToolTip("Choose the models folder")
+        browse.clicked.connect(self._browse_models_dir)
+        self.validate_every = _spin(1, 10_000_000, defaults.validate_every)
+        self.base_channels = _spin(1, 256, defaults.base_channels)
+        self.depth = _spin(1, 8, defaults.depth)
+        self.stem_stride = QComboBox()
+        self.stem_stride.addItems(["1", "2", "4"])
+        self.stem_stride.setCurrentText(str(defaults.stem_stride))
+
+        self._errors: dict[str, QLabel] = {}
+        self._form = QFormLayout()
+        self._form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self._form.setContentsMargins(0, 0, 0, 0)
+        rows: list[tuple[str, str, QWidget]] = [
+            ("Image stack", "image", self.image),
+            ("Labels", "labels", self.labels),
+            ("Mode", "mode", self.mode),
+            ("2D/3D", "dims", self.dims),
+            ("X nm/pixel", "", self.voxel[0]),
+            ("Y nm/pixel", "", self.voxel[1]),
+            ("Z nm/pixel", "voxel_size", self.voxel[2]),
+            ("Window size", "window", self.window),
+            ("#GPU", "gpus", self.gpus),
+            ("#CPU", "workers", self.workers),
+            ("Base LR", "lr", self.lr),
+            ("Iteration step", "iteration_step", self.iteration_step),
+            ("Iteration save", "iteration_save", self.iteration_save),
+            ("Iteration total", "iterations", self.iterations),
+            ("Samples per batch", "batch_size", self.batch_size),
+            ("Name model as", "name", self.name),
+            ("Time limit (min)", "time_limit_min", self.time_limit),
+            ("Models folder", "models_dir", _row(self.models_dir, browse)),
+        ]
+        advanced = [
+            ("Validate every", "validate_every", self.validate_every),
+            ("Network width", "base_channels", self.base_channels),
+            ("Network depth", "depth", self.depth),
+            ("Stem stride", "stem_stride", self.stem_stride),
+        ]
+        for label, field, widget in rows:
+            self._add_row(self._form, label, field, widget)
+        self.advanced = QWidget()
+        advanced_form = QFormLayout(self.advanced)
+        advanced_form.setContentsMargins(0, 0, 0, 0)
+        for label, field, widget in advanced:
+            self._add_row(advanced_form, label, field, widget)
+        self.advanced.setVisible(False)
+        toggle = QToolButton()
+        toggle.setText("Advanced")
+        toggle.setCheckable(True)
+        toggle.setStyleSheet("QToolButton { border: none; }")
+        toggle.toggled.connect(self.advanced.setVisible)
+        toggle.toggled.connect(lambda shown: toggle.setText("Advanced ▾" if shown else "Advanced ▸"))
+        toggle.setText("Advanced ▸")
+        self.advanced_toggle = toggle
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(self._form)
+        layout.addWidget(toggle)
+        layout.addWidget(self.advanced)
+
+        self.image.currentIndexChanged.connect(self._defaults_from_image)
+        self._defaults_from_image()
+
+    def _add_row(self, form: QFormLayout, label: str, field: str, widget: QWidget) -> None:
+        """The field and, under it, a red message that stays hidden until the field is wrong."""
+        if not field:
+            form.addRow(label, widget)
+            return
+        tip = TIPS.get(field)
+        if tip:
+            widget.setToolTip(tip)
+        error = QLabel()
+        error.setWordWrap(True)
+        error.setStyleSheet("color: #ff5c5c;")
+        error.setVisible(False)
+        self._errors[field] = error
+        form.addRow(label, _column(widget, error))
+
+    # ----- defaults from the data -----------------------------------------------------------------------------
+    def _defaults_from_image(self, *_args: Any) -> None:
+        """The image layer's scale is the best guess of its voxel size; its dimensionality of 2D or 3D."""
+        layer = self.image.value
+        if layer is None:
+            return
+        scale = [float(s) for s in layer.scale]
+        if len(scale) >= 2:
+            self.voxel[0].setValue(scale[-1])
+            self.voxel[1].setValue(scale[-2])
+        if layer.ndim >= 3 and not getattr(layer, "rgb", False):
+            self.voxel[2].setValue(scale[-3])
+            self.dims.setCurrentText("3d")
+        elif layer.ndim == 2:
+            self.dims.setCurrentText("2d")
+
+    def _browse_models_dir(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Models folder", self.models_dir.text())
+        if folder:
+            self.models_dir.setText(folder)
+
+    # ----- reading and writing --------------------------------------------------------------------------------
+    def models_folder(self) -> Path:
+        text = self.models_dir.text().strip()
+        return Path(text).expanduser() if text else default_models_dir()
+
+    def read(self) -> tuple[TrainConfig, list[ConfigError]]:
+        """The form as a config, plus the fields that could not even be parsed (those keep their defaults)."""
+        errors: list[ConfigError] = []
+        window = _parse_window(self.window.text(), errors)
+        try:
+            lr = float(self.lr.text())
+            if not math.isfinite(lr):
+                raise ValueError
+        except ValueError:
+            errors.append(ConfigError("lr", f"{self.lr.text()!r} is not a number (e.g. 0.001 or 1e-3)"))
+            lr = TrainConfig(name="").lr
+        image, labels = self.image.value, self.labels.value
+        config = TrainConfig(
+            name=self.name.text().strip(),
+            mode=self.mode.currentText(),  # type: ignore[arg-type]
+            dims=self.dims.currentText(),  # type: ignore[arg-type]
+            image=image.name if image is not None else None,
+            labels=labels.name if labels is not None else None,
+            voxel_size=tuple(box.value() for box in self.voxel),  # type: ignore[arg-type]
+            window=window,
+            gpus=None if self.gpus.value() < 0 else self.gpus.value(),
+            workers=self.workers.value(),
+            lr=lr,
+            iteration_step=self.iteration_step.value(),
+            iteration_save=self.iteration_save.value(),
+            iterations=self.iterations.value(),
+            batch_size=self.batch_size.value(),
+            time_limit_min=self.time_limit.value() or None,
+            validate_every=self.validate_every.value(),
+            base_channels=self.base_channels.value(),
+            depth=self.depth.value(),
+            stem_stride=int(self.stem_stride.currentText()),
+        )
+        return config, errors
+
+    def set_values(self, **values: Any) -> None:
+        """Fill fields by ``TrainConfig`` name (plus ``models_dir``), e.g. from a saved model's config.json."""
+        setters = {
+            "name": lambda v: self.name.setText(str(v)),
+            "mode": self.mode.setCurrentText,
+            "dims": self.dims.setCurrentText,
+            "voxel_size": lambda v: [box.setValue(float(s)) for box, s in zip(self.voxel, v)],
+            "window": lambda v: self.window.setText("" if v is None else ",".join(str(int(w)) for w in v)),
+            "gpus": lambda v: self.gpus.setValue(-1 if v is None else int(v)),
+            "workers": self.workers.setValue,
+            "lr": lambda v: self.lr.setText(f"{v:g}" if isinstance(v, float) else str(v)),
+            "iteration_step": self.iteration_step.setValue,
+            "iteration_save": self.iteration_save.setValue,
+            "iterations": self.iterations.setValue,
+            "batch_size": self.batch_size.setValue,
+            "time_limit_min": lambda v: self.time_limit.setValue(float(v or 0.0)),
+            "validate_every": self.validate_every.setValue,
+            "base_channels": self.base_channels.setValue,
+            "depth": self.depth.setValue,
+            "stem_stride": lambda v: self.stem_stride.setCurrentText(str(v)),
+            "models_dir": lambda v: self.models_dir.setText(str(v)),
+            "image": lambda v: setattr(self.image, "value", v),
+            "labels": lambda v: setattr(self.labels, "value", v),
+        }
+        unknown = sorted(set(values) - set(setters))
+        if unknown:
+            raise KeyError(f"the form has no field {unknown[0]!r}; fields: {', '.join(sorted(setters))}")
+        for field, value in values.items():
+            setters[field](value)
+
+    # ----- messages -------------------------------------------------------------------------------------------
+    def show_errors(self, errors: list[ConfigError]) -> list[ConfigError]:
+        """Put each message under its field; return those about fields the form does not show."""
+        elsewhere = []
+        for error in errors:
+            label = self._errors.get(error.field)
+            if label is None:
+                elsewhere.append(error)
+                continue
+            label.setText(f"{label.text()}\n{error.message}" if label.text() else error.message)
+            label.setVisible(True)
+            if error.field in {"validate_every", "base_channels", "depth", "stem_stride"}:
+                self.advanced_toggle.setChecked(True)
+        return elsewhere
+
+    def clear_errors(self) -> None:
+        for label in self._errors.values():
+            label.clear()
+            label.setVisible(False)
+
+    def error_text(self, field: str) -> str:
+        """The message shown under ``field`` ('' when none): what the tests and the user read."""
+        return self._errors[field].text()
+
+
+def _parse_window(text: str, errors: list[ConfigError]) -> tuple[int, ...] | None:
+    cleaned = text.strip().strip("()[]")
+    if not cleaned:
+        return None
+    parts = [p for p in cleaned.replace("x", ",").replace(" ", ",").split(",") if p]
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        errors.append(ConfigError("window", f"{text!r} is not whole numbers separated by commas, e.g. 8,256,256"))
+        return None
+
+
+def _row(*widgets: QWidget) -> QWidget:
+    holder = QWidget()
+    layout = QHBoxLayout(holder)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for widget in widgets:
+        layout.addWidget(widget)
+    return holder
+
+
+def _column(*widgets: QWidget) -> QWidget:
+    holder = QWidget()
+    layout = QVBoxLayout(holder)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.setSpacing(1)
+    for widget in widgets:
+        layout.addWidget(widget)
+    return holder

@@ -1,0 +1,366 @@
+"""The dock widget that trains a model on layers open in napari.
+
+It only gathers the form into a ``TrainConfig``, hands a snapshot of the data to the engine's ``train``
+generator in a napari worker thread, and shows what the generator yields. Nothing here computes.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.qt.threading import GeneratorWorker, create_worker
+from qtpy.QtCore import QEvent, Qt, QTimer
+from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget
+
+from ..config import ConfigError, TrainConfig
+from ..events import CheckpointSaved, Finished, Preview, Progress, Started, Validation
+from ..train import train
+from .loss_plot import REDRAW_INTERVAL_MS, LossPlot
+from .train_form import TrainForm
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Layer
+
+ERROR_STYLE = "color: #ff5c5c;"
+
+
+class TrainingWorker(GeneratorWorker):
+    """napari's task manager calls ``quit`` (its cancel button, closing the viewer); for training that must
+    mean "stop at the next iteration and save a checkpoint", not dropping the generator mid-iteration."""
+
+    stop_event: threading.Event
+
+    def quit(self) -> None:
+        self.stop_event.set()
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the training image sits in the world, read once in the GUI thread when the job starts."""
+
+    scale: np.ndarray
+    translate: np.ndarray
+    ndim: int
+
+
+class TrainWidget(QWidget):
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.form = TrainForm(napari_viewer)
+        self.image_picker = self.form.image
+        self.labels_picker = self.form.labels
+
+        self.train_button = QPushButton("Train")
+        self.train_button.clicked.connect(self._on_button)
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("idle")
+        self.progress.setValue(0)
+        self.rate_label = QLabel()
+        # Its text changes every iteration; a size hint that followed the text would re-lay out the window.
+        self.rate_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        background, foreground = _theme_colours(napari_viewer)
+        self.plot = LossPlot(background=background, foreground=foreground)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.form)
+        layout.addWidget(self.train_button)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.rate_label)
+        layout.addWidget(self.status)
+        layout.addWidget(self.plot, stretch=1)
+
+        self.worker: TrainingWorker | None = None
+        self.config: TrainConfig | None = None
+        self.last_event: Any = None
+        self.last_preview: Preview | None = None
+        self.model_dir: Path | None = None
+        self.error: BaseException | None = None
+        self.preview_layers: dict[str, Layer] = {}
+        self._inputs: tuple[Layer, Layer] | None = None
+        self._placement: Placement | None = None
+        self._pending_progress: Progress | None = None
+        self._progress_timer = QTimer(self)
+        self._progress_timer.setSingleShot(True)
+        self._progress_timer.setInterval(REDRAW_INTERVAL_MS)
+        self._progress_timer.timeout.connect(self._show_progress)
+        # Read by a closure when this widget is deleted, so it must not be reached through ``self``.
+        self._running_stops: set[threading.Event] = set()
+        stops = self._running_stops
+        self.destroyed.connect(lambda *_: _set_all(stops))
+        napari_viewer.layers.events.removed.connect(self._on_layer_removed)
+        self._handlers = {Started: self._on_started, Progress: self._on_progress, Validation: self._on_validation,
+                          Preview: self._on_preview, CheckpointSaved: self._on_checkpoint,
+                          Finished: self._on_finished_event}
+
+    # ----- readable state -------------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    @property
+    def loss_points(self) -> list[tuple[int, float]]:
+        return self.plot.loss_points
+
+    @property
+    def score_points(self) -> list[tuple[int, float]]:
+        return self.plot.score_points
+
+    def build_config(self) -> TrainConfig:
+        """The form as a job; raises the first field that cannot be read (the data is not checked here)."""
+        config, errors = self.form.read()
+        if errors:
+            raise errors[0]
+        return config
+
+    # ----- control --------------------------------------------------------------------------------------------
+    def start(self) -> bool:
+        """Check everything the engine would check, mark each wrong field, and start only if none is wrong."""
+        if self.running:
+            return False
+        self.form.clear_errors()
+        self._set_status("")
+        config, errors = self.form.read()
+        image_layer, labels_layer = self.image_picker.value, self.labels_picker.value
+        errors += _layer_problems(image_layer, labels_layer)
+        models_dir = self.form.models_folder()
+        errors += config.problems(
+            image_shape=_level0(image_layer).shape if image_layer is not None else None,
+            labels_shape=_level0(labels_layer).shape if labels_layer is not None else None,
+            models_dir=models_dir)
+        if errors:
+            elsewhere = self.form.show_errors(_unique(errors))
+            self._set_status("Fix the fields marked in red." if not elsewhere else
+                             "\n".join(str(e) for e in elsewhere), error=True)
+            return False
+
+        # The worker gets copies: layers may be painted or removed while it trains, and napari objects must
+        # not be read from another thread.
+        image = np.array(_level0(image_layer), copy=True)
+        labels = np.array(_level0(labels_layer), copy=True)
+        self._placement = Placement(np.asarray(image_layer.scale, float), np.asarray(image_layer.translate, float),
+                                    image.ndim)
+        self._inputs = (image_layer, labels_layer)
+        if self.config is None or self.config.name != config.name:
+            self.preview_layers = {}
+        self.config, self.last_event, self.last_preview, self.model_dir, self.error = config, None, None, None, None
+        self.plot.reset("mean IoU" if config.mode == "semantic" else "F1@0.5")
+
+        stop = threading.Event()
+        worker = create_worker(train, config, image, labels, models_dir=models_dir, stop=stop,
+                               _start_thread=False, _ignore_errors=True, _worker_class=TrainingWorker)
+        worker.stop_event = stop
+        worker.yielded.connect(self._on_event)
+        worker.errored.connect(self._on_error)
+        worker.returned.connect(self._on_returned)
+        worker.finished.connect(self._on_worker_finished)
+        self.worker = worker
+        self._running_stops.add(stop)
+        self.form.setEnabled(False)
+        self.train_button.setText("Stop")
+        self.progress.setRange(0, config.iterations)
+        self.progress.setValue(0)
+        self.progress.setFormat("preparing…")
+        self._set_status(f"Preparing {config.name}…")
+        worker.start()
+        return True
+
+    def stop(self, reason: str = "") -> bool:
+        """Ask the job to end after its current iteration; the engine then saves a checkpoint."""
+        if self.worker is None:
+            return False
+        self.worker.stop_event.set()
+        self.train_button.setText("Stopping…")
+        self.train_button.setEnabled(False)
+        self._set_status(f"{reason + ': ' if reason else ''}stopping after this iteration and saving a checkpoint…")
+        return True
+
+    def _on_button(self) -> None:
+        if self.running:
+            self.stop()
+        else:
+            self.start()
+
+    def event(self, event: QEvent) -> bool:
+        """Closing the dock takes this widget out of the window (napari re-parents it to None): stop the job,
+        whose progress would otherwise go on unseen."""
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None and self.running:
+            self.stop("the dock was closed")
+        return super().event(event)
+
+    def _on_layer_removed(self, event: Any) -> None:
+        layer = event.value
+        for key, preview in list(self.preview_layers.items()):
+            if preview == layer:
+                del self.preview_layers[key]
+        if self.running and self._inputs is not None and any(layer == picked for picked in self._inputs):
+            self.stop(f"layer {layer.name!r} was removed")
+
+    # ----- events from the engine (delivered in the GUI thread) -----------------------------------------------
+    def _on_event(self, event: Any) -> None:
+        self.last_event = event
+        handler = self._handlers.get(type(event))
+        if handler is not None:
+            handler(event)
+
+    def _on_started(self, event: Started) -> None:
+        self.model_dir = event.model_dir
+        self.progress.setRange(0, event.total_iterations)
+        self.progress.setValue(event.start_iteration)
+        window = "×".join(str(w) for w in event.window)
+        self._set_status(f"Training {event.model_dir.name} on the {event.device.upper()}, window {window}.")
+
+    def _on_progress(self, event: Progress) -> None:
+        """Recorded at once, shown at most once a second: on a small CPU every repaint in the GUI thread takes
+        time from the cores the training thread computes on."""
+        self.plot.add_loss(event.iteration, event.loss)
+        self._pending_progress = event
+        if not self._progress_timer.isActive():
+            self._progress_timer.start()
+
+    def _show_progress(self) -> None:
+        self._progress_timer.stop()
+        event, self._pending_progress = self._pending_progress, None
+        if event is None:
+            return
+        self.progress.setValue(event.iteration)
+        left = f" · {_duration(event.eta_seconds)} left" if event.eta_seconds is not None else ""
+        self.progress.setFormat(f"{event.iteration} / {event.total}{left}")
+        waiting = event.data_seconds / event.seconds_per_iteration if event.seconds_per_iteration > 0 else 0.0
+        self.rate_label.setText(f"loss {event.loss:.4f} · {event.seconds_per_iteration:.2f} s/it · "
+                                f"lr {event.lr:.1e} · data wait {waiting:.0%}")
+
+    def _on_validation(self, event: Validation) -> None:
+        self.plot.add_score(event.iteration, event.score)
+        name = "mean IoU" if self.config is not None and self.config.mode == "semantic" else "F1@0.5"
+        self._set_status(f"Iteration {event.iteration}: {name} {event.score:.3f}"
+                         f"{' (best so far)' if event.is_best else ''} on the held-out block.")
+
+    def _on_checkpoint(self, event: CheckpointSaved) -> None:
+        if event.reason in ("stop", "final"):
+            self._set_status(f"Checkpoint saved at iteration {event.iteration}.")
+
+    def _on_finished_event(self, event: Finished) -> None:
+        self._show_progress()
+        self.model_dir = event.model_dir
+        best = f"; best score {event.best_score:.3f}" if event.best_score is not None else ""
+        self.progress.setFormat(f"{event.iteration} / {self.progress.maximum()} · {event.reason}")
+        self._set_status(f"{event.reason.capitalize()} at iteration {event.iteration}{best}. "
+                         f"Model saved in {event.model_dir}.")
+
+    def _on_preview(self, event: Preview) -> None:
+        """Show the held-out block's prediction exactly over the block of the image it was predicted from."""
+        self.last_preview = event
+        placement = self._placement
+        if placement is None or self.worker is None or self.worker.stop_event.is_set():
+            return  # once stopping (dock or viewer closing), a late preview must not add layers to a dead window
+        probabilities = event.probabilities
+        foreground = probabilities[0] if event.channel_names[:1] == ("foreground",) else 1.0 - probabilities[0]
+        labels, offset = event.labels, np.asarray(event.offset, float)
+        if placement.ndim == 2:  # the engine speaks (Z, Y, X); a 2D layer has no Z
+            foreground, labels, offset = foreground[0], labels[0], offset[1:]
+        translate = placement.translate + offset * placement.scale
+        where = {"scale": placement.scale, "translate": translate}
+        self._update_layer("probabilities", foreground.astype(np.float32, copy=False), where,
+                           lambda data, **kw: self.viewer.add_image(data, colormap="magma", blending="additive",
+                                                                    contrast_limits=(0.0, 1.0), opacity=0.6, **kw))
+        self._update_layer("labels", labels, where, lambda data, **kw: self.viewer.add_labels(data, opacity=0.45, **kw))
+
+    def _update_layer(self, kind: str, data: np.ndarray, where: dict[str, np.ndarray],
+                      add: Callable[..., Layer]) -> None:
+        """Reuse the same layer for every preview, so the user's contrast, colour and visibility stick."""
+        layer = self.preview_layers.get(kind)
+        if layer is not None and layer in self.viewer.layers:
+            layer.data = data
+            layer.scale, layer.translate = where["scale"], where["translate"]
+            return
+        name = f"{self.config.name if self.config else 'model'} preview {kind}"
+        self.preview_layers[kind] = add(data, name=name, **where)
+
+    def _on_error(self, error: BaseException) -> None:
+        """napari also shows the error as a notification (its worker relays ``errored``)."""
+        self.error = error
+        if isinstance(error, ConfigError):
+            self.form.show_errors([error])
+            self._set_status(f"Training could not start: {error}", error=True)
+        else:
+            self._set_status(f"Training failed: {type(error).__name__}: {error}", error=True)
+
+    def _on_returned(self, model_dir: Path) -> None:
+        self.model_dir = Path(model_dir)
+
+    def _on_worker_finished(self) -> None:
+        if self.worker is not None:
+            self._running_stops.discard(self.worker.stop_event)
+        self.worker = None
+        self._inputs = None
+        self.plot.redraw()
+        self.form.setEnabled(True)
+        self.train_button.setText("Train")
+        self.train_button.setEnabled(True)
+        if self.error is not None:
+            self.progress.setFormat("failed")
+
+    def _set_status(self, text: str, *, error: bool = False) -> None:
+        self.status.setStyleSheet(ERROR_STYLE if error else "")
+        self.status.setText(text)
+
+
+def _set_all(events: set[threading.Event]) -> None:
+    for event in list(events):
+        event.set()
+
+
+def _level0(layer: Layer) -> Any:
+    """The full-resolution array of a layer (the first level of a multiscale one)."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
+def _layer_problems(image: Layer | None, labels: Layer | None) -> list[ConfigError]:
+    found = []
+    if image is None:
+        found.append(ConfigError("image", "pick an Image layer to train on (open one first)"))
+    elif image.rgb:
+        found.append(ConfigError("image", f"{image.name!r} is an RGB image; convert it to one grey channel"))
+    if labels is None:
+        found.append(ConfigError("labels", "pick a Labels layer matching the image (open or paint one)"))
+    return found
+
+
+def _unique(errors: list[ConfigError]) -> list[ConfigError]:
+    seen, out = set(), []
+    for error in errors:
+        if (error.field, error.message) not in seen:
+            seen.add((error.field, error.message))
+            out.append(error)
+    return out
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
+def _theme_colours(viewer: napari.viewer.Viewer) -> tuple[str, str]:
+    """Match the plot to napari's theme so the dock does not show a white block in a dark window."""
+    from napari.utils.theme import available_themes, get_theme
+
+    name = viewer.theme if viewer.theme in available_themes() else "dark"
+    theme = get_theme(name)
+    return theme.background.as_hex(), theme.text.as_hex()

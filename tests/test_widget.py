@@ -1,0 +1,344 @@
+"""The training dock in a real napari viewer, driven through its public methods, on crops of the real stacks.
+
+Every job is tiny (4-channel, 2-level networks, 64-pixel windows, tens of iterations, one CPU thread) so the
+whole file runs in well under a minute on two shared cores.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_plantbio_train.config import TrainConfig
+from napari_plantbio_train.events import Finished, Progress
+from napari_plantbio_train.store import ModelStore
+
+tifffile = pytest.importorskip("tifffile")
+TrainWidget = pytest.importorskip("napari_plantbio_train._widgets.train_widget").TrainWidget
+
+REPO = Path(__file__).resolve().parents[1]
+JOB_TIMEOUT_MS = 120_000  # a generous ceiling for a few-second job on a busy machine, not a speed claim
+
+
+def _data_root() -> Path | None:
+    for root in (Path(__file__).resolve().parents[2] / "shared" / "data", Path("/work/shared/data")):
+        if (root / "chloroplast3d" / "image.tif").is_file() and (root / "plate2d" / "image.tif").is_file():
+            return root
+    return None
+
+
+DATA = _data_root()
+needs_data = pytest.mark.skipif(DATA is None, reason="the real stacks (../shared/data or /work/shared/data) "
+                                                      "are not on this machine")
+
+
+@pytest.fixture(scope="module")
+def chloroplast() -> tuple[np.ndarray, np.ndarray]:
+    """4 slices x 192 x 192 holding four chloroplasts (instance ids), read page by page, not the whole stack."""
+    if DATA is None:
+        pytest.skip("the real stacks are not on this machine")
+    crop = (slice(None), slice(1800, 1992), slice(900, 1092))
+    image = tifffile.imread(DATA / "chloroplast3d" / "image.tif", key=range(4))[crop]
+    labels = tifffile.imread(DATA / "chloroplast3d" / "labels.tif", key=range(4))[crop]
+    assert len(np.unique(labels)) > 2, "the crop must hold several objects"
+    return image, labels
+
+
+@pytest.fixture(scope="module")
+def plate() -> tuple[np.ndarray, np.ndarray]:
+    if DATA is None:
+        pytest.skip("the real stacks are not on this machine")
+    crop = (slice(300, 492), slice(200, 392))
+    return (tifffile.imread(DATA / "plate2d" / "image.tif")[crop],
+            tifffile.imread(DATA / "plate2d" / "labels.tif")[crop])
+
+
+TINY = dict(base_channels=4, depth=2, batch_size=2, workers=1, iteration_step=1, iterations=20,
+            iteration_save=10, validate_every=10)
+
+
+@pytest.fixture
+def dock(make_napari_viewer, tmp_path):
+    """A viewer with the widget docked in it, its models folder in the test's temporary folder."""
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Train segmentation model")
+    widget.form.set_values(models_dir=tmp_path / "models")
+    return viewer, widget, tmp_path / "models"
+
+
+def _train(qtbot, widget: TrainWidget) -> Finished:
+    assert widget.start(), widget.status.text()
+    qtbot.waitUntil(lambda: not widget.running, timeout=JOB_TIMEOUT_MS)
+    assert widget.error is None, widget.error
+    assert isinstance(widget.last_event, Finished)
+    return widget.last_event
+
+
+# ----- the manifest -------------------------------------------------------------------------------------------
+def test_manifest_builds_the_widget_in_napari(make_napari_viewer, npe2pm):
+    with npe2pm.tmp_plugin(manifest=str(REPO / "napari.yaml")):
+        viewer = make_napari_viewer()
+        _, widget = viewer.window.add_plugin_dock_widget("napari-plantbio-train", "Train segmentation model")
+    assert isinstance(widget, TrainWidget)
+    viewer.add_image(np.zeros((8, 8), np.uint8), name="raw")
+    assert [layer.name for layer in widget.image_picker.choices()] == ["raw"]
+
+
+def test_installed_package_exposes_its_manifest():
+    """napari finds plugins through the installed distribution's entry point, not through the repository."""
+    npe2 = pytest.importorskip("npe2")
+    try:
+        metadata.distribution("napari-plantbio-train")
+    except metadata.PackageNotFoundError:
+        pytest.skip("napari-plantbio-train is not pip-installed in this environment")
+    manifest = npe2.PluginManifest.from_distribution("napari-plantbio-train")
+    assert manifest.display_name == "PlantBio Train"
+    assert [w.display_name for w in manifest.contributions.widgets] == ["Train segmentation model"]
+
+
+# ----- the form -----------------------------------------------------------------------------------------------
+def test_pickers_follow_the_layer_list_and_voxel_size_follows_the_image(dock):
+    viewer, widget, _ = dock
+    stack = viewer.add_image(np.zeros((3, 16, 16), np.uint8), name="stack", scale=(40.0, 6.0, 5.0))
+    viewer.add_labels(np.zeros((3, 16, 16), np.uint16), name="truth")
+    assert [layer.name for layer in widget.image_picker.choices()] == ["stack"]
+    assert [layer.name for layer in widget.labels_picker.choices()] == ["truth"]
+    assert widget.build_config().voxel_size == (5.0, 6.0, 40.0)
+    assert widget.build_config().dims == "3d"
+
+    flat = viewer.add_image(np.zeros((16, 16), np.uint8), name="slice", scale=(2.0, 3.0))
+    assert [layer.name for layer in widget.image_picker.choices()] == ["stack", "slice"]
+    assert widget.image_picker.value == stack, "adding a layer must not change the pick"
+
+    widget.image_picker.value = flat
+    config = widget.build_config()
+    assert (config.dims, config.voxel_size[:2]) == ("2d", (3.0, 2.0))
+
+    stack.name = "renamed"
+    assert widget.image_picker.itemText(0) == "renamed"
+    viewer.layers.remove(flat)
+    assert [layer.name for layer in widget.image_picker.choices()] == ["renamed"]
+    assert widget.image_picker.value == stack
+
+
+def test_form_round_trips_every_field(dock):
+    _, widget, models = dock
+    values = dict(name="roundtrip", mode="instance", dims="2d", voxel_size=(4.0, 5.0, 30.0), window=(96, 128),
+                  gpus=0, workers=1, lr=3e-4, iteration_step=2, iteration_save=7, iterations=70, batch_size=3,
+                  time_limit_min=2.5, validate_every=5, base_channels=8, depth=3, stem_stride=2)
+    widget.form.set_values(**values)
+    config = widget.build_config()
+    assert {k: getattr(config, k) for k in values} == values
+    assert widget.form.models_folder() == models
+
+
+def test_config_errors_show_beside_their_fields_and_start_nothing(dock, chloroplast):
+    viewer, widget, models = dock
+    image, labels = chloroplast
+    viewer.add_image(image, name="raw", scale=(40.0, 10.0, 10.0))
+    viewer.add_labels(labels, name="truth")
+    (models / "taken").mkdir(parents=True)
+    (models / "taken" / "model.json").write_text(json.dumps({"format": 1}))
+    widget.form.set_values(name="taken", mode="instance", dims="3d", window=(2, 512, 64), **TINY)
+    widget.form.lr.setText("fast")
+
+    assert not widget.start()
+    assert widget.worker is None and not widget.running
+    assert "already exists" in widget.form.error_text("name")
+    assert "not a number" in widget.form.error_text("lr")
+    assert widget.form.error_text("mode") == ""
+    assert widget.train_button.text() == "Train"
+
+    # Fixing the name and the rate clears their messages on the next attempt; the window is checked once the
+    # other fields are sane, and says the size that fits.
+    widget.form.set_values(name="fresh", lr=1e-3)
+    assert not widget.start()
+    assert widget.form.error_text("name") == "" and widget.form.error_text("lr") == ""
+    assert "larger than the image" in widget.form.error_text("window")
+    assert not (models / "fresh").exists()
+
+
+def test_missing_layers_are_reported_beside_the_pickers(dock):
+    _, widget, _ = dock
+    widget.form.set_values(name="nothing", **TINY)
+    assert not widget.start()
+    assert "pick an Image layer" in widget.form.error_text("image")
+    assert "pick a Labels layer" in widget.form.error_text("labels")
+
+
+# ----- training in the worker ---------------------------------------------------------------------------------
+CASES = {
+    "instance-3d": dict(data="chloroplast", layer_dims=3, mode="instance", dims="3d", window=(2, 64, 64)),
+    "instance-2d": dict(data="chloroplast", layer_dims=3, mode="instance", dims="2d", window=(64, 64)),
+    "semantic-2d": dict(data="plate", layer_dims=2, mode="semantic", dims="2d", window=(64, 64)),
+}
+
+
+@needs_data
+@pytest.mark.parametrize("case", list(CASES))
+def test_training_runs_to_the_end_with_curve_previews_and_a_saved_model(dock, qtbot, request, case):
+    viewer, widget, models = dock
+    spec = CASES[case]
+    image, labels = request.getfixturevalue(spec["data"])
+    scale = (40.0, 10.0, 10.0) if spec["layer_dims"] == 3 else (8.0, 8.0)
+    translate = (80.0, 500.0, -300.0) if spec["layer_dims"] == 3 else (500.0, -300.0)
+    raw = viewer.add_image(image, name="raw", scale=scale, translate=translate)
+    viewer.add_labels(labels, name="truth", scale=scale, translate=translate)
+    name = f"tiny-{case}"
+    widget.form.set_values(name=name, mode=spec["mode"], dims=spec["dims"], window=spec["window"], **TINY)
+
+    finished = _train(qtbot, widget)
+
+    assert (finished.iteration, finished.stopped, finished.reason) == (20, False, "completed")
+    assert [i for i, _ in widget.loss_points] == list(range(1, 21))
+    assert all(np.isfinite(loss) for _, loss in widget.loss_points)
+    assert [i for i, _ in widget.score_points] == [10, 20]
+    assert widget.train_button.text() == "Train" and widget.form.isEnabled()
+
+    preview = widget.last_preview
+    assert preview is not None and preview.iteration == 20
+    probabilities = widget.preview_layers["probabilities"]
+    predicted = widget.preview_layers["labels"]
+    assert probabilities.name == f"{name} preview probabilities" and probabilities in viewer.layers
+    assert predicted.name == f"{name} preview labels" and predicted in viewer.layers
+    offset = np.asarray(preview.offset, float)[-spec["layer_dims"]:]
+    for layer in (probabilities, predicted):
+        assert layer.ndim == raw.ndim
+        np.testing.assert_allclose(layer.scale, raw.scale)
+        np.testing.assert_allclose(layer.translate, np.asarray(translate) + offset * np.asarray(scale))
+    assert predicted.data.shape == preview.labels.shape[-spec["layer_dims"]:]
+    assert 0.0 <= float(probabilities.data.min()) and float(probabilities.data.max()) <= 1.0
+
+    folder = models / name
+    assert widget.model_dir == folder
+    for file in ("model.json", "config.json", "metrics.csv"):
+        assert (folder / file).is_file(), file
+    assert list((folder / "checkpoints").glob("*.pt"))
+    assert name in ModelStore(models).names()
+    saved = TrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    assert (saved.mode, saved.dims, saved.image, saved.labels) == (spec["mode"], spec["dims"], "raw", "truth")
+    assert saved.voxel_size == (scale[-1], scale[-2], scale[0] if spec["layer_dims"] == 3 else 1.0)
+
+
+@needs_data
+def test_stop_mid_way_leaves_a_loadable_checkpoint(dock, qtbot, plate):
+    viewer, widget, models = dock
+    image, labels = plate
+    viewer.add_image(image, name="raw")
+    viewer.add_labels(labels, name="truth")
+    widget.form.set_values(name="stopped", mode="semantic", window=(64, 64), **{**TINY, "iterations": 100_000})
+    assert widget.start()
+    qtbot.waitUntil(lambda: len(widget.loss_points) >= 3, timeout=JOB_TIMEOUT_MS)
+    assert widget.train_button.text() == "Stop"
+    widget.train_button.click()
+    assert widget.train_button.text() == "Stopping…"
+    qtbot.waitUntil(lambda: not widget.running, timeout=JOB_TIMEOUT_MS)
+
+    finished = widget.last_event
+    assert isinstance(finished, Finished)
+    assert finished.stopped and finished.reason == "stopped" and finished.iteration < 100_000
+    model, record = ModelStore(models).load_model("stopped", which="last")
+    assert record.iterations_done == finished.iteration
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert widget.train_button.text() == "Train"
+
+
+@needs_data
+def test_gui_keeps_processing_events_while_training(dock, qtbot, chloroplast):
+    from qtpy.QtCore import QTimer
+
+    viewer, widget, _ = dock
+    image, labels = chloroplast
+    viewer.add_image(image, name="raw", scale=(40.0, 10.0, 10.0))
+    viewer.add_labels(labels, name="truth")
+    widget.form.set_values(name="responsive", mode="instance", dims="3d", window=(2, 64, 64), **TINY)
+    ticks_while_running, redraws_while_running = [], []
+
+    def tick() -> None:
+        if widget.running and isinstance(widget.last_event, Progress):
+            ticks_while_running.append(widget.last_event.iteration)
+            redraws_while_running.append(widget.plot.redraws)
+
+    timer = QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(tick)
+    timer.start()
+    try:
+        _train(qtbot, widget)
+    finally:
+        timer.stop()
+    # The GUI thread ran the timer many times and saw training advance between ticks, and the curve was
+    # redrawn while the job was still running: the job is not running in (or blocking) the GUI thread.
+    assert len(ticks_while_running) >= 5
+    assert len(set(ticks_while_running)) >= 3
+    assert max(redraws_while_running) >= 1
+
+
+@needs_data
+def test_removing_the_picked_image_stops_the_job(dock, qtbot, plate):
+    viewer, widget, models = dock
+    image, labels = plate
+    raw = viewer.add_image(image, name="raw")
+    viewer.add_labels(labels, name="truth")
+    widget.form.set_values(name="orphan", mode="semantic", window=(64, 64), **{**TINY, "iterations": 100_000})
+    assert widget.start()
+    qtbot.waitUntil(lambda: len(widget.loss_points) >= 2, timeout=JOB_TIMEOUT_MS)
+    viewer.layers.remove(raw)
+    assert "'raw' was removed" in widget.status.text()
+    qtbot.waitUntil(lambda: not widget.running, timeout=JOB_TIMEOUT_MS)
+    assert isinstance(widget.last_event, Finished) and widget.last_event.reason == "stopped"
+    assert "orphan" in ModelStore(models).names()
+
+
+@needs_data
+def test_closing_the_dock_stops_the_job(dock, qtbot, plate):
+    viewer, widget, models = dock
+    image, labels = plate
+    viewer.add_image(image, name="raw")
+    viewer.add_labels(labels, name="truth")
+    widget.form.set_values(name="undocked", mode="semantic", window=(64, 64), **{**TINY, "iterations": 100_000})
+    assert widget.start()
+    qtbot.waitUntil(lambda: len(widget.loss_points) >= 2, timeout=JOB_TIMEOUT_MS)
+    viewer.window.remove_dock_widget(widget)
+    qtbot.waitUntil(lambda: not widget.running, timeout=JOB_TIMEOUT_MS)
+    assert isinstance(widget.last_event, Finished) and widget.last_event.stopped
+    assert ModelStore(models).record("undocked").iterations_done < 100_000
+    widget.deleteLater()
+
+
+@needs_data
+def test_closing_the_viewer_stops_the_job_with_a_checkpoint(dock, qtbot, plate):
+    viewer, widget, models = dock
+    image, labels = plate
+    viewer.add_image(image, name="raw")
+    viewer.add_labels(labels, name="truth")
+    widget.form.set_values(name="closed", mode="semantic", window=(64, 64), **{**TINY, "iterations": 100_000})
+    assert widget.start()
+    worker = widget.worker
+    qtbot.waitUntil(lambda: len(widget.loss_points) >= 2, timeout=JOB_TIMEOUT_MS)
+    viewer.close()
+    assert worker.stop_event.is_set()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=JOB_TIMEOUT_MS)
+    record = ModelStore(models).record("closed")
+    assert 2 <= record.iterations_done < 100_000
+
+
+@needs_data
+def test_engine_errors_at_run_time_show_in_the_dock(dock, qtbot, plate):
+    viewer, widget, models = dock
+    image, _ = plate
+    viewer.add_image(image, name="raw")
+    viewer.add_labels(np.zeros(image.shape, np.uint8), name="unpainted")
+    widget.form.set_values(name="empty", mode="semantic", window=(64, 64), **TINY)
+    assert widget.start()  # the form is fine; only the engine looks inside the labels
+    qtbot.waitUntil(lambda: not widget.running, timeout=JOB_TIMEOUT_MS)
+    assert widget.error is not None
+    assert "empty" in widget.status.text()
+    assert "empty" in widget.form.error_text("labels")
+    assert widget.train_button.text() == "Train" and widget.form.isEnabled()
+    assert "empty" not in ModelStore(models).names()
