@@ -98,3 +98,20 @@ def test_max_z_pools_limits_pooling_along_z_only():
     x = torch.randn(1, 1, 2, 16, 16)
     assert net(x).shape == (1, 2, 2, 16, 16)
     assert UNet.from_spec(json.loads(json.dumps(net.spec))).divisor == (2, 8, 8)
+
+
+@pytest.mark.parametrize("kernel", [(3, 3, 3), (1, 3, 3), (3, 1, 1), (1, 1, 1)])
+def test_slice_tap_conv_equals_conv3d(kernel):
+    """The fast 3D convolution must compute exactly what nn.Conv3d computes with the same weights."""
+    from napari_plantbio_train.model import SliceTapConv
+
+    torch.manual_seed(0)
+    padding = tuple(k // 2 for k in kernel)
+    fast = SliceTapConv(5, 7, kernel, padding, bias=True)
+    reference = torch.nn.Conv3d(5, 7, kernel, padding=padding)
+    with torch.no_grad():
+        reference.weight.copy_(fast.conv.weight.view(kernel[0], 7, 5, *kernel[1:]).permute(1, 2, 0, 3, 4))
+        fast.bias.normal_()
+        reference.bias.copy_(fast.bias)
+    x = torch.randn(2, 5, 6, 9, 10)
+    torch.testing.assert_close(fast(x), reference(x), atol=1e-5, rtol=1e-5)

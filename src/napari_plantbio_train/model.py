@@ -47,10 +47,42 @@ class PerSlice(nn.Module):
         return out.reshape(b, z, *out.shape[1:]).transpose(1, 2)
 
 
+class SliceTapConv(nn.Module):
+    """A (kz, k, k) 3D convolution with unit z stride, computed as one 2D convolution over all slices.
+
+    The 2D convolution produces the kz z-taps of every output channel side by side; shifting them along z and
+    summing gives exactly the 3D result. This build of PyTorch runs 3D convolutions on the CPU through a slow
+    generic kernel (``slow_conv3d``), while 2D ones use oneDNN: the same FLOPs run several times faster this way.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: tuple[int, int, int], padding: tuple[int, int, int],
+                 bias: bool) -> None:
+        super().__init__()
+        self.taps, self.pad_z, self.out_ch = kernel[0], padding[0], out_ch
+        self.conv = nn.Conv2d(in_ch, out_ch * self.taps, kernel[1:], padding=padding[1:], bias=False)
+        self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, z, h, w = x.shape
+        y = self.conv(x.transpose(1, 2).reshape(b * z, c, h, w))
+        y = y.reshape(b, z, self.taps, self.out_ch, *y.shape[-2:])
+        if self.taps > 1:
+            z_out = z + 2 * self.pad_z - self.taps + 1
+            y = nn.functional.pad(y, (0, 0, 0, 0, 0, 0, 0, 0, self.pad_z, self.pad_z))
+            y = sum(y[:, t:t + z_out, t] for t in range(self.taps))
+        else:
+            y = y[:, :, 0]
+        if self.bias is not None:
+            y = y + self.bias.view(1, 1, -1, 1, 1)
+        return y.transpose(1, 2)
+
+
 def _layer(kind: str, d: int, *channels: int, kernel: int | tuple[int, ...], stride: int | tuple[int, ...] = 1,
            padding: int | tuple[int, ...] = 0, bias: bool = True) -> nn.Module:
     """A convolution ("conv"), transposed convolution ("up") or max-pool ("pool") for ``d`` spatial dims."""
     kernel, stride, padding = (v if isinstance(v, tuple) else (v,) * d for v in (kernel, stride, padding))
+    if d == 3 and kind == "conv" and stride[0] == 1 and stride[1:] == (1, 1):
+        return SliceTapConv(*channels, kernel=kernel, padding=padding, bias=bias)
     if d == 3 and kernel[0] == 1 and stride[0] == 1:
         return PerSlice(_layer(kind, 2, *channels, kernel=kernel[1:], stride=stride[1:], padding=padding[1:],
                                bias=bias))
