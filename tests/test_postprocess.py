@@ -57,3 +57,27 @@ def test_nothing_above_threshold_gives_empty_labels():
                                  per_slice=False)
     assert labels.dtype == np.uint32
     assert not labels.any()
+
+
+def test_touching_discs_split_at_their_waist_even_without_a_predicted_contour():
+    """A faint contour between touching objects must not merge them: distance maxima still seed both."""
+    yy, xx = np.mgrid[:60, :90]
+    discs = ((yy - 30) ** 2 + (xx - 28) ** 2 < 20**2) | ((yy - 30) ** 2 + (xx - 62) ** 2 < 20**2)
+    foreground = np.repeat(discs[None].astype(np.float32), 3, axis=0)
+    labels = instances_from_maps(foreground, np.zeros_like(foreground), per_slice=False, seed_prominence=4)
+    assert len(np.unique(labels)) == 3
+    assert labels[1, 30, 28] != labels[1, 30, 62]
+
+
+def test_params_follow_the_labelled_objects():
+    from napari_plantbio_train.postprocess import params_from_truth
+
+    small = np.zeros((2, 100, 100), np.uint16)
+    small[:, 10:20, 10:20] = 1
+    large = np.zeros((2, 400, 400), np.uint16)
+    large[:, 50:250, 50:250] = 1
+    p_small = params_from_truth(small, per_slice=True)
+    p_large = params_from_truth(large, per_slice=False, anisotropy=5)
+    assert p_small["seed_prominence"] < p_large["seed_prominence"]
+    assert p_small["min_size"] < p_large["min_size"]
+    assert p_large["anisotropy"] == 5 and p_small["anisotropy"] == 1

@@ -27,7 +27,7 @@ FIELD_OPTIONS = {
     "iteration_step": "iteration_step", "iteration_save": "iteration_save", "iterations": "iterations",
     "batch_size": "batch_size", "time_limit": "time_limit_min", "validate_every": "validate_every",
     "log_every": "log_every", "val_fraction": "val_fraction", "base_channels": "base_channels",
-    "depth": "depth", "stem_stride": "stem_stride", "seed": "seed",
+    "depth": "depth", "stem_stride": "stem_stride", "contour_width": "contour_width", "seed": "seed",
 }
 
 
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--base-channels", type=int, help="channels of the network's first level")
     add("--depth", type=int, help="downsampling steps of the network")
     add("--stem-stride", type=int, help="in-plane stride of the first layer (1, 2 or 4)")
+    add("--contour-width", type=int, help="instance mode: width in pixels of the band between touching objects")
     add("--seed", type=int)
     add("--models-dir", help="models folder (default: $PLANTBIO_MODELS_DIR or the user data folder)")
     add("--resume", action="store_true", help="continue the named model from its last checkpoint")

@@ -69,6 +69,7 @@ class TrainConfig:
     base_channels: int = 16
     depth: int = 4
     stem_stride: int = 1
+    contour_width: int = 4  # instance mode: pixels of boundary band between two touching objects
     seed: int = 0
 
     # ----- derived values -------------------------------------------------------------------------------------
@@ -160,7 +161,7 @@ class TrainConfig:
         if len(self.voxel_size) != 3 or not all(_positive_number(v) for v in self.voxel_size):
             bad("voxel_size", f"{self.voxel_size!r} must be three positive numbers of nm per pixel (x, y, z)")
         for name in ("workers", "iteration_step", "iteration_save", "iterations", "batch_size", "validate_every",
-                     "log_every", "base_channels", "depth"):
+                     "log_every", "base_channels", "depth", "contour_width"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 bad(name, f"{value!r} must be a whole number of at least 1")

@@ -77,6 +77,7 @@ class ModelRecord:
     best: str | None
     best_score: float | None
     best_iteration: int | None
+    postprocess: dict[str, float] | None = None
 
     @property
     def score_name(self) -> str:
@@ -124,7 +125,7 @@ class ModelStore:
                            normalisation=meta["normalisation"], classes=meta.get("classes"),
                            window=tuple(meta["window"]), iterations_done=int(meta["iterations_done"]),
                            last=meta["last"], best=meta.get("best"), best_score=meta.get("best_score"),
-                           best_iteration=meta.get("best_iteration"))
+                           best_iteration=meta.get("best_iteration"), postprocess=meta.get("postprocess"))
 
     def load_checkpoint(self, record: ModelRecord, which: str = "best") -> dict[str, Any]:
         """The checkpoint's tensors and counters; only plain data is accepted from the file."""

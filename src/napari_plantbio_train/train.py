@@ -25,6 +25,7 @@ from .config import ConfigError, TrainConfig
 from .data import Normalisation, Region, WindowSampler, as_stack, check_image, crop, split_validation
 from .events import CheckpointSaved, Event, Finished, Preview, Progress, Started, Validation
 from .model import UNet
+from .postprocess import params_from_truth
 from .store import ModelStore, ModelWriter
 from .targets import check_label_array, class_values, instance_targets, semantic_target
 from .validate import score_region
@@ -74,6 +75,7 @@ class Material:
     window: tuple[int, ...]  # as the network sees it: (z, y, x) in 3D, (y, x) in 2D
     train_region: Region
     val_region: Region
+    postprocess: dict[str, float] | None  # instance mode: watershed settings scaled to the labelled objects
 
 
 def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previous: dict | None) -> Material:
@@ -97,12 +99,16 @@ def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previ
         target = semantic_target(truth, classes).astype(np.uint8 if len(classes) < 256 else np.int64)
         foreground = target > 0
     else:
-        target = instance_targets(truth, per_slice=config.dims == "2d").astype(np.uint8)
+        target = instance_targets(truth, per_slice=config.dims == "2d", contour_width=config.contour_width).astype(np.uint8)
         foreground = target[0] > 0
     window = config.resolved_window(stack.shape)
     window3 = window if len(window) == 3 else (1, *window)
     train_region, val_region = split_validation(stack.shape, window3, config.val_fraction, foreground)
-    return Material(stack, truth, target, classes, normalisation, window, train_region, val_region)
+    postprocess = None
+    if config.mode == "instance":
+        postprocess = (previous or {}).get("postprocess") or params_from_truth(
+            crop(truth, train_region), per_slice=config.dims == "2d", anisotropy=config.anisotropy)
+    return Material(stack, truth, target, classes, normalisation, window, train_region, val_region, postprocess)
 
 
 def _stop_requested(stop: StopSignal) -> bool:
@@ -120,7 +126,8 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_
     previous_state, previous_meta = None, None
     if resume:
         record = store.record(config.name)
-        previous_meta = {"classes": record.classes, "normalisation": record.normalisation}
+        previous_meta = {"classes": record.classes, "normalisation": record.normalisation,
+                         "postprocess": record.postprocess}
         previous_state = store.load_checkpoint(record, "last")
     material = prepare(config, image, labels, previous=previous_meta)
 
@@ -139,7 +146,8 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_
     writer = ModelWriter(store, config, resume=resume)
     writer.describe(network=model.spec, normalisation=material.normalisation.to_dict(), classes=material.classes,
                     window=list(material.window), validation_region=[list(r) for r in material.val_region],
-                    mode=config.mode, dims=config.dims, voxel_size=list(config.voxel_size))
+                    mode=config.mode, dims=config.dims, voxel_size=list(config.voxel_size),
+                    postprocess=material.postprocess)
     best_score = writer.meta.get("best_score")
 
     window3 = material.window if config.spatial_dims == 3 else (1, *material.window)

@@ -45,11 +45,12 @@ def make_predictor(model: torch.nn.Module, mode: str, device: torch.device, auto
     return predictor
 
 
-def labels_from_probabilities(probabilities: np.ndarray, mode: str, dims: str,
-                              classes: list[int] | None) -> np.ndarray:
+def labels_from_probabilities(probabilities: np.ndarray, mode: str, dims: str, classes: list[int] | None,
+                              postprocess: dict[str, float] | None = None) -> np.ndarray:
     """Instance: seeded watershed to one id per object. Semantic: the most likely class, as its label value."""
     if mode == "instance":
-        return instances_from_maps(probabilities[0], probabilities[1], per_slice=dims == "2d")
+        return instances_from_maps(probabilities[0], probabilities[1], per_slice=dims == "2d",
+                                   **(postprocess or {}))
     index = probabilities.argmax(0)
     values = np.asarray(classes)
     return values[index].astype(np.min_scalar_type(int(values.max())), copy=False)
@@ -63,7 +64,8 @@ def score_region(model: torch.nn.Module, material: "Material", config: "TrainCon
     probabilities = predict_stack(make_predictor(model, config.mode, device, autocast), image,
                                   spatial_dims=config.spatial_dims, window=material.window,
                                   overlap=VALIDATION_OVERLAP, batch_size=config.batch_size)
-    labels = labels_from_probabilities(probabilities, config.mode, config.dims, material.classes)
+    labels = labels_from_probabilities(probabilities, config.mode, config.dims, material.classes,
+                                       material.postprocess)
     if config.mode == "instance":
         match = match_instances_per_slice if config.dims == "2d" else match_instances
         scores = match(labels, truth, 0.5)
