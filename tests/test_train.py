@@ -179,3 +179,14 @@ def test_loading_refuses_a_pickled_object(models_dir, chloroplast_crop):
     torch.save({"model": Payload()}, folder / meta["last"])
     with pytest.raises(ModelError, match="safely"):
         ModelStore(models_dir).load_model("evil", "last")
+
+
+def test_validation_block_holds_labels_when_only_part_is_painted():
+    """Labels painted on one side only: the held-out block must come from where objects were painted."""
+    from napari_plantbio_train.data import split_validation
+
+    painted = np.zeros((1, 400, 300), bool)
+    painted[:, :, 200:] = np.random.default_rng(0).random((1, 400, 100)) > 0.7
+    train_region, val_region = split_validation(painted.shape, (1, 128, 128), 0.15, painted)
+    assert val_region[2] == (255, 300) and train_region[2] == (0, 255)
+    assert painted[:, :, 255:].any()

@@ -91,29 +91,37 @@ class Normalisation:
 
 def split_validation(shape: tuple[int, int, int], window: tuple[int, int, int], fraction: float,
                      has_labels: np.ndarray | None = None) -> tuple[Region, Region]:
-    """Hold out a block at one end of the longest in-plane axis (a block, so validation never sees a pixel
-    of a training window). Returns (train region, validation region)."""
-    axis = 1 if shape[1] >= shape[2] else 2
-    length, win = shape[axis], window[axis]
-    size = max(int(round(length * fraction)), min(32, length))
-    size = min(size, length - win)
-    if size < min(16, win):
-        raise ConfigError("window", f"{'zyx'[axis]} size {win} leaves no room for a validation block in an image "
-                                    f"of {length} pixels along {'zyx'[axis]}; use a window of at most "
-                                    f"{max(1, length - 32)}")
-    full = [(0, s) for s in shape]
-    ends = [(length - size, length), (0, size)]
-    for val_span in ends:
-        train_span = (0, length - size) if val_span[0] > 0 else (size, length)
-        val, train = list(full), list(full)
-        val[axis], train[axis] = val_span, train_span
-        if has_labels is None or _any_in(has_labels, tuple(val)):
-            break
-    return tuple(train), tuple(val)  # type: ignore[return-value]
+    """Hold out a block at one end of an in-plane axis (a block, so validation never sees a pixel of a
+    training window). Returns (train region, validation region).
 
+    Of the four candidate ends (both ends of y and of x) that leave the window room to train, the one whose
+    share of labelled pixels is closest to the whole stack's wins: a block of pure background would score
+    nothing, and labels painted on only part of an image are common.
+    """
+    candidates = []
+    for axis in (1, 2):
+        length, win = shape[axis], window[axis]
+        size = min(max(int(round(length * fraction)), min(32, length)), length - win)
+        if size < min(16, win):
+            continue
+        for val_span, train_span in (((length - size, length), (0, length - size)), ((0, size), (size, length))):
+            val, train = [(0, s) for s in shape], [(0, s) for s in shape]
+            val[axis], train[axis] = val_span, train_span
+            candidates.append((tuple(train), tuple(val)))
+    if not candidates:
+        axis = 1 if shape[1] >= shape[2] else 2
+        raise ConfigError("window", f"{'zyx'[axis]} size {window[axis]} leaves no room for a validation block in "
+                                    f"an image of {shape[axis]} pixels along {'zyx'[axis]}; use a window of at "
+                                    f"most {max(1, shape[axis] - 32)}")
+    if has_labels is None:
+        return candidates[0]
+    overall = float(has_labels.mean())
 
-def _any_in(mask: np.ndarray, region: Region) -> bool:
-    return bool(mask[tuple(slice(a, b) for a, b in region)].any())
+    def mismatch(candidate: tuple[Region, Region]) -> float:
+        share = float(crop(has_labels, candidate[1]).mean())
+        return abs(share - overall) if share > 0 else np.inf
+
+    return min(candidates, key=mismatch)  # type: ignore[return-value]
 
 
 def crop(array: np.ndarray, region: Region) -> np.ndarray:
