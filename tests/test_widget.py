@@ -130,7 +130,7 @@ def test_form_round_trips_every_field(dock):
     _, widget, models = dock
     values = dict(name="roundtrip", mode="instance", dims="2d", voxel_size=(4.0, 5.0, 30.0), window=(96, 128),
                   gpus=0, workers=1, lr=3e-4, iteration_step=2, iteration_save=7, iterations=70, batch_size=3,
-                  time_limit_min=2.5, validate_every=5, base_channels=8, depth=3, stem_stride=2)
+                  time_limit_min=2.5, validate_every=5, base_channels=8, depth=3, stem_stride=2, contour_width=6)
     widget.form.set_values(**values)
     config = widget.build_config()
     assert {k: getattr(config, k) for k in values} == values

@@ -48,6 +48,7 @@ TIPS = {
     "validate_every": "Score the held-out block (and refresh the preview layers) every this many iterations.",
     "base_channels": "Width of the network's first level; smaller trains faster, larger can learn more.",
     "depth": "Number of downsampling levels of the U-Net.",
+    "contour_width": "Instance mode: width in pixels of the band learned between touching objects.",
     "stem_stride": "Run the network at 1/2 or 1/4 of the in-plane resolution: much faster on a CPU, coarser edges.",
 }
 
@@ -107,6 +108,7 @@ class TrainForm(QWidget):
         self.validate_every = _spin(1, 10_000_000, defaults.validate_every)
         self.base_channels = _spin(1, 256, defaults.base_channels)
         self.depth = _spin(1, 8, defaults.depth)
+        self.contour_width = _spin(1, 64, defaults.contour_width)
         self.stem_stride = QComboBox()
         self.stem_stride.addItems(["1", "2", "4"])
         self.stem_stride.setCurrentText(str(defaults.stem_stride))
@@ -140,6 +142,7 @@ class TrainForm(QWidget):
             ("Network width", "base_channels", self.base_channels),
             ("Network depth", "depth", self.depth),
             ("Stem stride", "stem_stride", self.stem_stride),
+            ("Contour width", "contour_width", self.contour_width),
         ]
         for label, field, widget in rows:
             self._add_row(self._form, label, field, widget)
@@ -240,6 +243,7 @@ class TrainForm(QWidget):
             base_channels=self.base_channels.value(),
             depth=self.depth.value(),
             stem_stride=int(self.stem_stride.currentText()),
+            contour_width=self.contour_width.value(),
         )
         return config, errors
 
@@ -263,6 +267,7 @@ class TrainForm(QWidget):
             "base_channels": self.base_channels.setValue,
             "depth": self.depth.setValue,
             "stem_stride": lambda v: self.stem_stride.setCurrentText(str(v)),
+            "contour_width": self.contour_width.setValue,
             "models_dir": lambda v: self.models_dir.setText(str(v)),
             "image": lambda v: setattr(self.image, "value", v),
             "labels": lambda v: setattr(self.labels, "value", v),
@@ -284,7 +289,7 @@ class TrainForm(QWidget):
                 continue
             label.setText(f"{label.text()}\n{error.message}" if label.text() else error.message)
             label.setVisible(True)
-            if error.field in {"validate_every", "base_channels", "depth", "stem_stride"}:
+            if error.field in {"validate_every", "base_channels", "depth", "stem_stride", "contour_width"}:
                 self.advanced_toggle.setChecked(True)
         return elsewhere
 

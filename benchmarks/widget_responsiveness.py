@@ -1,0 +1,125 @@
+"""Does training inside napari cost speed, and does the viewer stay responsive?
+
+Runs the same short instance-3D job twice through the command line's path (the ``train`` generator in the
+foreground) and twice through the dock widget's napari worker thread, alternating, in one process on one
+virtual display. Reports iterations per second of each and their ratio (target: the widget within 10% of the
+command line), and, while the widget trains, the event loop's worst delay: a 10 ms QTimer records the gaps
+between its ticks, and any gap beyond 10 ms is time the GUI could not react (target: under 100 ms).
+
+Run it alone, on a virtual display:
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/widget_responsiveness.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from napari_plantbio_train.config import TrainConfig
+from napari_plantbio_train.events import Progress
+from napari_plantbio_train.train import train
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chloroplast3d"
+ITERATIONS = 80
+JOB = dict(mode="instance", dims="3d", voxel_size=(5.0, 5.0, 50.0), window=(2, 256, 256), stem_stride=2,
+           base_channels=16, depth=4, batch_size=4, lr=2e-3, validate_every=40, iteration_save=10_000,
+           iterations=ITERATIONS)
+TICK_MS = 10
+
+
+def load() -> tuple[np.ndarray, np.ndarray]:
+    pages = range(0, 10)
+    image = tifffile.imread(DATA / "image.tif", key=pages)[:, 1300:2068, 400:1168]
+    labels = tifffile.imread(DATA / "labels.tif", key=pages)[:, 1300:2068, 400:1168]
+    return image, labels
+
+
+def rate(stamps: list[float]) -> float:
+    """Iterations per second between the first and the last progress event (start-up excluded)."""
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def run_cli(image, labels, models_dir: Path, tag: str) -> float:
+    config = TrainConfig(name=f"cli-{tag}", workers=os.cpu_count() or 1, **JOB)
+    stamps = [time.perf_counter() for e in train(config, image, labels, models_dir=models_dir)
+              if isinstance(e, Progress)]
+    return rate(stamps)
+
+
+def run_widget(viewer, image_layer, labels_layer, models_dir: Path, tag: str) -> tuple[float, list[float]]:
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    from napari_plantbio_train._widgets.train_widget import TrainWidget
+
+    widget = TrainWidget(viewer)
+    dock = viewer.window.add_dock_widget(widget, name=f"train {tag}", area="right")
+    widget.image_picker.value, widget.labels_picker.value = image_layer, labels_layer
+    widget.form.set_values(name=f"widget-{tag}", workers=os.cpu_count() or 1, models_dir=models_dir,
+                           **{k: v for k, v in JOB.items()})
+    stamps: list[float] = []
+    gaps: list[float] = []
+    last_tick = [time.perf_counter()]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append((now - last_tick[0]) * 1000.0 - TICK_MS)
+        last_tick[0] = now
+
+    timer = QTimer()
+    timer.setInterval(TICK_MS)
+    timer.timeout.connect(tick)
+    if not widget.start():
+        raise RuntimeError(f"the widget refused the job: {widget.status.text()}")
+    widget.worker.yielded.connect(lambda e: stamps.append(time.perf_counter()) if isinstance(e, Progress) else None)
+    loop = QEventLoop()
+    widget.worker.finished.connect(loop.quit)
+    timer.start()
+    loop.exec()
+    timer.stop()
+    viewer.window.remove_dock_widget(dock)
+    return rate(stamps), gaps[5:]  # the first ticks include the job's start-up in the GUI thread
+
+
+def main() -> int:
+    if not (DATA / "image.tif").exists():
+        print(f"the real data is not at {DATA}", file=sys.stderr)
+        return 1
+    import napari
+
+    image, labels = load()
+    models_dir = Path(tempfile.mkdtemp(prefix="plantbio-responsive-"))
+    viewer = napari.Viewer(show=True)
+    image_layer = viewer.add_image(image, name="image", scale=(50, 5, 5))
+    labels_layer = viewer.add_labels(labels, name="labels", scale=(50, 5, 5))
+    load_before = os.getloadavg()
+    cli_rates, widget_rates, all_gaps = [], [], []
+    for round_ in range(2):
+        cli_rates.append(run_cli(image, labels, models_dir, str(round_)))
+        widget_rate, gaps = run_widget(viewer, image_layer, labels_layer, models_dir, str(round_))
+        widget_rates.append(widget_rate)
+        all_gaps.extend(gaps)
+        print(f"round {round_}: cli {cli_rates[-1]:.3f} it/s, widget {widget_rate:.3f} it/s, "
+              f"worst event-loop delay {max(gaps):.0f} ms", flush=True)
+    viewer.close()
+    result = {
+        "iterations_per_run": ITERATIONS, "window": list(JOB["window"]), "batch_size": JOB["batch_size"],
+        "cli_it_per_s": [round(r, 3) for r in cli_rates], "widget_it_per_s": [round(r, 3) for r in widget_rates],
+        "widget_over_cli": round(statistics.mean(widget_rates) / statistics.mean(cli_rates), 3),
+        "event_loop_worst_delay_ms": round(max(all_gaps), 1),
+        "event_loop_p99_delay_ms": round(float(np.percentile(all_gaps, 99)), 1),
+        "load_before": [round(v, 2) for v in load_before], "load_after": [round(v, 2) for v in os.getloadavg()],
+    }
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
