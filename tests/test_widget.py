@@ -225,15 +225,21 @@ def test_training_runs_to_the_end_with_curve_previews_and_a_saved_model(dock, qt
     assert saved.voxel_size == (scale[-1], scale[-2], scale[0] if spec["layer_dims"] == 3 else 1.0)
 
 
-@needs_data
-def test_stop_mid_way_leaves_a_loadable_checkpoint(dock, qtbot, plate):
+def _start_endless_plate_job(dock, plate, name: str, qtbot, points: int = 2):
+    """A semantic job on the plate crop that would run for ever, started and seen producing losses."""
     viewer, widget, models = dock
     image, labels = plate
-    viewer.add_image(image, name="raw")
+    raw = viewer.add_image(image, name="raw")
     viewer.add_labels(labels, name="truth")
-    widget.form.set_values(name="stopped", mode="semantic", window=(64, 64), **{**TINY, "iterations": 100_000})
+    widget.form.set_values(name=name, mode="semantic", window=(64, 64), **{**TINY, "iterations": 100_000})
     assert widget.start()
-    qtbot.waitUntil(lambda: len(widget.loss_points) >= 3, timeout=JOB_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: len(widget.loss_points) >= points, timeout=JOB_TIMEOUT_MS)
+    return viewer, widget, models, raw
+
+
+@needs_data
+def test_stop_mid_way_leaves_a_loadable_checkpoint(dock, qtbot, plate):
+    viewer, widget, models, raw = _start_endless_plate_job(dock, plate, "stopped", qtbot, points=3)
     assert widget.train_button.text() == "Stop"
     widget.train_button.click()
     assert widget.train_button.text() == "Stopping…"
@@ -281,13 +287,7 @@ def test_gui_keeps_processing_events_while_training(dock, qtbot, chloroplast):
 
 @needs_data
 def test_removing_the_picked_image_stops_the_job(dock, qtbot, plate):
-    viewer, widget, models = dock
-    image, labels = plate
-    raw = viewer.add_image(image, name="raw")
-    viewer.add_labels(labels, name="truth")
-    widget.form.set_values(name="orphan", mode="semantic", window=(64, 64), **{**TINY, "iterations": 100_000})
-    assert widget.start()
-    qtbot.waitUntil(lambda: len(widget.loss_points) >= 2, timeout=JOB_TIMEOUT_MS)
+    viewer, widget, models, raw = _start_endless_plate_job(dock, plate, "orphan", qtbot)
     viewer.layers.remove(raw)
     assert "'raw' was removed" in widget.status.text()
     qtbot.waitUntil(lambda: not widget.running, timeout=JOB_TIMEOUT_MS)
@@ -297,13 +297,7 @@ def test_removing_the_picked_image_stops_the_job(dock, qtbot, plate):
 
 @needs_data
 def test_closing_the_dock_stops_the_job(dock, qtbot, plate):
-    viewer, widget, models = dock
-    image, labels = plate
-    viewer.add_image(image, name="raw")
-    viewer.add_labels(labels, name="truth")
-    widget.form.set_values(name="undocked", mode="semantic", window=(64, 64), **{**TINY, "iterations": 100_000})
-    assert widget.start()
-    qtbot.waitUntil(lambda: len(widget.loss_points) >= 2, timeout=JOB_TIMEOUT_MS)
+    viewer, widget, models, raw = _start_endless_plate_job(dock, plate, "undocked", qtbot)
     viewer.window.remove_dock_widget(widget)
     qtbot.waitUntil(lambda: not widget.running, timeout=JOB_TIMEOUT_MS)
     assert isinstance(widget.last_event, Finished) and widget.last_event.stopped
@@ -313,14 +307,8 @@ def test_closing_the_dock_stops_the_job(dock, qtbot, plate):
 
 @needs_data
 def test_closing_the_viewer_stops_the_job_with_a_checkpoint(dock, qtbot, plate):
-    viewer, widget, models = dock
-    image, labels = plate
-    viewer.add_image(image, name="raw")
-    viewer.add_labels(labels, name="truth")
-    widget.form.set_values(name="closed", mode="semantic", window=(64, 64), **{**TINY, "iterations": 100_000})
-    assert widget.start()
+    viewer, widget, models, raw = _start_endless_plate_job(dock, plate, "closed", qtbot)
     worker = widget.worker
-    qtbot.waitUntil(lambda: len(widget.loss_points) >= 2, timeout=JOB_TIMEOUT_MS)
     viewer.close()
     assert worker.stop_event.is_set()
     qtbot.waitUntil(lambda: not worker.is_running, timeout=JOB_TIMEOUT_MS)
