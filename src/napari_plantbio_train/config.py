@@ -83,10 +83,6 @@ class TrainConfig:
         x, y, z = self.voxel_size
         return float(z) / ((float(x) + float(y)) / 2.0)
 
-    @property
-    def out_channels(self) -> int | None:
-        return 2 if self.mode == "instance" else None
-
     def device(self) -> str:
         gpus = self.gpus if self.gpus is not None else min(1, cuda_device_count())
         return "cuda" if gpus >= 1 else "cpu"
@@ -220,10 +216,10 @@ class TrainConfig:
         divisor = self.network_divisor(image_shape)
         for axis, w, d in zip("zyx"[-len(window):], window, divisor):
             if w % d:
-                lower, upper = max(d, (w // d) * d), (w // d + 1) * d
-                nearest = upper if (upper - w) <= (w - lower) or lower == w else lower
+                from .model import nearest_valid_size
+
                 bad("window", f"{axis} size {w} does not fit the network's downsampling by {d}: "
-                              f"the nearest valid size is {nearest}")
+                              f"the nearest valid size is {nearest_valid_size(w, d)}")
                 return
         if image_shape is not None:
             spatial = _stack_shape(image_shape)[-len(window):]

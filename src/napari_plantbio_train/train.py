@@ -271,4 +271,4 @@ def run_to_end(events: Generator[Event, None, Path]) -> tuple[Path, list[Event]]
             return done.value, seen
 
 
-__all__ = ["train", "lr_at", "segmentation_loss", "prepare", "Material", "run_to_end", "crop"]
+__all__ = ["train", "lr_at", "segmentation_loss", "prepare", "Material", "run_to_end"]
