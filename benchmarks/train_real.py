@@ -37,8 +37,8 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # The jobs as a user would fill in the form. Voxel size is not recorded for these stacks; the chloroplast
 # stack is ten thin serial sections, so z is taken as ten times coarser than x/y.
 JOBS = {
-    "chloroplast3d": dict(mode="instance", dims="3d", voxel_size=(5.0, 5.0, 50.0), window=(2, 256, 256),
-                          stem_stride=2, base_channels=16, depth=4, batch_size=4, lr=2e-3, validate_every=250,
+    "chloroplast3d": dict(mode="instance", dims="3d", voxel_size=(5.0, 5.0, 50.0), window=(4, 256, 256),
+                          stem_stride=2, base_channels=16, depth=4, batch_size=2, lr=2e-3, validate_every=250,
                           val_fraction=0.2),
     "plate2d": dict(mode="semantic", dims="2d", voxel_size=(1.0, 1.0, 1.0), window=(256, 256),
                     stem_stride=2, base_channels=16, depth=4, batch_size=4, lr=2e-3, validate_every=100),
