@@ -73,6 +73,7 @@ class Material:
     classes: list[int] | None
     normalisation: Normalisation
     window: tuple[int, ...]  # as the network sees it: (z, y, x) in 3D, (y, x) in 2D
+    foreground: np.ndarray  # (Z, Y, X) bool: where labelled objects are, for aiming windows at them
     train_region: Region
     val_region: Region
     postprocess: dict[str, float] | None  # instance mode: watershed settings scaled to the labelled objects
@@ -99,16 +100,17 @@ def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previ
         target = semantic_target(truth, classes).astype(np.uint8 if len(classes) < 256 else np.int64)
         foreground = target > 0
     else:
-        target = instance_targets(truth, per_slice=config.dims == "2d", contour_width=config.contour_width).astype(np.uint8)
+        target = instance_targets(truth, per_slice=config.dims == "2d",
+                                  contour_width=config.contour_width).astype(np.uint8)
         foreground = target[0] > 0
     window = config.resolved_window(stack.shape)
-    window3 = window if len(window) == 3 else (1, *window)
-    train_region, val_region = split_validation(stack.shape, window3, config.val_fraction, foreground)
+    train_region, val_region = split_validation(stack.shape, _window3(window), config.val_fraction, foreground)
     postprocess = None
     if config.mode == "instance":
         postprocess = (previous or {}).get("postprocess") or params_from_truth(
             crop(truth, train_region), per_slice=config.dims == "2d", anisotropy=config.anisotropy)
-    return Material(stack, truth, target, classes, normalisation, window, train_region, val_region, postprocess)
+    return Material(stack, truth, target, classes, normalisation, window, foreground, train_region, val_region,
+                    postprocess)
 
 
 def _stop_requested(stop: StopSignal) -> bool:
@@ -150,10 +152,9 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_
                     postprocess=material.postprocess)
     best_score = writer.meta.get("best_score")
 
-    window3 = material.window if config.spatial_dims == 3 else (1, *material.window)
     rng = np.random.default_rng([config.seed, start])  # a resumed job draws new windows, not the same ones
-    sampler = WindowSampler(material.stack, material.target, _foreground(material), material.train_region,
-                            window3, material.normalisation, rng)
+    sampler = WindowSampler(material.stack, material.target, material.foreground, material.train_region,
+                            _window3(material.window), material.normalisation, rng)
     # bf16 autocast on GPUs that have it; on the CPU plain fp32 is faster than emulated low precision.
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 and torch.cuda.is_bf16_supported() else contextlib.nullcontext())
@@ -239,8 +240,9 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_
     return writer.folder
 
 
-def _foreground(material: Material) -> np.ndarray:
-    return material.target[0] > 0 if material.target.ndim == 4 else material.target > 0
+def _window3(window: tuple[int, ...]) -> tuple[int, int, int]:
+    """Windows are drawn from (Z, Y, X) stacks; a 2D job's window is one slice thick."""
+    return window if len(window) == 3 else (1, *window)  # type: ignore[return-value]
 
 
 def _squeeze_z(array: np.ndarray, spatial_dims: int) -> np.ndarray:
