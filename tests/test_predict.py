@@ -88,7 +88,9 @@ def test_predict_stack_2d_equals_per_slice_sliding_window():
     for z in range(3):
         expected = sliding_window(two_channels, torch.from_numpy(stack[z])[None], (4, 4), batch_size=3)
         np.testing.assert_allclose(result[:, z], expected.numpy(), atol=1e-6)
-    assert calls == [(1, 3), (2, 3), (3, 3)]
+    # 4 x 4 windows of 4 x 4 per slice (50% overlap), batches of 3: progress counts windows over all slices
+    per_slice = [3, 6, 9, 12, 15, 16]
+    assert calls == [(16 * z + done, 48) for z in range(3) for done in per_slice]
 
 
 def test_predict_stack_3d_reports_final_progress():
@@ -99,7 +101,7 @@ def test_predict_stack_3d_reports_final_progress():
     np.testing.assert_allclose(result[0], 2 * stack, atol=1e-5)
     total = calls[-1][1]
     assert calls[-1] == (total, total)
-    assert [done for done, _ in calls] == list(range(1, total + 1))
+    assert [done for done, _ in calls] == [min(total, 2 * k) for k in range(1, len(calls) + 1)]
 
 
 def test_predict_stack_window_must_match_dims():

@@ -70,3 +70,33 @@ class Finished:
 
 
 Event = Started | Progress | Validation | Preview | CheckpointSaved | Finished
+
+
+# ----- auto-labelling -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LabelStarted:
+    model: str
+    shape: tuple[int, ...]  # of the image as given
+    blocks: int
+    windows: int  # sliding-window positions in all blocks together (x test-time variants for the work)
+    device: str
+    precision: str
+
+
+@dataclass(frozen=True)
+class LabelProgress:
+    windows_done: int
+    windows: int
+    blocks_done: int
+    blocks: int
+    stage: str  # "predict" while windows run, "join" while object ids are joined across blocks
+
+
+@dataclass(frozen=True)
+class LabelFinished:
+    seconds: float
+    objects: int | None  # instance mode: objects in the result
+    cancelled: bool
+
+
+LabelEvent = LabelStarted | LabelProgress | LabelFinished

@@ -10,6 +10,7 @@ path serves 2D and 3D windows (`ndim = image.ndim - 1`).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -61,7 +62,7 @@ def sliding_window(predictor: Predictor, image: torch.Tensor, window: tuple[int,
     `image` is (C, *spatial); the predictor gets (B, C, *window) batches on the image's device (it moves them to
     the model's device itself) and returns (B, K, *window); outputs are accumulated on the image's device, so a
     large stack can stay in host memory while the model runs on a GPU. `out_channels` only checks K, which is
-    otherwise read from the first batch. `progress(done, total)` is called after each batch.
+    otherwise read from the first batch. `progress(done, total)` counts windows and is called after each batch.
     """
     ndim = image.ndim - 1
     window = tuple(int(w) for w in window)
@@ -81,8 +82,8 @@ def sliding_window(predictor: Predictor, image: torch.Tensor, window: tuple[int,
     output: torch.Tensor | None = None
 
     origins = list(itertools.product(*(window_starts(s, w, overlap) for s, w in zip(padded_spatial, window))))
-    total = -(-len(origins) // batch_size)
-    for done, batch in enumerate(_batches(origins, batch_size), start=1):
+    done = 0
+    for batch in _batches(origins, batch_size):
         regions = [tuple(slice(o, o + w) for o, w in zip(origin, window)) for origin in batch]
         inputs = torch.stack([padded[(slice(None), *region)] for region in regions])
         # Only the predictor runs in inference mode: tensors created there could not be updated in place
@@ -96,8 +97,9 @@ def sliding_window(predictor: Predictor, image: torch.Tensor, window: tuple[int,
         for region, values in zip(regions, result):
             output[(slice(None), *region)] += values * weights
             weight_sum[region] += weights
+        done += len(batch)
         if progress is not None:
-            progress(done, total)
+            progress(done, len(origins))
     assert output is not None  # at least one window always exists
     output /= weight_sum
     return output[(slice(None), *crop)].contiguous() if padded_spatial != spatial else output
@@ -109,8 +111,8 @@ def predict_stack(predictor: Predictor, image: np.ndarray, *, spatial_dims: int,
     """Raw predictor outputs (K, Z, Y, X) for a normalised (Z, Y, X) stack, in the way the model was trained.
 
     A 2D model never saw neighbouring slices, so each slice is predicted alone with a (y, x) window; a 3D model
-    gets one sliding window over the whole volume. No activation is applied: logits stay logits. `progress` counts
-    slices for 2D models and window batches for 3D models.
+    gets one sliding window over the whole volume. No activation is applied: logits stay logits. `progress(done,
+    total)` counts windows (of all slices, for a 2D model).
     """
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 3:
@@ -126,15 +128,67 @@ def predict_stack(predictor: Predictor, image: np.ndarray, *, spatial_dims: int,
                               progress=progress).numpy()
     output: np.ndarray | None = None
     n_slices = image.shape[0]
+    per_slice = math.prod(len(window_starts(s, w, overlap)) for s, w in zip(image.shape[1:], window))
+
+    def slice_progress(z: int) -> ProgressCallback | None:
+        if progress is None:
+            return None
+        return lambda done, _total: progress(z * per_slice + done, n_slices * per_slice)
+
     for z in range(n_slices):
-        result = sliding_window(predictor, tensor[z][None], window, overlap=overlap, batch_size=batch_size)
+        result = sliding_window(predictor, tensor[z][None], window, overlap=overlap, batch_size=batch_size,
+                                progress=slice_progress(z))
         if output is None:
             output = np.empty((result.shape[0], *image.shape), dtype=np.float32)
         output[:, z] = result.numpy()
-        if progress is not None:
-            progress(z + 1, n_slices)
     assert output is not None  # a stack has at least one slice
     return output
+
+
+TTA_CHOICES = (0, 4, 8)
+
+
+def tta_variants(n: int, window: tuple[int, ...]) -> list[tuple[tuple[int, ...], bool]]:
+    """(flipped axes, transposed) pairs, applied to the in-plane axes (the last two) of a (B, C, *window) batch.
+
+    In-plane only: the network saw flips and 90-degree rotations in-plane while training, while z of an EM stack
+    is a different kind of axis (thicker sections, other texture). 4 variants are the flips; 8 add the
+    transposed ones (with the flips, all eight in-plane rotations and mirror images), which need a square window.
+    """
+    if n not in TTA_CHOICES:
+        raise ValueError(f"test-time augmentation takes {' or '.join(map(str, TTA_CHOICES))} variants, got {n}")
+    if n == 8 and window[-1] != window[-2]:
+        raise ValueError(f"8 test-time variants transpose y and x, which needs a square window, not {window}")
+    flips: list[tuple[int, ...]] = [(), (-1,), (-2,), (-2, -1)]
+    variants = [(f, False) for f in flips] if n else [((), False)]
+    if n == 8:
+        variants += [(f, True) for f in flips]
+    return variants
+
+
+def with_tta(predictor: Predictor, n: int, window: tuple[int, ...]) -> Predictor:
+    """A predictor that averages the outputs of `n` flipped / transposed copies of each batch (0: unchanged).
+
+    Each variant is mapped back before averaging, so the result stays aligned with the input; averaging
+    probabilities (not logits) is what the predictors here return and what the older tool's "aug num" did.
+    """
+    variants = tta_variants(n, window)
+    if len(variants) == 1:
+        return predictor
+
+    def averaged(x: torch.Tensor) -> torch.Tensor:
+        total: torch.Tensor | None = None
+        for flips, transpose in variants:
+            t = x.flip(flips) if flips else x
+            t = t.transpose(-2, -1) if transpose else t
+            y = predictor(t.contiguous())
+            y = y.transpose(-2, -1) if transpose else y
+            y = y.flip(flips) if flips else y
+            total = y.float() if total is None else total + y
+        assert total is not None
+        return total / len(variants)
+
+    return averaged
 
 
 def _check_output(result: torch.Tensor, inputs: torch.Tensor, window: tuple[int, ...],

@@ -1,0 +1,144 @@
+"""Reading blocks from whatever holds a stack, and writing results that may not fit in memory.
+
+napari layers hold numpy, dask or zarr arrays, and a stack from a large acquisition may be larger than RAM, so
+auto-labelling never asks for the whole array: it reads one block at a time (``read_block``) and writes one
+block at a time into an output that is a numpy array, a zarr array, or a file (``.zarr`` directory or ``.tif``).
+Files are built under a temporary name and moved into place only when complete: a cancelled or failed run never
+leaves a file that looks like a finished result.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Region = tuple[slice, slice, slice]  # (z, y, x) of the (Z, Y, X) view of a stack
+
+
+def stack_shape(array: Any) -> tuple[int, int, int]:
+    """The (Z, Y, X) shape of a 2D image (one slice) or a 3D stack, without reading any data."""
+    shape = tuple(int(s) for s in np.shape(array)) if not hasattr(array, "shape") else tuple(map(int, array.shape))
+    if len(shape) == 2:
+        return (1, *shape)  # type: ignore[return-value]
+    if len(shape) == 3:
+        return shape  # type: ignore[return-value]
+    raise ValueError(f"expected a 2D image or a 3D stack, got shape {shape}")
+
+
+def read_block(array: Any, region: Region) -> np.ndarray:
+    """One (z, y, x) block of a numpy, dask or zarr array as numpy; a 2D image is read as one slice."""
+    if len(array.shape) == 2:
+        block = array[region[1], region[2]]
+        block = np.asarray(block.compute() if hasattr(block, "compute") else block)
+        return block[np.newaxis]
+    block = array[region]
+    return np.asarray(block.compute() if hasattr(block, "compute") else block)
+
+
+def write_block(array: Any, region: Region, values: np.ndarray) -> None:
+    if len(array.shape) == 2:
+        array[region[1], region[2]] = values[0]
+    else:
+        array[region] = values
+
+
+class Output:
+    """Where a result goes: an in-memory array, a zarr array, or a ``.zarr`` / ``.tif`` path.
+
+    ``array`` is what blocks are written to; ``finish()`` makes a file target appear under its final name.
+    TIFF cannot be written block by block in any order, so a TIFF target is first built as a temporary zarr
+    store next to it and then copied out one slice at a time.
+    """
+
+    def __init__(self, target: Any, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
+                 *, overwrite: bool = False, voxel_size: tuple[float, float, float] | None = None) -> None:
+        self.target, self.voxel_size = target, voxel_size
+        self.path: Path | None = None
+        self._tmp: Path | None = None
+        dtype = np.dtype(dtype)
+        if target is None:
+            self.array: Any = np.zeros(shape, dtype)
+        elif isinstance(target, (str, os.PathLike)):
+            self.path = Path(target)
+            suffix = self.path.suffix.lower()
+            if suffix not in (".zarr", ".tif", ".tiff"):
+                raise ValueError(f"output {self.path}: use a .zarr, .tif or .tiff path")
+            if self.path.exists() and not overwrite:
+                raise FileExistsError(f"output {self.path} already exists (choose another name or overwrite it)")
+            self._tmp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+            _remove(self._tmp)
+            self.array = _create_zarr(self._tmp, shape, dtype, chunks)
+        else:
+            if tuple(target.shape) != tuple(shape):
+                raise ValueError(f"output array has shape {tuple(target.shape)}, expected {tuple(shape)}")
+            if np.dtype(target.dtype) != dtype:
+                raise ValueError(f"output array has dtype {target.dtype}, expected {dtype}")
+            self.array = target
+
+    def finish(self) -> Any:
+        """The final result: the array itself, or the path of the completed file."""
+        if self.path is None:
+            return self.array
+        assert self._tmp is not None
+        if self.path.suffix.lower() == ".zarr":
+            _remove(self.path)
+            os.replace(self._tmp, self.path)
+        else:
+            _zarr_to_tiff(self.array, self.path, self.voxel_size)
+            _remove(self._tmp)
+        return self.path
+
+    def abort(self) -> None:
+        if self._tmp is not None:
+            _remove(self._tmp)
+
+
+def _create_zarr(path: Path, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...]) -> Any:
+    import zarr
+
+    chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape))
+    return zarr.open_array(store=str(path), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+
+
+def _zarr_to_tiff(array: Any, path: Path, voxel_size: tuple[float, float, float] | None) -> None:
+    """Copy slice by slice into a zlib-compressed TIFF written under a temporary name.
+
+    The voxel size goes into ImageJ metadata (Fiji reads it) where ImageJ supports the dtype, and into the
+    JSON description otherwise (ImageJ has no 32-bit integer type, which instance labels need).
+    """
+    import tifffile
+
+    tmp = path.with_name(f".{path.name}.partial-tif-{os.getpid()}")
+    shape, dtype = tuple(array.shape), np.dtype(array.dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    axes = "ZYX" if len(shape) == 3 else "YX"
+    imagej = voxel_size is not None and dtype in (np.uint8, np.uint16, np.float32) and nbytes < 2**32
+    kwargs: dict[str, Any] = {"metadata": {"axes": axes}}
+    if voxel_size is not None:
+        x, y, z = voxel_size
+        kwargs["resolution"] = (1.0 / x, 1.0 / y)
+        kwargs["metadata"] = ({"axes": axes, "spacing": z, "unit": "nm"} if imagej
+                              else {"axes": axes, "voxel_size_nm": [x, y, z]})
+
+    def pages():
+        for z in range(shape[0] if len(shape) == 3 else 1):
+            yield np.asarray(array[z] if len(shape) == 3 else array[...])
+
+    try:
+        with tifffile.TiffWriter(tmp, bigtiff=nbytes >= 2**31, imagej=imagej) as tif:
+            tif.write(pages(), shape=shape, dtype=dtype, photometric="minisblack", compression="zlib", **kwargs)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()

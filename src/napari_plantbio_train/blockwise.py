@@ -1,0 +1,233 @@
+"""Cutting a stack into blocks that fit in memory, and joining the objects found in each into one labelling.
+
+Three nested regions per block, per axis:
+
+- ``core``: the part of the result this block writes. Cores tile the stack without overlap.
+- ``context``: the core plus a halo. Labels are computed on the context, so an object cut by the core's edge is
+  still seen whole enough to be segmented the same way from both sides of the edge.
+- ``reach``: every window of the whole-stack sliding-window grid that touches the context. Predicting the
+  reach with the same grid reproduces, inside the context, exactly the probabilities a whole-stack prediction
+  would give (the same windows with the same weights cover each voxel): blocks change memory, not results.
+
+Instance ids are joined afterwards: each block numbers its objects from 1, and an object whose context labels
+(in the halo past the core) mostly coincide with one object of the neighbour's core, and vice versa, is the
+same object. Mutual best matches only, so one bad block cannot chain-merge a row of touching objects.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .arrays import read_block, write_block
+from .predict import window_starts
+
+Span = tuple[int, int]
+Region = tuple[slice, slice, slice]
+
+
+@dataclass(frozen=True)
+class Block:
+    index: tuple[int, int, int]  # position in the grid of blocks
+    core: tuple[Span, Span, Span]
+    context: tuple[Span, Span, Span]
+    reach: tuple[Span, Span, Span]
+
+    @staticmethod
+    def region(spans: tuple[Span, ...]) -> Region:
+        return tuple(slice(a, b) for a, b in spans)  # type: ignore[return-value]
+
+    def within(self, outer: tuple[Span, ...], inner: tuple[Span, ...]) -> Region:
+        """`inner` as slices of an array that holds `outer`."""
+        return tuple(slice(i0 - o0, i1 - o0) for (o0, _), (i0, i1) in zip(outer, inner))  # type: ignore
+
+    @property
+    def reach_voxels(self) -> int:
+        return math.prod(b - a for a, b in self.reach)
+
+
+def _reach(span: Span, size: int, window: int, overlap: float) -> Span:
+    """The extent of the grid windows that touch `span` along one axis."""
+    if size <= window:
+        return (0, size)
+    starts = [s for s in window_starts(size, window, overlap) if s < span[1] and s + window > span[0]]
+    return (min(starts), min(size, max(starts) + window))
+
+
+def plan_blocks(shape: tuple[int, int, int], window: tuple[int, int, int], overlap: float, halo: tuple[int, int, int],
+                max_voxels: int) -> list[Block]:
+    """Blocks whose reach holds at most about `max_voxels` voxels (never smaller than a window per axis).
+
+    The axis whose core is largest compared with its window is halved first, so blocks stay as close to
+    cubes-of-windows as the stack allows and the halo overhead stays small.
+    """
+    core = list(shape)
+
+    def worst_reach() -> int:
+        return math.prod(min(s, c + 2 * h + 2 * w) for s, c, h, w in zip(shape, core, halo, window))
+
+    while worst_reach() > max_voxels:
+        candidates = [a for a in range(3) if core[a] > window[a]]
+        if not candidates:
+            break
+        axis = max(candidates, key=lambda a: core[a] / window[a])
+        core[axis] = max(window[axis], -(-core[axis] // 2))
+    edges = [list(range(0, s, c)) for s, c in zip(shape, core)]
+    blocks = []
+    for index in itertools.product(*(range(len(e)) for e in edges)):
+        spans_core, spans_context, spans_reach = [], [], []
+        for axis, i in enumerate(index):
+            c0 = edges[axis][i]
+            c1 = min(shape[axis], c0 + core[axis])
+            ctx = (max(0, c0 - halo[axis]), min(shape[axis], c1 + halo[axis]))
+            spans_core.append((c0, c1))
+            spans_context.append(ctx)
+            spans_reach.append(_reach(ctx, shape[axis], window[axis], overlap))
+        blocks.append(Block(tuple(index), tuple(spans_core), tuple(spans_context), tuple(spans_reach)))  # type: ignore
+    return blocks
+
+
+def count_windows(block: Block, window: tuple[int, int, int], overlap: float) -> int:
+    """Windows the sliding window runs over this block's reach (what progress counts)."""
+    return math.prod(len(window_starts(b - a, w, overlap)) for (a, b), w in zip(block.reach, window))
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    index: tuple[int, int, int]
+    objects: int  # ids 1..objects in this block's core
+    strips: tuple[tuple[tuple[int, int, int], np.ndarray], ...]  # (neighbour index, my labels in its core)
+
+
+def store_labels(block: Block, labels: np.ndarray, out: Any, neighbours: list[tuple[int, Block]], *,
+                 instance: bool) -> BlockResult:
+    """Write the core of labels computed on the block's context; for instances, number the core's objects
+    1..n and keep what the context saw of each neighbour's core, to link objects cut by the edge later."""
+    core_in_context = block.within(block.context, block.core)
+    if not instance:
+        write_block(out, Block.region(block.core), labels[core_in_context])
+        return BlockResult(block.index, 0, ())
+    core, table = sequential_ids(labels[core_in_context], int(labels.max()) if labels.size else 0)
+    write_block(out, Block.region(block.core), core)
+    strips = []
+    for _axis, other in neighbours:
+        strip = halo_overlap(block, other)
+        strips.append((other.index, table[labels[block.within(block.context, strip)]]))
+    return BlockResult(block.index, int(table.max()), tuple(strips))
+
+
+def join_ids(blocks: list[Block], results: dict[tuple[int, int, int], BlockResult], labels: Any) -> int:
+    """Give every object one id across blocks: offsets make block ids unique, strips link the parts of objects
+    cut by a block edge, and one more pass over the cores writes the final consecutive ids. Returns the count."""
+    offsets, total = {}, 0
+    for block in blocks:
+        offsets[block.index] = total
+        total += results[block.index].objects
+    if len(blocks) == 1:
+        return total
+    links = UnionFind(total + 1)
+    by_index = {b.index: b for b in blocks}
+    for block in blocks:
+        for other_index, strip_labels in results[block.index].strips:
+            strip = halo_overlap(block, by_index[other_index])
+            theirs = read_block(labels, Block.region(strip))
+            for mine, their in mutual_best_pairs(strip_labels, theirs):
+                links.union(offsets[block.index] + mine, offsets[other_index] + their)
+    final = links.final_ids()
+    for block in blocks:
+        offset, count = offsets[block.index], results[block.index].objects
+        table = np.concatenate([[0], final[offset + 1:offset + count + 1]]).astype(np.uint32)
+        region = Block.region(block.core)
+        write_block(labels, region, table[read_block(labels, region)])
+    return int(final.max())
+
+
+def sequential_ids(labels: np.ndarray, top: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber the ids present in `labels` as 1..n; returns the renumbered array and the old-to-new table,
+    which covers ids up to `top` (ids absent from `labels` map to 0)."""
+    labels = np.asarray(labels)
+    top = max(int(labels.max()) if labels.size else 0, top or 0)
+    present = np.flatnonzero(np.bincount(labels.ravel(), minlength=top + 1))
+    present = present[present > 0]
+    table = np.zeros(top + 1, np.uint32)
+    table[present] = np.arange(1, present.size + 1, dtype=np.uint32)
+    return table[labels], table
+
+
+def neighbour_halos(block: Block, blocks_by_index: dict[tuple[int, int, int], Block]) -> list[tuple[int, Block]]:
+    """The next block along each axis whose core this block's context reaches into."""
+    out = []
+    for axis in range(3):
+        index = list(block.index)
+        index[axis] += 1
+        other = blocks_by_index.get(tuple(index))  # type: ignore[arg-type]
+        if other is not None and block.context[axis][1] > other.core[axis][0]:
+            out.append((axis, other))
+    return out
+
+
+def halo_overlap(block: Block, other: Block) -> tuple[Span, Span, Span]:
+    """Where this block's context lies in the other block's core: the strip both have labelled."""
+    return tuple((max(a0, b0), min(a1, b1)) for (a0, a1), (b0, b1) in zip(block.context, other.core))  # type: ignore
+
+
+def mutual_best_pairs(mine: np.ndarray, theirs: np.ndarray, min_share: float = 0.5) -> list[tuple[int, int]]:
+    """Pairs (my id, their id) that are each other's largest overlap in the strip, covering at least
+    `min_share` of the smaller of the two objects' parts in the strip."""
+    mine, theirs = mine.ravel().astype(np.int64), theirs.ravel().astype(np.int64)
+    both = (mine > 0) & (theirs > 0)
+    if not both.any():
+        return []
+    size_mine = np.bincount(mine)
+    size_theirs = np.bincount(theirs)
+    width = int(theirs.max()) + 1
+    codes, counts = np.unique(mine[both] * width + theirs[both], return_counts=True)
+    a, b = np.divmod(codes, width)
+    order = np.argsort(-counts, kind="stable")
+    best_of_a: dict[int, int] = {}
+    best_of_b: dict[int, int] = {}
+    for k in order:
+        best_of_a.setdefault(int(a[k]), int(b[k]))
+        best_of_b.setdefault(int(b[k]), int(a[k]))
+    pairs = []
+    for k in range(codes.size):
+        ia, ib = int(a[k]), int(b[k])
+        if best_of_a[ia] == ib and best_of_b[ib] == ia and counts[k] >= min_share * min(size_mine[ia],
+                                                                                          size_theirs[ib]):
+            pairs.append((ia, ib))
+    return pairs
+
+
+class UnionFind:
+    """Equivalence classes of global object ids (0 is background and stays alone)."""
+
+    def __init__(self, size: int) -> None:
+        self.parent = np.arange(size, dtype=np.int64)
+
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = int(self.parent[root])
+        while self.parent[i] != root:  # path compression
+            self.parent[i], i = root, int(self.parent[i])
+        return root
+
+    def union(self, i: int, j: int) -> None:
+        ri, rj = self.find(i), self.find(j)
+        if ri != rj:
+            self.parent[max(ri, rj)] = min(ri, rj)
+
+    def final_ids(self) -> np.ndarray:
+        """Consecutive ids 1..n, one per class, numbered by each class's smallest member; 0 maps to 0."""
+        roots = self.parent.copy()
+        while True:  # pointer jumping: every id points at its class's root after a few rounds
+            jumped = roots[roots]
+            if np.array_equal(jumped, roots):
+                break
+            roots = jumped
+        _, inverse = np.unique(roots, return_inverse=True)  # roots are the smallest members, so order holds
+        return inverse.astype(np.uint32)
