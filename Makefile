@@ -37,8 +37,13 @@ test: install
 demo: install
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python docs/demo.py
 
+# Long runs reported in issues, not CI; run them alone on the machine (see benchmarks/*.py).
 benchmarks: install
+	$(BIN)/pip install -q -e ".[qt,testing,benchmarks]" $(TORCH_PIN)
 	$(BIN)/python benchmarks/train_real.py
+	$(BIN)/python benchmarks/predict_vs_monai.py
+	$(BIN)/python benchmarks/label_memory.py
+	$(BIN)/python benchmarks/label_accuracy.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache

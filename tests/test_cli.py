@@ -77,3 +77,43 @@ def test_models_listing_when_empty(models_dir):
     out = io.StringIO()
     assert main(["models", "--models-dir", str(models_dir)], out=out) == 0
     assert "no models" in out.getvalue()
+
+
+def test_predict_then_evaluate(stack_files, models_dir, tmp_path, capsys):
+    image, labels = stack_files
+    assert main(_train_args(image, labels, models_dir, "cli-label", "--quiet"), out=io.StringIO()) == 0
+    output = tmp_path / "result.tif"
+    out = io.StringIO()
+    args = ["predict", "--model", "cli-label", "--image", str(image), "--output", str(output), "--overlap", "0.25",
+            "--tta", "4", "--batch-size", "2", "--models-dir", str(models_dir), "--min-size", "8"]
+    assert main(args, out=out) == 0
+    assert f"wrote {output}" in out.getvalue()
+    result = tifffile.imread(output)
+    assert result.shape == tifffile.imread(image).shape and result.dtype == np.uint32
+
+    assert main(args, out=io.StringIO()) == 2  # the output exists: refused, not overwritten
+    assert "already exists" in capsys.readouterr().err
+
+    scores = io.StringIO()
+    csv_path = tmp_path / "scores.csv"
+    assert main(["evaluate", "--prediction", str(labels), "--truth", str(labels), "--csv", str(csv_path)],
+                out=scores) == 0
+    report = json.loads(scores.getvalue())
+    assert report["f1_50"] == 1.0 and report["ap_75"] == 1.0 and report["count_difference"] == 0
+    assert csv_path.read_text().startswith("metric,value")
+
+    judged = io.StringIO()
+    assert main(["evaluate", "--prediction", str(output), "--truth", str(labels)], out=judged) == 0
+    assert json.loads(judged.getvalue())["n_true"] == len(np.unique(tifffile.imread(labels))) - 1
+    assert main(["evaluate", "--prediction", str(labels), "--truth", str(labels), "--objects",
+                 str(tmp_path / "objects.csv"), "--voxel-size", "5", "5", "50"], out=io.StringIO()) == 0
+    assert (tmp_path / "objects.csv").read_text().startswith("id,voxels,volume_nm3")
+
+
+def test_predict_errors_are_one_line(stack_files, models_dir, tmp_path, capsys):
+    image, _ = stack_files
+    assert main(["predict", "--model", "nobody", "--image", str(image), "--output", str(tmp_path / "o.zarr"),
+                 "--models-dir", str(models_dir)]) == 2
+    assert "no complete model named 'nobody'" in capsys.readouterr().err
+    assert main(["evaluate", "--prediction", str(image), "--truth", str(tmp_path / "none.tif")]) == 2
+    assert capsys.readouterr().err.startswith("error: truth: ")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import signal
 import sys
 import threading
@@ -16,8 +17,11 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+import numpy as np
+
 from .config import MODES, ConfigError, TrainConfig
-from .events import CheckpointSaved, Finished, Progress, Started, Validation
+from .events import CheckpointSaved, Finished, LabelFinished, LabelProgress, LabelStarted, Progress, Started, Validation
+from .label import PRECISIONS, LabelSettings
 from .store import ModelError, ModelStore
 
 # option -> TrainConfig field, for every option that maps one-to-one
@@ -76,10 +80,50 @@ def build_parser() -> argparse.ArgumentParser:
     add("--resume", action="store_true", help="continue the named model from its last checkpoint")
     add("--quiet", action="store_true", help="no progress bar")
 
+    _add_predict(commands)
+    _add_evaluate(commands)
+
     models = commands.add_parser("models", help="list named models")
     models.add_argument("--models-dir")
     models.add_argument("--json", action="store_true", help="one JSON object per line")
     return parser
+
+
+def _add_predict(commands: Any) -> None:
+    predict = commands.add_parser("predict", help="label a stack with a named model")
+    add = predict.add_argument
+    add("--model", required=True, help="name of the model (see `models`)")
+    add("--image", required=True, help="stack to label (TIFF, .zarr or .npy; read block by block)")
+    add("--output", required=True, help="labels to write: O.tif or O.zarr")
+    add("--overlap", type=float, default=0.5, help="share of a window overlapping its neighbour (default 0.5)")
+    add("--tta", type=int, default=0, choices=(0, 4, 8), help="test-time variants averaged (default 0)")
+    add("--batch-size", type=int, help="windows per forward pass (default: the model's samples per batch)")
+    add("--models-dir", help="models folder (default: $PLANTBIO_MODELS_DIR or the user data folder)")
+    add("--probabilities", help="also write the probability maps to this .zarr path")
+    add("--checkpoint", choices=("best", "last"), default="best", help="which weights to use (default best)")
+    add("--precision", choices=PRECISIONS, default="auto",
+        help="auto: bf16 where the hardware runs it natively, else fp32")
+    add("--device", help="cpu, cuda or cuda:N (default: the first GPU if there is one)")
+    for name in ("fg_threshold", "seed_threshold", "min_size", "min_seed_size", "seed_prominence"):
+        add(f"--{name.replace('_', '-')}", type=float, help="instance post-processing (default: the model's)")
+    add("--block-voxels", type=int, default=LabelSettings.block_voxels, help="largest block held in memory")
+    add("--workers", type=int, default=1, help="blocks labelled at once on this machine")
+    add("--scheduler", help="address of a dask.distributed scheduler to run the blocks on")
+    add("--overwrite", action="store_true", help="replace an existing output")
+    add("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_evaluate(commands: Any) -> None:
+    evaluate = commands.add_parser("evaluate", help="score a labels result against ground truth (JSON)")
+    add = evaluate.add_argument
+    add("--prediction", required=True, help="labels to judge (TIFF, .zarr or .npy)")
+    add("--truth", required=True, help="ground-truth labels of the same shape")
+    add("--mode", choices=MODES, default="instance", help="instance (objects, default) or semantic (classes)")
+    add("--per-slice", action="store_true", help="instance: match objects within each slice (2D models)")
+    add("--csv", help="also write the scores as a metric,value CSV")
+    add("--objects", help="also write per-object statistics of the prediction as CSV")
+    add("--voxel-size", nargs=3, type=float, metavar=("X", "Y", "Z"), default=(1.0, 1.0, 1.0),
+        help="nm per pixel along x, y, z, for the object statistics")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -155,14 +199,17 @@ class ProgressLine:
         self.out, self.width, self.drawn_at, self.length = out, width, 0.0, 0
 
     def update(self, event: Progress) -> None:
+        eta = "" if event.eta_seconds is None else f" ~{_duration(event.eta_seconds)} left"
+        self.draw(event.iteration, event.total, f"loss {event.loss:.4f} lr {event.lr:.2e} "
+                                                f"{event.seconds_per_iteration:.2f}s/it{eta}")
+
+    def draw(self, done: int, total: int, text: str) -> None:
         now = time.monotonic()
-        if now - self.drawn_at < 0.25 and event.iteration != event.total:
+        if now - self.drawn_at < 0.25 and done != total:
             return
         self.drawn_at = now
-        filled = int(self.width * event.iteration / max(1, event.total))
-        eta = "" if event.eta_seconds is None else f" ~{_duration(event.eta_seconds)} left"
-        text = (f"[{'#' * filled}{'.' * (self.width - filled)}] {event.iteration}/{event.total} "
-                f"loss {event.loss:.4f} lr {event.lr:.2e} {event.seconds_per_iteration:.2f}s/it{eta}")
+        filled = int(self.width * done / max(1, total))
+        text = f"[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} {text}"
         self.out.write("\r" + text.ljust(self.length))
         self.out.flush()
         self.length = len(text)
@@ -176,6 +223,65 @@ class ProgressLine:
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _run_predict(args: argparse.Namespace, out: TextIO) -> int:
+    from .arrays import open_stack
+    from .label import label_stack
+
+    try:
+        image = open_stack(args.image)
+    except (OSError, ValueError) as exc:
+        raise ConfigError("image", str(exc)) from None
+    postprocess = {name: getattr(args, name) for name in ("fg_threshold", "seed_threshold", "min_size",
+                                                          "min_seed_size", "seed_prominence")
+                   if getattr(args, name) is not None}
+    settings = LabelSettings(overlap=args.overlap, tta=args.tta, batch_size=args.batch_size, precision=args.precision,
+                             device=args.device, which=args.checkpoint, postprocess=postprocess,
+                             block_voxels=args.block_voxels, workers=args.workers, scheduler=args.scheduler)
+    stop = threading.Event()
+    bar = None if args.quiet else ProgressLine(out)
+    with _signals_set(stop):
+        for event in label_stack(args.model, image, models_dir=args.models_dir, output=args.output,
+                                 probabilities=args.probabilities, settings=settings, overwrite=args.overwrite,
+                                 stop=stop):
+            if isinstance(event, LabelStarted):
+                print(f"labelling {tuple(event.shape)} with {args.model!r} on {event.device} ({event.precision}): "
+                      f"{event.blocks} block(s), {event.windows} windows", file=out, flush=True)
+            elif isinstance(event, LabelProgress) and bar:
+                bar.draw(event.windows_done, event.windows, f"windows, {event.blocks_done}/{event.blocks} blocks"
+                         + (", joining objects" if event.stage == "join" else ""))
+            elif isinstance(event, LabelFinished):
+                objects = "" if event.objects is None else f", {event.objects} objects"
+                status = "cancelled, nothing written" if event.cancelled else f"wrote {args.output}"
+                _line(bar, out, f"{status} in {_duration(event.seconds)}{objects}")
+                if event.cancelled:
+                    return 130
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace, out: TextIO) -> int:
+    from .arrays import open_stack
+    from .evaluate import evaluate, object_statistics, write_object_statistics_csv, write_scores_csv
+
+    arrays = {}
+    for field in ("prediction", "truth"):
+        try:
+            arrays[field] = np.asarray(open_stack(getattr(args, field)))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(field, str(exc)) from None
+    try:
+        scores = evaluate(arrays["prediction"], arrays["truth"], args.mode, per_slice=args.per_slice)
+    except ValueError as exc:
+        raise ConfigError("prediction", str(exc)) from None
+    if args.csv:
+        write_scores_csv(scores, args.csv)
+    if args.objects:
+        write_object_statistics_csv(object_statistics(arrays["prediction"], tuple(args.voxel_size)), args.objects)
+    # NaN (a score with nothing to score) is not JSON: it is written as null.
+    print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in scores.items()}),
+          file=out)
+    return 0
 
 
 def _run_models(args: argparse.Namespace, out: TextIO) -> int:
@@ -203,13 +309,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "train":
-            return _run_train(args, out)
-        return _run_models(args, out)
+        runners = {"train": _run_train, "predict": _run_predict, "evaluate": _run_evaluate, "models": _run_models}
+        return runners[args.command](args, out)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ModelError, FileNotFoundError) as exc:
+    except (ModelError, FileNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
