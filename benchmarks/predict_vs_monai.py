@@ -55,7 +55,7 @@ from napari_plantbio_train.config import TrainConfig
 from napari_plantbio_train.data import Normalisation
 from napari_plantbio_train.model import UNet
 from napari_plantbio_train.predict import gaussian_weights, window_starts
-from napari_plantbio_train.label import resolve_precision
+from napari_plantbio_train.hardware import resolve_precision
 from napari_plantbio_train.validate import make_predictor
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -98,7 +98,8 @@ def test_installed_package_exposes_its_manifest():
         pytest.skip("napari-plantbio-train is not pip-installed in this environment")
     manifest = npe2.PluginManifest.from_distribution("napari-plantbio-train")
     assert manifest.display_name == "PlantBio Train"
-    assert [w.display_name for w in manifest.contributions.widgets] == ["Train segmentation model"]
+    assert [w.display_name for w in manifest.contributions.widgets] == [
+        "Train segmentation model", "Auto-label with a model", "Evaluate labels"]
 
 
 # ----- the form -----------------------------------------------------------------------------------------------

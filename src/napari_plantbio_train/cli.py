@@ -20,8 +20,10 @@ from typing import Any, TextIO
 import numpy as np
 
 from .config import MODES, ConfigError, TrainConfig
-from .events import CheckpointSaved, Finished, LabelFinished, LabelProgress, LabelStarted, Progress, Started, Validation
-from .label import PRECISIONS, LabelSettings
+from .events import (CheckpointSaved, Finished, LabelFinished, LabelProgress, LabelStarted, Progress, Started,
+                     Validation)
+from .hardware import PRECISIONS
+from .label import LabelSettings
 from .store import ModelError, ModelStore
 
 # option -> TrainConfig field, for every option that maps one-to-one
@@ -32,6 +34,7 @@ FIELD_OPTIONS = {
     "batch_size": "batch_size", "time_limit": "time_limit_min", "validate_every": "validate_every",
     "log_every": "log_every", "val_fraction": "val_fraction", "base_channels": "base_channels",
     "depth": "depth", "stem_stride": "stem_stride", "contour_width": "contour_width", "seed": "seed",
+    "precision": "precision",
 }
 
 
@@ -75,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--depth", type=int, help="downsampling steps of the network")
     add("--stem-stride", type=int, help="in-plane stride of the first layer (1, 2 or 4)")
     add("--contour-width", type=int, help="instance mode: width in pixels of the band between touching objects")
+    add("--precision", choices=PRECISIONS, help="auto (default): bf16 where the hardware runs it natively")
     add("--seed", type=int)
     add("--models-dir", help="models folder (default: $PLANTBIO_MODELS_DIR or the user data folder)")
     add("--resume", action="store_true", help="continue the named model from its last checkpoint")
@@ -172,8 +176,8 @@ def _signals_set(stop: threading.Event):
 
 def _report(event: Any, config: TrainConfig, bar: "ProgressLine | None", out: TextIO) -> None:
     if isinstance(event, Started):
-        print(f"training {config.name!r} on {event.device} from iteration {event.start_iteration} "
-              f"(window {event.window}); model folder {event.model_dir}", file=out)
+        print(f"training {config.name!r} on {event.device} ({event.precision}) from iteration "
+              f"{event.start_iteration} (window {event.window}); model folder {event.model_dir}", file=out)
     elif isinstance(event, Progress) and bar:
         bar.update(event)
     elif isinstance(event, Validation):
@@ -222,7 +226,9 @@ class ProgressLine:
 
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def _run_predict(args: argparse.Namespace, out: TextIO) -> int:

@@ -70,6 +70,7 @@ class TrainConfig:
     depth: int = 4
     stem_stride: int = 1
     contour_width: int = 4  # instance mode: pixels of boundary band between two touching objects
+    precision: str = "auto"  # "auto": bf16 where the hardware runs it natively (see hardware.py), else fp32
     seed: int = 0
 
     # ----- derived values -------------------------------------------------------------------------------------
@@ -169,6 +170,8 @@ class TrainConfig:
             bad("time_limit_min", f"{self.time_limit_min!r} must be a positive number of minutes, or empty")
         if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction < 0.5):
             bad("val_fraction", f"{self.val_fraction!r} must lie between 0 and 0.5")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            bad("precision", f"{self.precision!r} must be auto, fp32 or bf16")
         self._check_gpus(bad)
         if found:
             return found  # window rules need a sane network description

@@ -21,6 +21,7 @@ class Started:
     window: tuple[int, ...]
     device: str
     validation_region: tuple[tuple[int, int], ...]  # (start, stop) per (z, y, x) axis of the given stack
+    precision: str = "fp32"  # of the forward pass: "fp32" or "bf16" (see hardware.py)
 
 
 @dataclass(frozen=True)

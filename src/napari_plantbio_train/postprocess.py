@@ -26,8 +26,8 @@ def instances_from_maps(foreground: np.ndarray, contour: np.ndarray, *, per_slic
 
     The flooded relief is the inverted distance of the cores to their border, so two seeds meet at the waist
     between touching objects; the flood fills the whole foreground mask, contour band included. Foreground
-    regions that hold no core (objects thinner than the contour band) stay background. In per-slice mode `min_seed_size` and `min_size` count the pixels of
-    an object in one slice.
+    regions that hold no core (objects thinner than the contour band) stay background. In per-slice mode
+    `min_seed_size` and `min_size` count the pixels of an object in one slice.
 
     `seed_prominence` (in-plane pixels) is how much a core's distance-to-border maximum must stand above the
     saddle to its neighbour to seed an object of its own; `anisotropy` (z spacing over x/y spacing) makes the

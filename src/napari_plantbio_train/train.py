@@ -9,7 +9,6 @@ to stop. A stop request is honoured at the next iteration and always leaves a ch
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import time
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from .config import ConfigError, TrainConfig
 from .data import Normalisation, Region, WindowSampler, as_stack, check_image, crop, split_validation
 from .events import CheckpointSaved, Event, Finished, Preview, Progress, Started, Validation
+from .hardware import autocast_for, resolve_precision
 from .model import UNet
 from .postprocess import params_from_truth
 from .store import ModelStore, ModelWriter
@@ -155,12 +155,13 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_
     rng = np.random.default_rng([config.seed, start])  # a resumed job draws new windows, not the same ones
     sampler = WindowSampler(material.stack, material.target, material.foreground, material.train_region,
                             _window3(material.window), material.normalisation, rng)
-    # bf16 autocast on GPUs that have it; on the CPU plain fp32 is faster than emulated low precision.
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                and torch.cuda.is_bf16_supported() else contextlib.nullcontext())
+    # bf16 autocast where the hardware runs it natively (GPUs, CPUs with AVX512-BF16), fp32 elsewhere.
+    precision = resolve_precision(config.precision, device)
+    autocast = autocast_for(precision, device)
     target_dtype = torch.long if config.mode == "semantic" else torch.float32
 
-    yield Started(writer.folder, config.iterations, start, material.window, device.type, material.val_region)
+    yield Started(writer.folder, config.iterations, start, material.window, device.type, material.val_region,
+                  precision)
     began, limit = time.perf_counter(), (config.time_limit_min or 0) * 60.0
     seconds_ema: float | None = None
     iteration, last_saved, last_validated, reason = start, start, start, "completed"
@@ -202,7 +203,9 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_
             y = torch.from_numpy(_squeeze_z(y, config.spatial_dims)).to(device, dtype=target_dtype)
             data_seconds += time.perf_counter() - t
             with autocast:
-                loss = segmentation_loss(model(x), y, config.mode) / config.iteration_step
+                logits = model(x)
+            # The loss sums over every voxel: in fp32, where bf16's 8-bit mantissa would lose small terms.
+            loss = segmentation_loss(logits.float(), y, config.mode) / config.iteration_step
             loss.backward()
             loss_sum += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
