@@ -88,9 +88,8 @@ def test_predict_stack_2d_equals_per_slice_sliding_window():
     for z in range(3):
         expected = sliding_window(two_channels, torch.from_numpy(stack[z])[None], (4, 4), batch_size=3)
         np.testing.assert_allclose(result[:, z], expected.numpy(), atol=1e-6)
-    # 4 x 4 windows of 4 x 4 per slice (50% overlap), batches of 3: progress counts windows over all slices
-    per_slice = [3, 6, 9, 12, 15, 16]
-    assert calls == [(16 * z + done, 48) for z in range(3) for done in per_slice]
+    # 4 x 4 windows of 4 x 4 per slice (50% overlap); batches of 3 fill across slices: 48 windows in 16 calls
+    assert calls == [(done, 48) for done in range(3, 49, 3)]
 
 
 def test_predict_stack_3d_reports_final_progress():

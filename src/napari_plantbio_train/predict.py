@@ -10,7 +10,6 @@ path serves 2D and 3D windows (`ndim = image.ndim - 1`).
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -122,27 +121,18 @@ def predict_stack(predictor: Predictor, image: np.ndarray, *, spatial_dims: int,
     if len(window) != spatial_dims:
         hint = "(y, x)" if spatial_dims == 2 else "(z, y, x)"
         raise ValueError(f"a {spatial_dims}D model needs a {hint} window, got {tuple(window)}")
-    tensor = torch.from_numpy(np.ascontiguousarray(image))
+    tensor = torch.from_numpy(np.ascontiguousarray(image))[None]
     if spatial_dims == 3:
-        return sliding_window(predictor, tensor[None], window, overlap=overlap, batch_size=batch_size,
+        return sliding_window(predictor, tensor, window, overlap=overlap, batch_size=batch_size,
                               progress=progress).numpy()
-    output: np.ndarray | None = None
-    n_slices = image.shape[0]
-    per_slice = math.prod(len(window_starts(s, w, overlap)) for s, w in zip(image.shape[1:], window))
 
-    def slice_progress(z: int) -> ProgressCallback | None:
-        if progress is None:
-            return None
-        return lambda done, _total: progress(z * per_slice + done, n_slices * per_slice)
+    # A 2D model slides a one-slice-thick window: each slice is predicted alone (the z weights of a size-1
+    # window are all 1), while window batches fill across slice borders instead of ending with each slice.
+    def one_slice(x: torch.Tensor) -> torch.Tensor:
+        return predictor(x[:, :, 0]).unsqueeze(2)
 
-    for z in range(n_slices):
-        result = sliding_window(predictor, tensor[z][None], window, overlap=overlap, batch_size=batch_size,
-                                progress=slice_progress(z))
-        if output is None:
-            output = np.empty((result.shape[0], *image.shape), dtype=np.float32)
-        output[:, z] = result.numpy()
-    assert output is not None  # a stack has at least one slice
-    return output
+    return sliding_window(one_slice, tensor, (1, *window), overlap=overlap, batch_size=batch_size,
+                          progress=progress).numpy()
 
 
 TTA_CHOICES = (0, 4, 8)
