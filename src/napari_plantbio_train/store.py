@@ -119,13 +119,18 @@ class ModelStore:
             raise ModelError(f"no complete model named {name!r} in {self.root}") from exc
         except (ValueError, TypeError) as exc:
             raise ModelError(f"model {name!r} in {self.root} has an unreadable description: {exc}") from exc
-        if meta.get("format") != FORMAT_VERSION:
-            raise ModelError(f"{folder} is not a napari-plantbio-train model (format {meta.get('format')!r})")
-        return ModelRecord(name=name, folder=folder, config=config, network=meta["network"],
-                           normalisation=meta["normalisation"], classes=meta.get("classes"),
-                           window=tuple(meta["window"]), iterations_done=int(meta["iterations_done"]),
-                           last=meta["last"], best=meta.get("best"), best_score=meta.get("best_score"),
-                           best_iteration=meta.get("best_iteration"), postprocess=meta.get("postprocess"))
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise ModelError(f"{folder} is not a napari-plantbio-train model (format {found!r})")
+        try:
+            return ModelRecord(name=name, folder=folder, config=config, network=meta["network"],
+                               normalisation=meta["normalisation"], classes=meta.get("classes"),
+                               window=tuple(meta["window"]), iterations_done=int(meta["iterations_done"]),
+                               last=meta["last"], best=meta.get("best"), best_score=meta.get("best_score"),
+                               best_iteration=meta.get("best_iteration"), postprocess=meta.get("postprocess"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"model {name!r} in {self.root} has an incomplete description (model.json lacks "
+                             f"or mangles {exc})") from exc
 
     def load_checkpoint(self, record: ModelRecord, which: str = "best") -> dict[str, Any]:
         """The checkpoint's tensors and counters; only plain data is accepted from the file."""

@@ -1,0 +1,345 @@
+"""The dock widget that auto-labels an image layer with a named model from the models folder.
+
+It only gathers the choices into ``LabelSettings``, hands the layer's array (never the layer) to the engine's
+``label_stack`` generator in a napari worker thread, shows what the generator yields and adds the result as
+layers placed exactly over the image. Nothing here computes.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image
+from napari.qt.threading import GeneratorWorker, create_worker
+from qtpy.QtCore import QEvent, Qt, QTimer
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                            QProgressBar, QPushButton, QSpinBox, QWidget)
+
+from ..config import ConfigError
+from ..events import LabelFinished, LabelProgress, LabelStarted
+from ..label import POSTPROCESS_DEFAULTS, LabelResult, LabelSettings, label_stack
+from ..store import ModelRecord, ModelStore, default_models_dir
+from .layer_picker import LayerPicker
+from .model_info import channel_names, describe, voxel_size_message
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Layer
+
+ERROR_STYLE, WARNING_STYLE = "color: #ff5c5c;", "color: #f0b429;"
+TTA = (("none", 0), ("4 (flips)", 4), ("8 (flips and transposes)", 8))
+# (setting, label, decimals, maximum): the seeded watershed that splits an instance model's maps into objects.
+POSTPROCESS_FIELDS = (("fg_threshold", "Foreground threshold", 3, 1.0), ("seed_threshold", "Seed threshold", 3, 1.0),
+                      ("min_size", "Min object size (voxels)", 0, 1e9), ("seed_prominence", "Seed prominence", 3, 1e3))
+MAP_COLOURS = ("magenta", "green", "cyan", "yellow", "red", "blue")
+
+
+class LabelWorker(GeneratorWorker):
+    """napari's task manager calls ``quit`` (its cancel button, closing the viewer): let the engine cancel
+    cleanly, shutting its block pool down, rather than dropping the generator between two events."""
+
+    stop_event: threading.Event
+
+    def quit(self) -> None:
+        self.stop_event.set()
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What the result needs from the GUI side, read once in the GUI thread when the job starts."""
+
+    layer: Layer
+    name: str  # of the labels layer: "<image layer> [<model>]"
+    scale: np.ndarray
+    translate: np.ndarray
+
+
+class AutoLabelWidget(QWidget):
+    POLL_MS = 2000  # how often the models folder and the image's scale are looked at again
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, models_dir: str | Path | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.store = ModelStore(models_dir if models_dir is not None else default_models_dir())
+        self.image_picker = LayerPicker(napari_viewer, Image)
+        self.model_box, self.refresh_button = QComboBox(), QPushButton("Refresh")
+        # Long model descriptions must not widen the dock: the box elides them, its popup shows them whole.
+        self.model_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model_box.setMinimumContentsLength(16)
+        self.overlap = QDoubleSpinBox(minimum=0.0, maximum=0.95, singleStep=0.05, value=0.5)
+        self.tta = QComboBox()
+        for text, value in TTA:
+            self.tta.addItem(text, value)
+        self.batch_size = QSpinBox(minimum=1, maximum=4096)
+        self.post_group = QGroupBox("Post-processing (instance models)")
+        post_form = QFormLayout(self.post_group)
+        self.post_boxes: dict[str, QDoubleSpinBox] = {}
+        for key, text, decimals, top in POSTPROCESS_FIELDS:
+            self.post_boxes[key] = QDoubleSpinBox(decimals=decimals, maximum=top, singleStep=0.05 if decimals else 1)
+            post_form.addRow(text, self.post_boxes[key])
+        self.show_maps = QCheckBox("show probability maps")
+        self.label_button, self.cancel_button = QPushButton("Label"), QPushButton("Cancel", enabled=False)
+        self.progress = QProgressBar(format="idle", value=0)
+        self.warning, self.status = QLabel(wordWrap=True), QLabel(wordWrap=True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        layout = QFormLayout(self)
+        layout.addRow("Image", self.image_picker)
+        layout.addRow("Model", _row(self.model_box, self.refresh_button))
+        layout.addRow("Overlap", self.overlap)
+        layout.addRow("Test-time augmentation", self.tta)
+        layout.addRow("Samples per batch", self.batch_size)
+        for widget in (self.post_group, self.show_maps, self.warning, _row(self.label_button, self.cancel_button),
+                       self.progress, self.status):
+            layout.addRow(widget)
+
+        self.worker: LabelWorker | None = None
+        self.result: LabelResult | None = None
+        self.error: BaseException | None = None
+        self.last_event: Any = None
+        self._records: dict[str, ModelRecord] = {}
+        self._shown_postprocess: dict[str, float] = {}
+        self._job: _Job | None = None
+        self._folder_stamp: tuple = ()
+        # Read by a closure when this widget is deleted, so it must not be reached through ``self``.
+        self._running_stops: set[threading.Event] = set()
+        stops = self._running_stops
+        self.destroyed.connect(lambda *_: [stop.set() for stop in list(stops)])
+        napari_viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.refresh_button.clicked.connect(lambda: self.refresh_models())
+        self.model_box.currentIndexChanged.connect(self._on_model_changed)
+        self.image_picker.currentIndexChanged.connect(self.check_voxel_size)
+        self.label_button.clicked.connect(lambda: self.start())
+        self.cancel_button.clicked.connect(lambda: self.cancel())
+        self._poll = QTimer(self, interval=self.POLL_MS)
+        self._poll.timeout.connect(self._look_again)
+        self._poll.start()
+        self.refresh_models()
+
+    # ----- readable state -------------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    @property
+    def models_dir(self) -> Path:
+        return self.store.root
+
+    @property
+    def record(self) -> ModelRecord | None:
+        """The picked model's description."""
+        return self._records.get(self.model_box.currentData())
+
+    def model_names(self) -> list[str]:
+        return [self.model_box.itemData(i) for i in range(self.model_box.count())]
+
+    def settings(self) -> LabelSettings:
+        """The choices as engine settings; post-processing carries only the fields changed from the model's own
+        values, so the model's exact saved numbers (not their rounding in a spin box) are used otherwise."""
+        post = {}
+        if self.record is not None and self.record.config.mode == "instance":
+            post = {key: box.value() for key, box in self.post_boxes.items()
+                    if box.value() != self._shown_postprocess.get(key)}
+        return LabelSettings(overlap=self.overlap.value(), tta=self.tta.currentData(),
+                             batch_size=self.batch_size.value(), postprocess=post)
+
+    # ----- the models folder ----------------------------------------------------------------------------------
+    def refresh_models(self) -> list[str]:
+        """Re-read the models folder (created if missing); the picked model stays picked while it exists."""
+        try:
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            self._set_status(f"Cannot create the models folder {self.models_dir}: {error}", error=True)
+        self._folder_stamp = _folder_stamp(self.models_dir)
+        current, before = self.model_box.currentData(), self.record
+        self._records = _records_by_name(self.store)
+        self.model_box.blockSignals(True)
+        self.model_box.clear()
+        for record in self._records.values():
+            self.model_box.addItem(describe(record), record.name)
+            self.model_box.setItemData(self.model_box.count() - 1, describe(record), Qt.ItemDataRole.ToolTipRole)
+        self.model_box.setCurrentIndex(max(0, self.model_box.findData(current)))
+        self.model_box.blockSignals(False)
+        if self.record != before:  # another model, or the same one retrained; edits for an unchanged one stay
+            self._on_model_changed()
+        if not self._records:
+            self._set_status(f"No trained model in {self.models_dir}: train one first.")
+        elif self.status.text().startswith("No trained model"):
+            self._set_status("")
+        return self.model_names()
+
+    def select_model(self, name: str) -> None:
+        index = self.model_box.findData(name)
+        if index < 0:
+            raise ValueError(f"no model named {name!r} in {self.models_dir}; models: {self.model_names()}")
+        self.model_box.setCurrentIndex(index)
+
+    def showEvent(self, event: Any) -> None:
+        self.refresh_models()
+        super().showEvent(event)
+
+    def _look_again(self) -> None:
+        """What changes outside the dock: models trained or removed, the image's scale set in its controls."""
+        if _folder_stamp(self.models_dir) != self._folder_stamp:
+            self.refresh_models()
+        self.check_voxel_size()
+
+    def _on_model_changed(self, *_args: Any) -> None:
+        record = self.record
+        self.post_group.setVisible(record is not None and record.config.mode == "instance")
+        if record is not None:
+            self.batch_size.setValue(int(record.config.batch_size))
+            saved = {**POSTPROCESS_DEFAULTS, **(record.postprocess or {})}
+            for key, box in self.post_boxes.items():
+                box.setValue(float(saved[key]))
+            self._shown_postprocess = {key: box.value() for key, box in self.post_boxes.items()}
+        self.check_voxel_size()
+
+    def check_voxel_size(self, *_args: Any) -> str:
+        """Compare the image layer's scale with the model's voxel size; returns the warning or hint shown."""
+        layer, record = self.image_picker.value, self.record
+        text, warn = ("", False) if layer is None or record is None else voxel_size_message(layer, record)
+        if text != self.warning.text():
+            self.warning.setStyleSheet(WARNING_STYLE if warn else "")
+            self.warning.setText(text)
+        return text
+
+    # ----- control --------------------------------------------------------------------------------------------
+    def start(self) -> bool:
+        """Label the picked image with the picked model in a worker thread; False (and why) if it cannot start."""
+        if self.running:
+            return False
+        layer, record = self.image_picker.value, self.record
+        problem = ("Pick an Image layer to label (open one first)." if layer is None else
+                   "Pick a model (train one first, or Refresh)." if record is None else
+                   f"{layer.name!r} is an RGB image; convert it to one grey channel." if layer.rgb else
+                   f"{layer.name!r} has {layer.ndim} dimensions; label a 2D image or a 3D stack."
+                   if layer.ndim not in (2, 3) else "")
+        if problem:
+            self._set_status(problem, error=True)
+            return False
+        # The worker gets the array (level 0; dask and zarr pass through unread, so a stack larger than memory is
+        # read block by block), never the layer. Not copied: napari never edits an Image layer's array in place.
+        data = layer.data[0] if layer.multiscale else layer.data
+        self._job = _Job(layer, f"{layer.name} [{record.name}]", np.array(layer.scale, float),
+                         np.array(layer.translate, float))
+        self.result, self.error, self.last_event = None, None, None
+        stop = threading.Event()
+        worker = create_worker(label_stack, record.name, data, models_dir=self.models_dir,
+                               probabilities=True if self.show_maps.isChecked() else None, settings=self.settings(),
+                               stop=stop, _start_thread=False, _ignore_errors=True, _worker_class=LabelWorker)
+        worker.stop_event = stop
+        worker.yielded.connect(self._on_event)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_worker_finished)
+        self.worker = worker
+        self._running_stops.add(stop)
+        self.label_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setRange(0, 0)  # busy until the engine says how many windows there are
+        self.progress.setFormat("preparing…")
+        self._set_status(f"Loading {record.name!r} to label {layer.name!r}…")
+        worker.start()
+        return True
+
+    def cancel(self, reason: str = "") -> bool:
+        """Ask the engine to stop; it drops everything half done, so no layer is added."""
+        if self.worker is None:
+            return False
+        self.worker.stop_event.set()
+        self.cancel_button.setEnabled(False)
+        self._set_status(f"{reason + ': ' if reason else ''}cancelling…")
+        return True
+
+    def event(self, event: QEvent) -> bool:
+        """Closing the dock re-parents this widget to None: cancel a job whose result nobody would see."""
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None and self.running:
+            self.cancel("the dock was closed")
+        return super().event(event)
+
+    def _on_layer_removed(self, event: Any) -> None:
+        if self.running and self._job is not None and self._job.layer is event.value:
+            self.cancel(f"layer {event.value.name!r} was removed")
+
+    # ----- events from the engine (delivered in the GUI thread) -----------------------------------------------
+    def _on_event(self, event: Any) -> None:
+        self.last_event = event
+        if isinstance(event, LabelStarted):
+            self.progress.setRange(0, max(1, event.windows))
+            self.progress.setValue(0)
+            self.progress.setFormat("%v / %m windows")
+            self._set_status(f"Labelling {self._job.name!r} on the {event.device.upper()} ({event.precision}): "
+                             f"{event.windows} windows in {event.blocks} block(s).")
+        elif isinstance(event, LabelProgress) and not self._stopping():
+            self.progress.setValue(event.windows_done)
+            if event.stage == "join":
+                self.progress.setFormat("joining objects across blocks…")
+        elif isinstance(event, LabelFinished):
+            self.progress.setFormat("cancelled" if event.cancelled else f"done in {event.seconds:.1f} s")
+
+    def _on_returned(self, result: LabelResult) -> None:
+        self.result, job = result, self._job
+        if result.labels is None or self._stopping():  # a job that ended just as it was cancelled adds nothing
+            self._set_status("Cancelled; no layer was added.")
+            return
+        where = {"scale": job.scale, "translate": job.translate}
+        if result.probabilities is not None:  # under the labels, each map in its own colour, adding up
+            for i, (channel, visible) in enumerate(channel_names(result.record)):
+                self.viewer.add_image(result.probabilities[i], name=f"{job.name} {channel}", blending="additive",
+                                      colormap=MAP_COLOURS[i % len(MAP_COLOURS)], contrast_limits=(0.0, 1.0),
+                                      opacity=0.7, visible=visible, **where)
+        self.viewer.add_labels(result.labels, name=job.name, opacity=0.5, **where)
+        objects = f", {result.objects} objects" if result.objects is not None else ""
+        self._set_status(f"Added {job.name!r} ({result.seconds:.1f} s{objects}).")
+
+    def _on_error(self, error: BaseException) -> None:
+        self.error = error
+        if isinstance(error, ConfigError):  # a choice, or the image, does not suit the model
+            self._set_status(f"Labelling could not start: {error}", error=True)
+        else:
+            self._set_status(f"Labelling failed: {type(error).__name__}: {error}", error=True)
+
+    def _on_worker_finished(self) -> None:
+        if self.worker is not None:
+            self._running_stops.discard(self.worker.stop_event)
+        self.worker, self._job = None, None
+        self.label_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if self.progress.maximum() == 0 or self.error is not None:
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+            self.progress.setFormat("failed" if self.error is not None else "idle")
+
+    def _stopping(self) -> bool:
+        return self.worker is not None and self.worker.stop_event.is_set()
+
+    def _set_status(self, text: str, *, error: bool = False) -> None:
+        self.status.setStyleSheet(ERROR_STYLE if error else "")
+        self.status.setText(text)
+
+
+def _folder_stamp(root: Path) -> tuple:
+    """Cheap fingerprint of the models folder: each model's description file and when it was last written."""
+    try:
+        return tuple(sorted((path.parent.name, path.stat().st_mtime_ns) for path in root.glob("*/model.json")))
+    except OSError:  # a model removed while looking: differs from the last stamp, so the next look refreshes
+        return ()
+
+
+def _row(*widgets: QWidget) -> QWidget:
+    holder = QWidget()
+    layout = QHBoxLayout(holder)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for widget in widgets:
+        layout.addWidget(widget, stretch=1 if isinstance(widget, QComboBox) else 0)
+    return holder
+
+
+def _records_by_name(store: ModelStore) -> dict[str, ModelRecord]:
+    return {record.name: record for record in store.records()}  # damaged folders are skipped there
