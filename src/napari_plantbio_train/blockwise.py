@@ -3,11 +3,12 @@
 Three nested regions per block, per axis:
 
 - ``core``: the part of the result this block writes. Cores tile the stack without overlap.
-- ``context``: the core plus a halo. Labels are computed on the context, so an object cut by the core's edge is
-  still seen whole enough to be segmented the same way from both sides of the edge.
-- ``reach``: every window of the whole-stack sliding-window grid that touches the context. Predicting the
-  reach with the same grid reproduces, inside the context, exactly the probabilities a whole-stack prediction
-  would give (the same windows with the same weights cover each voxel): blocks change memory, not results.
+- ``reach``: every window of the whole-stack sliding-window grid that touches the core. Predicting the reach
+  with the same grid reproduces, inside the core, exactly the probabilities a whole-stack prediction would
+  give (the same windows with the same weights cover each voxel): blocks change memory, not results.
+- ``context``: the core plus a halo, inside the reach. Labels are computed on the context, so an object cut by
+  the core's edge is still seen whole enough to be segmented the same way from both sides of the edge. The
+  windows that reach past the core give the halo its probabilities for free.
 
 Instance ids are joined afterwards: each block numbers its objects from 1, and an object whose context labels
 (in the halo past the core) mostly coincide with one object of the neighbour's core, and vice versa, is the
@@ -62,20 +63,26 @@ def plan_blocks(shape: tuple[int, int, int], window: tuple[int, int, int], overl
                 max_voxels: int) -> list[Block]:
     """Blocks whose reach holds at most about `max_voxels` voxels (never smaller than a window per axis).
 
-    The axis whose core is largest compared with its window is halved first, so blocks stay as close to
-    cubes-of-windows as the stack allows and the halo overhead stays small.
+    The core is halved along whichever axis shrinks the largest reach most, and only while halving helps: an
+    axis already close to a window plus its margins gains nothing from a smaller core but more blocks.
     """
     core = list(shape)
 
-    def worst_reach() -> int:
-        return math.prod(min(s, c + 2 * h + 2 * w) for s, c, h, w in zip(shape, core, halo, window))
+    def longest_reach(axis: int, size: int) -> int:
+        return max(b - a for a, b in (_reach((c0, min(shape[axis], c0 + size)), shape[axis], window[axis], overlap)
+                                      for c0 in range(0, shape[axis], size)))
 
-    while worst_reach() > max_voxels:
-        candidates = [a for a in range(3) if core[a] > window[a]]
-        if not candidates:
+    reach = [longest_reach(axis, c) for axis, c in enumerate(core)]
+    while math.prod(reach) > max_voxels:
+        options = []
+        for axis in range(3):
+            if core[axis] > window[axis]:
+                halved = max(window[axis], -(-core[axis] // 2))
+                options.append((longest_reach(axis, halved) / reach[axis], axis, halved))
+        if not options or min(options)[0] >= 1.0:
             break
-        axis = max(candidates, key=lambda a: core[a] / window[a])
-        core[axis] = max(window[axis], -(-core[axis] // 2))
+        _, axis, halved = min(options)
+        core[axis], reach[axis] = halved, longest_reach(axis, halved)
     edges = [list(range(0, s, c)) for s, c in zip(shape, core)]
     blocks = []
     for index in itertools.product(*(range(len(e)) for e in edges)):
@@ -83,10 +90,12 @@ def plan_blocks(shape: tuple[int, int, int], window: tuple[int, int, int], overl
         for axis, i in enumerate(index):
             c0 = edges[axis][i]
             c1 = min(shape[axis], c0 + core[axis])
-            ctx = (max(0, c0 - halo[axis]), min(shape[axis], c1 + halo[axis]))
+            r0, r1 = _reach((c0, c1), shape[axis], window[axis], overlap)
             spans_core.append((c0, c1))
-            spans_context.append(ctx)
-            spans_reach.append(_reach(ctx, shape[axis], window[axis], overlap))
+            spans_reach.append((r0, r1))
+            # Context comes out of the reach: past the core, every voxel there is covered by some window too
+            # (only by fewer than in a whole-stack prediction), which is all the labels of the halo need.
+            spans_context.append((max(r0, c0 - halo[axis]), min(r1, c1 + halo[axis])))
         blocks.append(Block(tuple(index), tuple(spans_core), tuple(spans_context), tuple(spans_reach)))  # type: ignore
     return blocks
 
