@@ -4,7 +4,8 @@ Instance 3D on the full chloroplast stack and semantic 2D on the sieve-plate ima
 (15 by default) of wall time on this machine, through the same ``train()`` generator the widget and the
 command line use. Prints, per task: the best validation score on the held-out block (matched-object F1 at IoU
 0.5, or mean IoU), iterations per second, the share of each iteration spent waiting for data, and the training
-FLOP rate as a share of this machine's matrix-multiply peak measured in the same run.
+FLOP rate as a share of this machine's matrix-multiply peak measured in the same run, in the job's number
+format (bf16 where native, see hardware.py) and in fp32.
 
 Run it alone: another busy process on a 2-core machine slows training several-fold. The load average is
 printed beside the numbers for that reason.
@@ -29,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from napari_plantbio_train.config import TrainConfig
 from napari_plantbio_train.events import Finished, Progress, Started, Validation
+from napari_plantbio_train.hardware import resolve_precision
 from napari_plantbio_train.model import UNet
 from napari_plantbio_train.train import segmentation_loss, train
 
@@ -45,10 +47,11 @@ JOBS = {
 }
 
 
-def matmul_peak(threads: int, size: int = 2048, repeats: int = 10) -> float:
-    """GFLOP/s of a float32 matrix multiply with the training's thread count: the machine's practical peak."""
+def matmul_peak(threads: int, size: int = 2048, repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of a matrix multiply in the training's number format and thread count: the machine's practical
+    peak for the job (bf16 runs on other units than fp32 where it is native, so each has its own peak)."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(3):
         a @ b
     start = time.perf_counter()
@@ -78,7 +81,9 @@ def run(task: str, minutes: float, models_dir: Path, overrides: dict) -> dict:
     config = TrainConfig(name=f"bench-{task}-{int(time.time())}", iterations=100_000, iteration_save=100_000,
                          time_limit_min=minutes, workers=os.cpu_count() or 1, **job)
     load_before = os.getloadavg()
-    peak = matmul_peak(config.workers)
+    precision = resolve_precision(config.precision, torch.device(config.device()))
+    peak = matmul_peak(config.workers, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
+    peak_fp32 = matmul_peak(config.workers) if precision == "bf16" else peak
     out_channels = 2 if config.mode == "instance" else len(np.unique(labels))
     flops = flops_per_iteration(config, image.shape, out_channels)
 
@@ -115,8 +120,11 @@ def run(task: str, minutes: float, models_dir: Path, overrides: dict) -> dict:
         "training_share_of_wall": round(seconds / wall, 4),
         "gflop_per_iteration": round(flops / 1e9, 2),
         "training_gflops": round(flops * iterations / seconds / 1e9, 1),
+        "precision": precision,
         "matmul_peak_gflops": round(peak, 1),
         "share_of_peak": round(flops * iterations / seconds / 1e9 / peak, 3),
+        "fp32_matmul_peak_gflops": round(peak_fp32, 1),
+        "share_of_fp32_peak": round(flops * iterations / seconds / 1e9 / peak_fp32, 3),
         "load_before": [round(v, 2) for v in load_before], "load_after": [round(v, 2) for v in os.getloadavg()],
     }
     print(json.dumps(result), flush=True)

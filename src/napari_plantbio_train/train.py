@@ -10,9 +10,11 @@ to stop. A stop request is honoured at the next iteration and always leaves a ch
 from __future__ import annotations
 
 import math
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Generator
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,8 +122,28 @@ def _stop_requested(stop: StopSignal) -> bool:
 
 
 def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_dir: str | Path | None = None,
-          resume: bool = False, stop: StopSignal = None) -> Generator[Event, None, Path]:
-    """Train (or resume) the named model; yields events and returns the model folder."""
+          resume: bool = False, stop: StopSignal = None,
+          judge_in_process: bool = False) -> Generator[Event, None, Path]:
+    """Train (or resume) the named model; yields events and returns the model folder.
+
+    `judge_in_process` labels and scores the validation block in a child process (see validate.judge): the
+    dock widget asks for it so the viewer never waits on code that holds the GIL.
+    """
+    judges = _judge_process() if judge_in_process else None
+    try:
+        return (yield from _train(config, image, labels, models_dir, resume, stop, judges))
+    finally:
+        if judges is not None:
+            judges.shutdown(wait=False, cancel_futures=True)
+
+
+def _judge_process() -> Executor:
+    """One spawned process: forking a process that runs Qt and torch threads is unsafe."""
+    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, models_dir: str | Path | None,
+           resume: bool, stop: StopSignal, judges: Executor | None) -> Generator[Event, None, Path]:
     store = ModelStore(models_dir)
     config.validate(image_shape=np.shape(image), labels_shape=np.shape(labels), models_dir=store.root,
                     resume=resume)
@@ -169,7 +191,7 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_
     def validation(at: int) -> Generator[Event, None, float]:
         """Score the held-out block, show it, and keep the weights if they are the best so far."""
         nonlocal best_score
-        result = score_region(model, material, config, device, autocast)
+        result = score_region(model, material, config, device, autocast, judges)
         is_best = best_score is None or result.score > best_score
         yield Validation(at, result.score, result.metrics, is_best)
         yield Preview(at, result.probabilities, result.labels, tuple(a for a, _ in material.val_region),

@@ -7,6 +7,7 @@ same arrays double as the preview layers shown in napari.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -57,25 +58,41 @@ def labels_from_probabilities(probabilities: np.ndarray, mode: str, dims: str, c
 
 
 def score_region(model: torch.nn.Module, material: "Material", config: "TrainConfig", device: torch.device,
-                 autocast: Any) -> RegionScore:
+                 autocast: Any, judge_in: Executor | None = None) -> RegionScore:
+    """Predict the held-out block, then label and score it (in `judge_in`, another process, when given)."""
     model.eval()
     image = material.normalisation.apply(crop(material.stack, material.val_region))
-    truth = crop(material.truth, material.val_region)
     probabilities = predict_stack(make_predictor(model, config.mode, device, autocast), image,
                                   spatial_dims=config.spatial_dims, window=material.window,
                                   overlap=VALIDATION_OVERLAP, batch_size=config.batch_size)
-    labels = labels_from_probabilities(probabilities, config.mode, config.dims, material.classes,
-                                       material.postprocess)
-    if config.mode == "instance":
-        match = match_instances_per_slice if config.dims == "2d" else match_instances
+    truth = crop(material.truth if config.mode == "instance" else material.target, material.val_region)
+    args = (probabilities, truth, config.mode, config.dims, material.classes, material.postprocess)
+    if judge_in is None:
+        score, metrics, labels = judge(*args)
+    else:
+        score, metrics, labels = judge_in.submit(judge, *args).result()
+    names = ("foreground", "contour") if config.mode == "instance" else tuple(f"class {v}" for v in material.classes)
+    return RegionScore(score, metrics, probabilities, labels, names)
+
+
+def judge(probabilities: np.ndarray, truth: np.ndarray, mode: str, dims: str, classes: list[int] | None,
+          postprocess: dict[str, float] | None) -> tuple[float, dict[str, float], np.ndarray]:
+    """Labels from the probabilities and their scores against the truth (object ids for instance models,
+    class indices for semantic ones).
+
+    The watershed and the matching spend a few hundred milliseconds in compiled code that holds Python's GIL;
+    run in a worker thread inside napari, that froze the viewer for as long. So the dock runs this in a child
+    process (plain arrays in, plain arrays out), where it cannot block the GUI thread.
+    """
+    labels = labels_from_probabilities(probabilities, mode, dims, classes, postprocess)
+    if mode == "instance":
+        match = match_instances_per_slice if dims == "2d" else match_instances
         scores = match(labels, truth, 0.5)
         metrics = {"f1": scores["f1"], "precision": scores["precision"], "recall": scores["recall"],
                    "foreground_iou": foreground_iou(labels, truth), "n_pred": scores["n_pred"],
                    "n_true": scores["n_true"]}
-        score, names = float(scores["f1"]), ("foreground", "contour")
+        score = float(scores["f1"])
     else:
-        pred_index = probabilities.argmax(0)
-        true_index = crop(material.target, material.val_region)
-        metrics = semantic_scores(pred_index, true_index, len(material.classes))
-        score, names = float(metrics["mean_iou"]), tuple(f"class {v}" for v in material.classes)
-    return RegionScore(score, {k: float(v) for k, v in metrics.items()}, probabilities, labels, names)
+        metrics = semantic_scores(probabilities.argmax(0), truth, len(classes or []))
+        score = float(metrics["mean_iou"])
+    return score, {k: float(v) for k, v in metrics.items()}, labels

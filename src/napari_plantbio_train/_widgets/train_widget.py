@@ -157,7 +157,8 @@ class TrainWidget(QWidget):
         self.plot.reset("mean IoU" if config.mode == "semantic" else "F1@0.5")
 
         stop = threading.Event()
-        worker = create_worker(train, config, image, labels, models_dir=models_dir, stop=stop,
+        # Validation labels and scores in a child process: that code holds the GIL and would freeze the viewer.
+        worker = create_worker(train, config, image, labels, models_dir=models_dir, stop=stop, judge_in_process=True,
                                _start_thread=False, _ignore_errors=True, _worker_class=TrainingWorker)
         worker.stop_event = stop
         worker.yielded.connect(self._on_event)
@@ -274,15 +275,28 @@ class TrainWidget(QWidget):
         self._update_layer("probabilities", foreground.astype(np.float32, copy=False), where,
                            lambda data, **kw: self.viewer.add_image(data, colormap="magma", blending="additive",
                                                                     contrast_limits=(0.0, 1.0), opacity=0.6, **kw))
-        self._update_layer("labels", labels, where, lambda data, **kw: self.viewer.add_labels(data, opacity=0.45, **kw))
+        # The labels layer in a later turn of the event loop: each layer update takes tens of milliseconds, and
+        # input waiting between the two is handled in between rather than after both.
+        stop = self.worker.stop_event
+
+        def show_labels() -> None:
+            if not stop.is_set():  # the dock or viewer may have closed meanwhile
+                self._update_layer("labels", labels, where,
+                                   lambda data, **kw: self.viewer.add_labels(data, opacity=0.45, **kw))
+
+        QTimer.singleShot(0, show_labels)
 
     def _update_layer(self, kind: str, data: np.ndarray, where: dict[str, np.ndarray],
                       add: Callable[..., Layer]) -> None:
         """Reuse the same layer for every preview, so the user's contrast, colour and visibility stick."""
         layer = self.preview_layers.get(kind)
         if layer is not None and layer in self.viewer.layers:
+            # Each assignment redraws: set the placement only when it moved (a new job), then the data once.
+            moved = not (np.array_equal(layer.scale, where["scale"])
+                         and np.array_equal(layer.translate, where["translate"]))
+            if moved:
+                layer.scale, layer.translate = where["scale"], where["translate"]
             layer.data = data
-            layer.scale, layer.translate = where["scale"], where["translate"]
             return
         name = f"{self.config.name if self.config else 'model'} preview {kind}"
         self.preview_layers[kind] = add(data, name=name, **where)
