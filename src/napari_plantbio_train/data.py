@@ -137,8 +137,8 @@ class WindowSampler:
 
     def __init__(self, image: np.ndarray, target: np.ndarray, foreground: np.ndarray, region: Region,
                  window: tuple[int, int, int], normalisation: Normalisation, rng: np.random.Generator,
-                 object_fraction: float = 0.5, augment: bool = True) -> None:
-        self.image, self.target, self.region = image, target, region
+                 object_fraction: float = 0.5, augment: bool = True, known: np.ndarray | None = None) -> None:
+        self.image, self.target, self.region, self.known = image, target, region, known
         self.window, self.norm, self.rng = window, normalisation, rng
         self.object_fraction, self.augment = object_fraction, augment
         for axis, ((a, b), w) in enumerate(zip(region, window)):
@@ -149,31 +149,46 @@ class WindowSampler:
         coords = np.flatnonzero(fg[:, ::4, ::4])  # every 16th pixel is plenty to aim at objects
         self.object_coords = coords
         self._fg_shape = fg[:, ::4, ::4].shape
+        # With partial labels the other windows aim at painted voxels, never at unpainted ones: those would
+        # teach nothing (they add nothing to the loss).
+        self.known_coords = None if known is None else np.flatnonzero(crop(known, region)[:, ::4, ::4])
         self.square = window[1] == window[2]
 
     def _corner(self) -> list[int]:
+        aim = None
         if self.object_coords.size and self.rng.random() < self.object_fraction:
-            z, y, x = np.unravel_index(self.rng.choice(self.object_coords), self._fg_shape)
+            aim = self.object_coords
+        elif self.known_coords is not None and self.known_coords.size:
+            aim = self.known_coords
+        if aim is not None:
+            z, y, x = np.unravel_index(self.rng.choice(aim), self._fg_shape)
             centre = (z, y * 4, x * 4)
-            corner = [c + a - w // 2 + int(self.rng.integers(-w // 4, w // 4 + 1))
+            corner = [c + a - w // 2 + int(self.rng.integers(-(w // 4), w // 4 + 1))
                       for c, (a, _), w in zip(centre, self.region, self.window)]
         else:
             corner = [int(self.rng.integers(a, b - w + 1)) for (a, b), w in zip(self.region, self.window)]
         return [min(max(c, a), b - w) for c, (a, b), w in zip(corner, self.region, self.window)]
 
-    def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(B, 1, Z, Y, X) float32 images and (B, ..., Z, Y, X) targets, augmented alike."""
-        xs, ys = [], []
+    def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(B, 1, Z, Y, X) float32 images, (B, ..., Z, Y, X) targets and, with partial labels, (B, Z, Y, X)
+        painted masks, augmented alike."""
+        xs, ys, ks = [], [], []
         for _ in range(batch):
             corner = self._corner()
             sl = tuple(slice(c, c + w) for c, w in zip(corner, self.window))
             x = self.norm.apply(self.image[sl])
             y = self.target[(Ellipsis, *sl)]
+            if self.known is not None:
+                # The mask rides along as one more target channel, so every flip and rotation moves it too.
+                y = np.concatenate([y.reshape(-1, *y.shape[-3:]), self.known[sl][np.newaxis].astype(y.dtype)])
             if self.augment:
                 x, y = self._augment(x, y)
+            if self.known is not None:
+                ks.append(y[-1].astype(bool))
+                y = y[:-1] if self.target.ndim == 4 else y[0]
             xs.append(x)
             ys.append(y)
-        return np.stack(xs)[:, np.newaxis], np.stack(ys)
+        return np.stack(xs)[:, np.newaxis], np.stack(ys), np.stack(ks) if ks else None
 
     def _augment(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rng = self.rng
