@@ -4,7 +4,7 @@ Each case runs in a fresh child process that opens the input zarr lazily and wri
 store, so neither the stack nor the result is ever in memory as a whole; the peak resident memory of the child
 (``ru_maxrss``) minus its resident memory just before labelling (Python, torch and the model loaded) is what
 labelling itself costs. Cases: the chloroplast stack, the same stack tiled twice along y (twice the voxels),
-and the stack again with blocks four times smaller. If memory followed the stack, the second case would need
+and the stack again with blocks half as large. If memory followed the stack, the second case would need
 twice the first.
 
     .venv/bin/python benchmarks/label_memory.py --model NAME --models-dir DIR   # e.g. from label_accuracy.py
@@ -103,7 +103,7 @@ def main() -> int:
     lines = [f"=== {datetime.datetime.now().isoformat(timespec='seconds')} label_memory model {args.model}",
              f"load average before: {os.getloadavg()}"]
     print("\n".join(lines), flush=True)
-    for name, blocks in (("1x", default), ("2x", default), ("1x", default // 4)):
+    for name, blocks in (("1x", default), ("2x", default), ("1x", default // 2)):
         output = work / f"labels-{name}-{blocks}.zarr"
         done = subprocess.run([sys.executable, __file__, "--child", "--input", str(inputs[name]), "--output",
                                str(output), "--model", args.model, "--models-dir", args.models_dir,
