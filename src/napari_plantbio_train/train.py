@@ -10,11 +10,9 @@ to stop. A stop request is honoured at the next iteration and always leaves a ch
 from __future__ import annotations
 
 import math
-import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Generator
-from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,13 +54,28 @@ def dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> tor
     return (1.0 - (2.0 * overlap + eps) / (total + eps)).mean()
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, mode: str) -> torch.Tensor:
-    """Semantic: cross-entropy + Dice over classes. Instance: BCE + Dice on foreground and contour maps."""
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, mode: str,
+                      known: torch.Tensor | None = None) -> torch.Tensor:
+    """Semantic: cross-entropy + Dice over classes. Instance: BCE + Dice on foreground and contour maps.
+
+    `known` (B, *spatial), where given, is 1 where the labels were painted and 0 where they say nothing (an
+    unpainted slice, the ignore value): those voxels add nothing to either term, so a partly painted stack
+    does not teach the network that everything unpainted is background.
+    """
     logits = logits.float()
+    if known is None:
+        if mode == "semantic":
+            onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+            return F.cross_entropy(logits, target) + dice_loss(logits.softmax(1), onehot)
+        return F.binary_cross_entropy_with_logits(logits, target) + dice_loss(logits.sigmoid(), target)
+    weight = known.to(logits.dtype).unsqueeze(1)  # (B, 1, *spatial): the same for every channel
+    count = weight.sum().clamp(min=1.0)
     if mode == "semantic":
         onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(logits.dtype)
-        return F.cross_entropy(logits, target) + dice_loss(logits.softmax(1), onehot)
-    return F.binary_cross_entropy_with_logits(logits, target) + dice_loss(logits.sigmoid(), target)
+        ce = (F.cross_entropy(logits, target, reduction="none") * weight[:, 0]).sum() / count
+        return ce + dice_loss(logits.softmax(1) * weight, onehot * weight)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
+    return bce.sum() / (count * logits.shape[1]) + dice_loss(logits.sigmoid() * weight, target * weight)
 
 
 @dataclass
@@ -79,6 +92,7 @@ class Material:
     train_region: Region
     val_region: Region
     postprocess: dict[str, float] | None  # instance mode: watershed settings scaled to the labelled objects
+    known: np.ndarray | None = None  # (Z, Y, X) bool where labels were painted; None: everywhere
 
 
 def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previous: dict | None) -> Material:
@@ -88,6 +102,7 @@ def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previ
     check_label_array(truth, field="labels")
     if stack.shape != truth.shape:
         raise ConfigError("labels", f"shape {np.shape(labels)} differs from the image's {np.shape(image)}")
+    truth, known = _painted(config, truth)
     if not truth.any():
         raise ConfigError("labels", "the labels layer is empty: paint at least one object")
     if previous is not None:
@@ -106,13 +121,31 @@ def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previ
                                   contour_width=config.contour_width).astype(np.uint8)
         foreground = target[0] > 0
     window = config.resolved_window(stack.shape)
-    train_region, val_region = split_validation(stack.shape, _window3(window), config.val_fraction, foreground)
+    train_region, val_region = split_validation(stack.shape, _window3(window), config.val_fraction,
+                                                foreground if known is None else foreground | known)
     postprocess = None
     if config.mode == "instance":
         postprocess = (previous or {}).get("postprocess") or params_from_truth(
             crop(truth, train_region), per_slice=config.dims == "2d", anisotropy=config.anisotropy)
     return Material(stack, truth, target, classes, normalisation, window, foreground, train_region, val_region,
-                    postprocess)
+                    postprocess, known)
+
+
+def _painted(config: TrainConfig, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The labels with the ignore value cleared, and where they were painted (None: everywhere)."""
+    if config.ignore_value is None and not config.painted_slices_only:
+        return truth, None
+    known = np.ones(truth.shape, bool)
+    if config.ignore_value is not None:
+        known &= truth != config.ignore_value
+        truth = np.where(known, truth, 0).astype(truth.dtype, copy=False)
+    if config.painted_slices_only:
+        painted = (truth > 0).reshape(truth.shape[0], -1).any(axis=1)
+        if config.dims == "2d" or truth.shape[0] > 1:
+            known &= painted[:, None, None]
+    if not known.any():
+        raise ConfigError("labels", "nothing is painted: every voxel is unpainted or holds the ignore value")
+    return truth, known
 
 
 def _stop_requested(stop: StopSignal) -> bool:
@@ -122,28 +155,8 @@ def _stop_requested(stop: StopSignal) -> bool:
 
 
 def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_dir: str | Path | None = None,
-          resume: bool = False, stop: StopSignal = None,
-          judge_in_process: bool = False) -> Generator[Event, None, Path]:
-    """Train (or resume) the named model; yields events and returns the model folder.
-
-    `judge_in_process` labels and scores the validation block in a child process (see validate.judge): the
-    dock widget asks for it so the viewer never waits on code that holds the GIL.
-    """
-    judges = _judge_process() if judge_in_process else None
-    try:
-        return (yield from _train(config, image, labels, models_dir, resume, stop, judges))
-    finally:
-        if judges is not None:
-            judges.shutdown(wait=False, cancel_futures=True)
-
-
-def _judge_process() -> Executor:
-    """One spawned process: forking a process that runs Qt and torch threads is unsafe."""
-    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-
-
-def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, models_dir: str | Path | None,
-           resume: bool, stop: StopSignal, judges: Executor | None) -> Generator[Event, None, Path]:
+          resume: bool = False, stop: StopSignal = None) -> Generator[Event, None, Path]:
+    """Train (or resume) the named model; yields events and returns the model folder."""
     store = ModelStore(models_dir)
     config.validate(image_shape=np.shape(image), labels_shape=np.shape(labels), models_dir=store.root,
                     resume=resume)
@@ -176,7 +189,7 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, models_di
 
     rng = np.random.default_rng([config.seed, start])  # a resumed job draws new windows, not the same ones
     sampler = WindowSampler(material.stack, material.target, material.foreground, material.train_region,
-                            _window3(material.window), material.normalisation, rng)
+                            _window3(material.window), material.normalisation, rng, known=material.known)
     # bf16 autocast where the hardware runs it natively (GPUs, CPUs with AVX512-BF16), fp32 elsewhere.
     precision = resolve_precision(config.precision, device)
     autocast = autocast_for(precision, device)
@@ -191,7 +204,7 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, models_di
     def validation(at: int) -> Generator[Event, None, float]:
         """Score the held-out block, show it, and keep the weights if they are the best so far."""
         nonlocal best_score
-        result = score_region(model, material, config, device, autocast, judges)
+        result = score_region(model, material, config, device, autocast)
         is_best = best_score is None or result.score > best_score
         yield Validation(at, result.score, result.metrics, is_best)
         yield Preview(at, result.probabilities, result.labels, tuple(a for a, _ in material.val_region),
@@ -220,14 +233,16 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, models_di
         tick, data_seconds, loss_sum = time.perf_counter(), 0.0, 0.0
         for _ in range(config.iteration_step):  # gradient accumulation: one optimiser step per iteration
             t = time.perf_counter()
-            x, y = sampler.sample(config.batch_size)
+            x, y, painted = sampler.sample(config.batch_size)
             x = torch.from_numpy(_squeeze_z(x, config.spatial_dims)).to(device, non_blocking=True)
             y = torch.from_numpy(_squeeze_z(y, config.spatial_dims)).to(device, dtype=target_dtype)
+            if painted is not None:
+                painted = torch.from_numpy(_squeeze_z(painted, config.spatial_dims)).to(device)
             data_seconds += time.perf_counter() - t
             with autocast:
                 logits = model(x)
             # The loss sums over every voxel: in fp32, where bf16's 8-bit mantissa would lose small terms.
-            loss = segmentation_loss(logits.float(), y, config.mode) / config.iteration_step
+            loss = segmentation_loss(logits.float(), y, config.mode, painted) / config.iteration_step
             loss.backward()
             loss_sum += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -7,7 +7,6 @@ same arrays double as the preview layers shown in napari.
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,41 +57,39 @@ def labels_from_probabilities(probabilities: np.ndarray, mode: str, dims: str, c
 
 
 def score_region(model: torch.nn.Module, material: "Material", config: "TrainConfig", device: torch.device,
-                 autocast: Any, judge_in: Executor | None = None) -> RegionScore:
-    """Predict the held-out block, then label and score it (in `judge_in`, another process, when given)."""
+                 autocast: Any) -> RegionScore:
+    """Predict the held-out block, then label and score it."""
     model.eval()
     image = material.normalisation.apply(crop(material.stack, material.val_region))
     probabilities = predict_stack(make_predictor(model, config.mode, device, autocast), image,
                                   spatial_dims=config.spatial_dims, window=material.window,
                                   overlap=VALIDATION_OVERLAP, batch_size=config.batch_size)
     truth = crop(material.truth if config.mode == "instance" else material.target, material.val_region)
-    args = (probabilities, truth, config.mode, config.dims, material.classes, material.postprocess)
-    if judge_in is None:
-        score, metrics, labels = judge(*args)
-    else:
-        score, metrics, labels = judge_in.submit(judge, *args).result()
+    known = None if material.known is None else crop(material.known, material.val_region)
+    args = (probabilities, truth, config.mode, config.dims, material.classes, material.postprocess, known)
+    score, metrics, labels = judge(*args)
     names = ("foreground", "contour") if config.mode == "instance" else tuple(f"class {v}" for v in material.classes)
     return RegionScore(score, metrics, probabilities, labels, names)
 
 
 def judge(probabilities: np.ndarray, truth: np.ndarray, mode: str, dims: str, classes: list[int] | None,
-          postprocess: dict[str, float] | None) -> tuple[float, dict[str, float], np.ndarray]:
+          postprocess: dict[str, float] | None,
+          known: np.ndarray | None = None) -> tuple[float, dict[str, float], np.ndarray]:
     """Labels from the probabilities and their scores against the truth (object ids for instance models,
-    class indices for semantic ones).
-
-    The watershed and the matching spend a few hundred milliseconds in compiled code that holds Python's GIL;
-    run in a worker thread inside napari, that froze the viewer for as long. So the dock runs this in a child
-    process (plain arrays in, plain arrays out), where it cannot block the GUI thread.
-    """
+    class indices for semantic ones), counting only where labels were painted (`known`)."""
     labels = labels_from_probabilities(probabilities, mode, dims, classes, postprocess)
     if mode == "instance":
+        judged = labels if known is None else np.where(known, labels, 0)
         match = match_instances_per_slice if dims == "2d" else match_instances
-        scores = match(labels, truth, 0.5)
+        scores = match(judged, truth, 0.5)
         metrics = {"f1": scores["f1"], "precision": scores["precision"], "recall": scores["recall"],
-                   "foreground_iou": foreground_iou(labels, truth), "n_pred": scores["n_pred"],
+                   "foreground_iou": foreground_iou(judged, truth), "n_pred": scores["n_pred"],
                    "n_true": scores["n_true"]}
         score = float(scores["f1"])
     else:
-        metrics = semantic_scores(probabilities.argmax(0), truth, len(classes or []))
+        predicted = probabilities.argmax(0)
+        if known is not None:
+            predicted, truth = predicted[known], truth[known]
+        metrics = semantic_scores(predicted, truth, len(classes or []))
         score = float(metrics["mean_iou"])
     return score, {k: float(v) for k, v in metrics.items()}, labels

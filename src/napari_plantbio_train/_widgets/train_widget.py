@@ -157,8 +157,7 @@ class TrainWidget(QWidget):
         self.plot.reset("mean IoU" if config.mode == "semantic" else "F1@0.5")
 
         stop = threading.Event()
-        # Validation labels and scores in a child process: that code holds the GIL and would freeze the viewer.
-        worker = create_worker(train, config, image, labels, models_dir=models_dir, stop=stop, judge_in_process=True,
+        worker = create_worker(train, config, image, labels, models_dir=models_dir, stop=stop,
                                _start_thread=False, _ignore_errors=True, _worker_class=TrainingWorker)
         worker.stop_event = stop
         worker.yielded.connect(self._on_event)
