@@ -34,7 +34,7 @@ FIELD_OPTIONS = {
     "batch_size": "batch_size", "time_limit": "time_limit_min", "validate_every": "validate_every",
     "log_every": "log_every", "val_fraction": "val_fraction", "base_channels": "base_channels",
     "depth": "depth", "stem_stride": "stem_stride", "contour_width": "contour_width", "seed": "seed",
-    "precision": "precision",
+    "precision": "precision", "painted_slices_only": "painted_slices_only", "ignore_value": "ignore_value",
 }
 
 
@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--stem-stride", type=int, help="in-plane stride of the first layer (1, 2 or 4)")
     add("--contour-width", type=int, help="instance mode: width in pixels of the band between touching objects")
     add("--precision", choices=PRECISIONS, help="auto (default): bf16 where the hardware runs it natively")
+    add("--painted-slices-only", action="store_true", default=None,
+        help="partial labels: slices without any label are unpainted (ignored), not background")
+    add("--ignore-value", type=int, help="partial labels: this label value marks voxels to ignore")
     add("--seed", type=int)
     add("--models-dir", help="models folder (default: $PLANTBIO_MODELS_DIR or the user data folder)")
     add("--resume", action="store_true", help="continue the named model from its last checkpoint")

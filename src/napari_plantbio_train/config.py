@@ -71,6 +71,8 @@ class TrainConfig:
     stem_stride: int = 1
     contour_width: int = 4  # instance mode: pixels of boundary band between two touching objects
     precision: str = "auto"  # "auto": bf16 where the hardware runs it natively (see hardware.py), else fp32
+    painted_slices_only: bool = False  # slices without any label are unpainted, not background: ignored
+    ignore_value: int | None = None  # a label value that marks "not painted here": ignored, never background
     seed: int = 0
 
     # ----- derived values -------------------------------------------------------------------------------------
@@ -170,6 +172,12 @@ class TrainConfig:
             bad("time_limit_min", f"{self.time_limit_min!r} must be a positive number of minutes, or empty")
         if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction < 0.5):
             bad("val_fraction", f"{self.val_fraction!r} must lie between 0 and 0.5")
+        if self.ignore_value is not None and (not isinstance(self.ignore_value, int) or isinstance(
+                self.ignore_value, bool) or self.ignore_value < 0):
+            bad("ignore_value", f"{self.ignore_value!r} must be a label value (a whole number of at least 0), "
+                                "or empty")
+        if not isinstance(self.painted_slices_only, bool):
+            bad("painted_slices_only", f"{self.painted_slices_only!r} must be true or false")
         if self.precision not in ("auto", "fp32", "bf16"):
             bad("precision", f"{self.precision!r} must be auto, fp32 or bf16")
         self._check_gpus(bad)

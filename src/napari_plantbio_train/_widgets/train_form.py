@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -49,6 +50,9 @@ TIPS = {
     "base_channels": "Width of the network's first level; smaller trains faster, larger can learn more.",
     "depth": "Number of downsampling levels of the U-Net.",
     "contour_width": "Instance mode: width in pixels of the band learned between touching objects.",
+    "painted_slices_only": "Train on a few painted slices: slices with no label at all add nothing to the loss.",
+    "ignore_value": "A label value painted where the labels say nothing (left out of the loss); none: every "
+                    "value is a label.",
     "stem_stride": "Run the network at 1/2 or 1/4 of the in-plane resolution: much faster on a CPU, coarser edges.",
 }
 
@@ -112,6 +116,8 @@ class TrainForm(QWidget):
         self.stem_stride = QComboBox()
         self.stem_stride.addItems(["1", "2", "4"])
         self.stem_stride.setCurrentText(str(defaults.stem_stride))
+        self.painted_slices_only = QCheckBox("slices without labels are unpainted, not background")
+        self.ignore_value = _spin(-1, 2**31 - 1, -1, special="none")
 
         self._errors: dict[str, QLabel] = {}
         self._form = QFormLayout()
@@ -143,6 +149,8 @@ class TrainForm(QWidget):
             ("Network depth", "depth", self.depth),
             ("Stem stride", "stem_stride", self.stem_stride),
             ("Contour width", "contour_width", self.contour_width),
+            ("Partial labels", "painted_slices_only", self.painted_slices_only),
+            ("Ignore label value", "ignore_value", self.ignore_value),
         ]
         for label, field, widget in rows:
             self._add_row(self._form, label, field, widget)
@@ -244,6 +252,8 @@ class TrainForm(QWidget):
             depth=self.depth.value(),
             stem_stride=int(self.stem_stride.currentText()),
             contour_width=self.contour_width.value(),
+            painted_slices_only=self.painted_slices_only.isChecked(),
+            ignore_value=None if self.ignore_value.value() < 0 else self.ignore_value.value(),
         )
         return config, errors
 
@@ -268,6 +278,8 @@ class TrainForm(QWidget):
             "depth": self.depth.setValue,
             "stem_stride": lambda v: self.stem_stride.setCurrentText(str(v)),
             "contour_width": self.contour_width.setValue,
+            "painted_slices_only": lambda v: self.painted_slices_only.setChecked(bool(v)),
+            "ignore_value": lambda v: self.ignore_value.setValue(-1 if v is None else int(v)),
             "models_dir": lambda v: self.models_dir.setText(str(v)),
             "image": lambda v: setattr(self.image, "value", v),
             "labels": lambda v: setattr(self.labels, "value", v),
@@ -289,7 +301,8 @@ class TrainForm(QWidget):
                 continue
             label.setText(f"{label.text()}\n{error.message}" if label.text() else error.message)
             label.setVisible(True)
-            if error.field in {"validate_every", "base_channels", "depth", "stem_stride", "contour_width"}:
+            if error.field in {"validate_every", "base_channels", "depth", "stem_stride", "contour_width",
+                               "painted_slices_only", "ignore_value"}:
                 self.advanced_toggle.setChecked(True)
         return elsewhere
 
