@@ -1,8 +1,8 @@
 """`make demo`: train a small instance model through the dock widget and save a screenshot of the window.
 
 Run headless with ``xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/demo.py``. It uses a crop of the
-real chloroplast stack when ../shared/data is next to the repository, otherwise a synthetic stack of dark
-ellipses on a bright background, so the demo also works on a fresh clone. The job is limited to about two
+real chloroplast stack when ../shared/data is next to the repository, otherwise the plugin's synthetic sample
+stack (touching organelles, see synthetic.py), so the demo also works on a fresh clone. The job is limited to about two
 minutes so the screenshot shows a curve that has levelled off and a preview that already looks like chloroplasts.
 """
 
@@ -34,34 +34,10 @@ def load_stack() -> tuple[np.ndarray, np.ndarray, str]:
         image = tifffile.imread(DATA / "image.tif", key=pages)[(slice(None), *CROP[1:])]
         labels = tifffile.imread(DATA / "labels.tif", key=pages)[(slice(None), *CROP[1:])]
         return image, labels, f"chloroplast crop {image.shape} from {DATA}"
-    image, labels = synthetic_stack()
-    return image, labels, f"synthetic stack {image.shape} (no data at {DATA})"
+    from napari_plantbio_train.synthetic import make_stack
 
-
-def synthetic_stack(shape: tuple[int, int, int] = (10, 256, 256), count: int = 14,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Dark elliptical objects on a bright, noisy background, each with its own id through the slices."""
-    from scipy import ndimage
-    from skimage.draw import ellipse
-
-    rng = np.random.default_rng(seed)
-    labels = np.zeros(shape, np.uint16)
-    z_size, y_size, x_size = shape
-    for object_id in range(1, count + 1):
-        cy, cx = rng.uniform(20, y_size - 20), rng.uniform(20, x_size - 20)
-        ry, rx = rng.uniform(8, 20), rng.uniform(12, 28)
-        angle = rng.uniform(0, np.pi)
-        z0, z1 = sorted(rng.integers(0, z_size + 1, size=2))
-        for z in range(z0, max(z1, z0 + 3)):
-            if z >= z_size:
-                break
-            shrink = 1.0 - 0.15 * abs(z - (z0 + z1) / 2) / max(1, z_size)
-            rr, cc = ellipse(cy, cx, ry * shrink, rx * shrink, shape=(y_size, x_size), rotation=angle)
-            free = labels[z, rr, cc] == 0  # earlier objects stay on top where two touch
-            labels[z, rr[free], cc[free]] = object_id
-    image = 200.0 - 120.0 * (labels > 0) + rng.normal(0, 18, shape)
-    image = ndimage.gaussian_filter(image, sigma=(0, 1.2, 1.2))
-    return np.clip(image, 0, 255).astype(np.uint8), labels
+    stack = make_stack(shape=(10, 256, 256))  # the sample data of File > Open Sample
+    return stack.image, stack.instances, f"synthetic stack {stack.image.shape} (no data at {DATA})"
 
 
 def main() -> int:
