@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from qtpy.QtWidgets import QComboBox, QWidget
 
@@ -18,10 +18,12 @@ class LayerPicker(QComboBox):
     its own removal.
     """
 
-    def __init__(self, viewer: napari.Viewer, layer_type: type[Layer], parent: QWidget | None = None) -> None:
+    def __init__(self, viewer: napari.Viewer, layer_type: type[Layer], parent: QWidget | None = None,
+                 accept: Callable[[Layer], bool] | None = None) -> None:
         super().__init__(parent)
         self._viewer = viewer
         self._layer_type = layer_type
+        self._accept = accept  # a further test on fixed properties of a layer (e.g. RGB images only)
         self._layers: list[Layer] = []
         events = viewer.layers.events
         events.inserted.connect(self._on_inserted)
@@ -55,7 +57,8 @@ class LayerPicker(QComboBox):
 
     def refresh(self, *_args) -> None:
         current = self.value
-        self._layers = [layer for layer in self._viewer.layers if isinstance(layer, self._layer_type)]
+        self._layers = [layer for layer in self._viewer.layers if isinstance(layer, self._layer_type)
+                        and (self._accept is None or self._accept(layer))]
         self.blockSignals(True)
         self.clear()
         self.addItems([layer.name for layer in self._layers])

@@ -1,0 +1,87 @@
+"""The dock widget that turns a colour-painted label image (the older tool's format) into a Labels layer.
+
+Each colour becomes an id, shown in its original colour, with the map kept in ``layer.metadata["colour_map"]``.
+The conversion is two linear passes over the pixels, fast enough for the GUI thread. Problems are shown in the
+dock, never raised.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.layers import Image
+from napari.utils.colormaps import DirectLabelColormap
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from ..colour_labels import labels_from_colours
+from .layer_picker import LayerPicker
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Labels
+
+ERROR_STYLE = "color: #ff5c5c;"
+TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
+
+
+class ColourImagePicker(LayerPicker):
+    """A LayerPicker of RGB(A) Image layers only; ``rgb`` is fixed when a layer is made, so no event to follow."""
+
+    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(viewer, Image, parent, accept=lambda layer: bool(layer.rgb))
+
+
+def label_colormap(colour_map: dict[int, tuple[int, int, int]]) -> DirectLabelColormap:
+    """Each id in its own colour, opaque; id 0 (the background) and ids not in the map transparent."""
+    colours = {i: (*(channel / 255 for channel in colour), 1.0) for i, colour in colour_map.items() if i != 0}
+    return DirectLabelColormap(color_dict={**colours, 0: TRANSPARENT, None: TRANSPARENT})
+
+
+class ColourLabelsWidget(QWidget):
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.image_picker = ColourImagePicker(napari_viewer)
+        self.image_picker.setToolTip("RGB or RGBA Image layers: each class or object painted in its own colour, "
+                                     "background black")
+        self.convert_button = QPushButton("Convert to labels")
+        self.convert_button.clicked.connect(lambda: self.convert())
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        form = QFormLayout()
+        form.addRow("Colour image", self.image_picker)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.convert_button)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+    def convert(self) -> Labels | None:
+        """Add the picked colour image's Labels layer and return it; None (and why, in the dock) if it cannot."""
+        image = self.image_picker.value
+        if image is None:
+            return self._fail("Pick an RGB Image layer: open the colour label image so napari shows it in colour.")
+        data = image.data[0] if image.multiscale else image.data  # the full-resolution level
+        try:
+            ids, colour_map = labels_from_colours(np.asarray(data))
+        except ValueError as error:
+            return self._fail(f"'{image.name}' cannot be converted: {error}")
+        # An RGB layer's scale and translate already leave out the channel axis.
+        labels = self.viewer.add_labels(
+            ids, name=f"{image.name} labels", scale=image.scale, translate=image.translate,
+            colormap=label_colormap(colour_map), metadata={"colour_map": colour_map},
+        )
+        self.status.setStyleSheet("")
+        count = len(colour_map) - 1
+        found = f"{count} colours as ids 1..{count} ({ids.dtype})" if count else "no colour other than black"
+        self.status.setText(f"Added '{labels.name}': {found}, black as background 0.")
+        return labels
+
+    def _fail(self, message: str) -> None:
+        self.status.setStyleSheet(ERROR_STYLE)
+        self.status.setText(message)
+        return None
