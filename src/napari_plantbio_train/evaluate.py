@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from .files import atomic_write
 from .metrics import foreground_iou, match_instances, match_instances_per_slice, semantic_scores
 
 MODES = ("semantic", "instance")
@@ -216,7 +217,6 @@ def write_object_statistics_csv(rows: Sequence[Mapping[str, float]], path: str |
 
 def _write_csv(path: str | Path, columns: list[str], rows: Iterable[Mapping[str, object]]) -> None:
     # Imported here: store imports torch, which scoring does not need and which takes seconds to load.
-    from .store import atomic_write
 
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")

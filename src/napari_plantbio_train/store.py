@@ -10,18 +10,18 @@ Weights are plain tensors loaded with ``weights_only=True``: opening a model nev
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from .config import NAME_PATTERN, TrainConfig
+from .files import atomic_write, atomic_write_json
 
 ENV_VAR = "PLANTBIO_MODELS_DIR"
 FORMAT_VERSION = 1
@@ -40,25 +40,6 @@ def default_models_dir() -> Path:
     from platformdirs import user_data_dir
 
     return Path(user_data_dir("napari-plantbio-train", appauthor=False)) / "models"
-
-
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through a temporary sibling, fsync, then rename: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write(path, lambda h: h.write(json.dumps(data, indent=2, sort_keys=True).encode()))
 
 
 @dataclass(frozen=True)
