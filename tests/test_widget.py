@@ -99,7 +99,8 @@ def test_installed_package_exposes_its_manifest():
     manifest = npe2.PluginManifest.from_distribution("napari-plantbio-train")
     assert manifest.display_name == "PlantBio Train"
     assert [w.display_name for w in manifest.contributions.widgets] == [
-        "Train segmentation model", "Auto-label with a model", "Evaluate labels", "Colour image to labels"]
+        "Train segmentation model", "Auto-label with a model", "Evaluate labels", "Colour image to labels",
+        "Surface meshes"]
 
 
 # ----- the form -----------------------------------------------------------------------------------------------
