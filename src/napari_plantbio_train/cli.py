@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_predict(commands)
     _add_evaluate(commands)
+    _add_exchange(commands)
 
     models = commands.add_parser("models", help="list named models")
     models.add_argument("--models-dir")
@@ -131,6 +132,17 @@ def _add_evaluate(commands: Any) -> None:
     add("--objects", help="also write per-object statistics of the prediction as CSV")
     add("--voxel-size", nargs=3, type=float, metavar=("X", "Y", "Z"), default=(1.0, 1.0, 1.0),
         help="nm per pixel along x, y, z, for the object statistics")
+
+
+def _add_exchange(commands: Any) -> None:
+    export = commands.add_parser("export", help="write a named model as a bioimage.io package (zip)")
+    export.add_argument("--model", required=True, help="name of the model (see `models`)")
+    export.add_argument("--output", required=True, help="package to write: FILE.zip")
+    export.add_argument("--models-dir", help="models folder (default: $PLANTBIO_MODELS_DIR or the user data folder)")
+    imported = commands.add_parser("import", help="add a model from a package exported by this plugin or a folder")
+    imported.add_argument("path", help="FILE.zip exported by `export`, or a model folder")
+    imported.add_argument("--models-dir", help="models folder (default: $PLANTBIO_MODELS_DIR or the user data folder)")
+    imported.add_argument("--name", help="name for the imported model (default: its own)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -293,6 +305,29 @@ def _run_evaluate(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _run_export(args: argparse.Namespace, out: TextIO) -> int:
+    from .exchange import export_model
+
+    try:
+        path = export_model(ModelStore(args.models_dir), args.model, args.output)
+    except (OSError, ValueError) as exc:  # an unwritable output, a name that is not a .zip
+        raise ModelError(str(exc)) from None
+    print(f"exported {args.model!r} to {path}", file=out)
+    return 0
+
+
+def _run_import(args: argparse.Namespace, out: TextIO) -> int:
+    from .exchange import import_model
+
+    store = ModelStore(args.models_dir)
+    try:
+        name = import_model(store, args.path, name=args.name)
+    except OSError as exc:
+        raise ModelError(str(exc)) from None
+    print(f"imported {args.path} as {name!r} into {store.root}", file=out)
+    return 0
+
+
 def _run_models(args: argparse.Namespace, out: TextIO) -> int:
     store = ModelStore(args.models_dir)
     records = store.records()
@@ -318,7 +353,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
     try:
-        runners = {"train": _run_train, "predict": _run_predict, "evaluate": _run_evaluate, "models": _run_models}
+        runners = {"train": _run_train, "predict": _run_predict, "evaluate": _run_evaluate, "models": _run_models,
+                   "export": _run_export, "import": _run_import}
         return runners[args.command](args, out)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
