@@ -270,3 +270,22 @@ def test_closing_the_viewer_cancels_the_job(dock, qtbot, chloroplast_crop):
     viewer.close()
     assert worker.stop_event.is_set()
     qtbot.waitUntil(lambda: not worker.is_running, timeout=JOB_TIMEOUT_MS)
+
+
+def test_export_and_import_buttons_share_a_model(make_napari_viewer, trained, tmp_path):
+    """Export the picked model as a package, import it into another dock's folder: it is listed there."""
+    pytest.importorskip("bioimageio.spec")
+    source = AutoLabelWidget(make_napari_viewer(), models_dir=trained)
+    source.select_model("chl")
+    package = source.sharing.export_to(tmp_path / "chl.zip")
+    assert package is not None and package.is_file(), source.status.text()
+
+    colleague = AutoLabelWidget(make_napari_viewer(), models_dir=tmp_path / "theirs")
+    assert colleague.model_names() == []
+    assert colleague.sharing.import_from(package) == "chl"
+    assert colleague.model_names() == ["chl"] and "Imported" in colleague.status.text()
+    assert colleague.sharing.import_from(package) is None  # the name is taken now: said, not raised
+    assert "Import failed" in colleague.status.text()
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    assert colleague.sharing.import_from(tmp_path / "junk.zip") is None
+    assert colleague.model_names() == ["chl"]

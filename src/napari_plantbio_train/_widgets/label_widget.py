@@ -16,8 +16,19 @@ import numpy as np
 from napari.layers import Image
 from napari.qt.threading import GeneratorWorker, create_worker
 from qtpy.QtCore import QEvent, Qt, QTimer
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                            QProgressBar, QPushButton, QSpinBox, QWidget)
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
 
 from ..config import ConfigError
 from ..events import LabelFinished, LabelProgress, LabelStarted
@@ -25,6 +36,7 @@ from ..label import POSTPROCESS_DEFAULTS, LabelResult, LabelSettings, label_stac
 from ..store import ModelRecord, ModelStore, default_models_dir
 from .layer_picker import LayerPicker
 from .model_info import channel_names, describe, voxel_size_message
+from .model_sharing import ModelSharing
 
 if TYPE_CHECKING:
     import napari
@@ -91,6 +103,9 @@ class AutoLabelWidget(QWidget):
         layout = QFormLayout(self)
         layout.addRow("Image", self.image_picker)
         layout.addRow("Model", _row(self.model_box, self.refresh_button))
+        self.sharing = ModelSharing(self.store, lambda: self.model_box.currentData(), self.refresh_models,
+                                    self._set_status)
+        layout.addRow("", self.sharing)
         layout.addRow("Overlap", self.overlap)
         layout.addRow("Test-time augmentation", self.tta)
         layout.addRow("Samples per batch", self.batch_size)
