@@ -173,6 +173,15 @@ def test_missing_layers_are_reported_beside_the_pickers(dock):
     assert "pick a Labels layer" in widget.form.error_text("labels")
 
 
+def test_colour_painted_labels_are_pointed_at_the_conversion(dock):
+    viewer, widget, _ = dock
+    viewer.add_image(np.zeros((16, 16, 3), np.uint8), name="painted", rgb=True)
+    widget.form.set_values(name="colours", **TINY)
+    assert not widget.start()
+    assert "Colour image to labels" in widget.form.error_text("labels")
+    assert "'painted'" in widget.form.error_text("labels")
+
+
 # ----- training in the worker ---------------------------------------------------------------------------------
 CASES = {
     "instance-3d": dict(data="chloroplast", layer_dims=3, mode="instance", dims="3d", window=(2, 64, 64)),

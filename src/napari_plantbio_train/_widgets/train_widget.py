@@ -132,7 +132,8 @@ class TrainWidget(QWidget):
         self._set_status("")
         config, errors = self.form.read()
         image_layer, labels_layer = self.image_picker.value, self.labels_picker.value
-        errors += _layer_problems(image_layer, labels_layer)
+        colour = [layer.name for layer in self.viewer.layers if getattr(layer, "rgb", False)]
+        errors += _layer_problems(image_layer, labels_layer, colour)
         models_dir = self.form.models_folder()
         errors += config.problems(
             image_shape=_level0(image_layer).shape if image_layer is not None else None,
@@ -339,14 +340,23 @@ def _level0(layer: Layer) -> Any:
     return layer.data[0] if layer.multiscale else layer.data
 
 
-def _layer_problems(image: Layer | None, labels: Layer | None) -> list[ConfigError]:
+CONVERT = "Plugins > PlantBio Train > Colour image to labels"
+
+
+def _layer_problems(image: Layer | None, labels: Layer | None, colour_layers: list[str]) -> list[ConfigError]:
+    """What is wrong with the picked layers; colour images are the older tool's way of saving labels, so
+    they get pointed at the conversion rather than just refused."""
     found = []
     if image is None:
         found.append(ConfigError("image", "pick an Image layer to train on (open one first)"))
     elif image.rgb:
-        found.append(ConfigError("image", f"{image.name!r} is an RGB image; convert it to one grey channel"))
+        found.append(ConfigError("image", f"{image.name!r} is an RGB image: if it holds labels painted in colours, "
+                                          f"turn it into a Labels layer with {CONVERT}; a raw image must be one "
+                                          "grey channel"))
     if labels is None:
-        found.append(ConfigError("labels", "pick a Labels layer matching the image (open or paint one)"))
+        hint = (f"; {', '.join(repr(n) for n in colour_layers)} looks like colour-painted labels: convert it with "
+                f"{CONVERT}" if colour_layers else " (open or paint one)")
+        found.append(ConfigError("labels", f"pick a Labels layer matching the image{hint}"))
     return found
 
 
