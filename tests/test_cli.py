@@ -117,3 +117,19 @@ def test_predict_errors_are_one_line(stack_files, models_dir, tmp_path, capsys):
     assert "no complete model named 'nobody'" in capsys.readouterr().err
     assert main(["evaluate", "--prediction", str(image), "--truth", str(tmp_path / "none.tif")]) == 2
     assert capsys.readouterr().err.startswith("error: truth: ")
+
+
+def test_init_from_continues_a_model_as_a_new_version(stack_files, models_dir):
+    image, labels = stack_files
+    assert main(_train_args(image, labels, models_dir, "first", "--quiet"), out=io.StringIO()) == 0
+    args = ["train", "--init-from", "first", "--name", "second", "--image", str(image), "--labels", str(labels),
+            "--iterations", "4", "--validate-every", "2", "--models-dir", str(models_dir), "--quiet"]
+    assert main(args, out=io.StringIO()) == 0
+    store = ModelStore(models_dir)
+    parent, child = store.record("first"), store.record("second")
+    assert child.parent == "first" and child.iterations_done == 4
+    assert child.config.lr == pytest.approx(parent.config.lr * 0.2) and child.config.window == parent.config.window
+    listing = io.StringIO()
+    assert main(["models", "--models-dir", str(models_dir)], out=listing) == 0
+    assert "continued from first" in listing.getvalue()
+    assert main(["train", "--init-from", "first", "--name", "third", "--models-dir", str(models_dir)]) == 2

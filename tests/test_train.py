@@ -192,3 +192,32 @@ def test_validation_block_holds_labels_when_only_part_is_painted():
     train_region, val_region = split_validation(painted.shape, (1, 128, 128), 0.15, painted)
     assert crop(painted, val_region).any() and crop(painted, train_region).any()
     assert val_region[1] == (340, 400) or val_region[2] == (255, 300)
+
+
+def test_continue_from_a_model_makes_a_new_version(chloroplast_crop, models_dir):
+    image, labels = chloroplast_crop
+    parent_config = TrainConfig(name="v1", mode="instance", dims="3d", window=(2, 64, 64), voxel_size=(5, 5, 50),
+                                **TINY)
+    run_to_end(train(parent_config, image, labels, models_dir=models_dir))
+    store = ModelStore(models_dir)
+    parent = store.record("v1")
+    parent_weights = store.load_checkpoint(parent)["model"]
+    parent_files = {p: p.stat().st_mtime_ns for p in parent.folder.rglob("*") if p.is_file()}
+
+    corrected = labels.copy()
+    corrected[:, :40] = 0  # the user deleted false objects in one corner
+    # The new job asks for another network width and voxel size: the parent's win, they define the model.
+    child_config = TrainConfig(name="v2", init_from="v1", window=(2, 64, 64), base_channels=8, lr=5e-4,
+                               voxel_size=(1, 1, 1),
+                               **{k: v for k, v in TINY.items() if k not in ("lr", "base_channels")})
+    run_to_end(train(child_config, image, corrected, models_dir=models_dir))
+    child = store.record("v2")
+    assert child.parent == "v1" and child.lineage == ("v1",)
+    assert child.normalisation == parent.normalisation and child.network == parent.network
+    assert child.config.base_channels == parent.config.base_channels and child.config.voxel_size == (5, 5, 50)
+    child_weights = store.load_checkpoint(child, "last")["model"]
+    assert any(not torch.equal(child_weights[k], parent_weights[k]) for k in parent_weights)
+    # Nothing of the parent was touched.
+    assert {p: p.stat().st_mtime_ns for p in parent.folder.rglob("*") if p.is_file()} == parent_files
+    with pytest.raises(ConfigError, match="init_from"):
+        run_to_end(train(child_config.replace(name="v3", init_from="nobody"), image, labels, models_dir=models_dir))

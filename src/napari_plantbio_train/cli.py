@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int)
     add("--models-dir", help="models folder (default: $PLANTBIO_MODELS_DIR or the user data folder)")
     add("--resume", action="store_true", help="continue the named model from its last checkpoint")
+    add("--init-from", metavar="MODEL",
+        help="continue from a named model as a new version (--name): its weights, normalisation and classes, "
+             "a lower learning rate and a short schedule unless given")
     add("--quiet", action="store_true", help="no progress bar")
 
     _add_predict(commands)
@@ -151,6 +154,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.resume:
         record = ModelStore(args.models_dir).record(args.name)
         return record.config.replace(**given)
+    if args.init_from:
+        parent = ModelStore(args.models_dir).record(args.init_from)
+        for required in ("image", "labels"):
+            if required not in given:
+                raise ConfigError(required, f"--{required} (the corrected data) is required with --init-from")
+        # Fine-tuning defaults: a fifth of the parent's learning rate and a short run, which adapts the model
+        # to corrected labels without forgetting what it learned.
+        start = parent.config.replace(name=args.name, init_from=args.init_from, lr=parent.config.lr * 0.2,
+                                      iterations=min(parent.config.iterations, 1000), time_limit_min=None,
+                                      image=None, labels=None)
+        given.pop("voxel_size", None)
+        return start.replace(**given)
     for required in ("image", "labels", "mode", "dims"):
         if required not in given:
             raise ConfigError(required, f"--{required} is required for a new model")
@@ -334,6 +349,7 @@ def _run_models(args: argparse.Namespace, out: TextIO) -> int:
     rows: list[dict[str, Any]] = [{
         "name": r.name, "mode": r.config.mode, "dims": r.config.dims, "iterations": r.iterations_done,
         "best_score": r.best_score, "score": r.score_name, "voxel_size": list(r.config.voxel_size),
+        "parent": r.parent, "lineage": list(r.lineage),
     } for r in records]
     if args.json:
         for row in rows:
@@ -345,7 +361,9 @@ def _run_models(args: argparse.Namespace, out: TextIO) -> int:
     print(f"{'name':<28} {'mode':<9} {'dims':<4} {'iterations':>10}  best validation score", file=out)
     for row in rows:
         score = "-" if row["best_score"] is None else f"{row['best_score']:.4f} ({row['score']})"
-        print(f"{row['name']:<28} {row['mode']:<9} {row['dims']:<4} {row['iterations']:>10}  {score}", file=out)
+        origin = f"  continued from {row['parent']}" if row["parent"] else ""
+        print(f"{row['name']:<28} {row['mode']:<9} {row['dims']:<4} {row['iterations']:>10}  {score}{origin}",
+              file=out)
     return 0
 
 

@@ -73,6 +73,7 @@ class TrainConfig:
     precision: str = "auto"  # "auto": bf16 where the hardware runs it natively (see hardware.py), else fp32
     painted_slices_only: bool = False  # slices without any label are unpainted, not background: ignored
     ignore_value: int | None = None  # a label value that marks "not painted here": ignored, never background
+    init_from: str | None = None  # a named model to continue from: its weights, normalisation and classes
     seed: int = 0
 
     # ----- derived values -------------------------------------------------------------------------------------
@@ -153,6 +154,10 @@ class TrainConfig:
                             "or resume it")
             if resume and not taken:
                 bad("name", f"there is no model named {self.name!r} in {models_dir} to resume")
+            if self.init_from is not None and not ModelStore(models_dir).exists(str(self.init_from)):
+                bad("init_from", f"there is no model named {self.init_from!r} in {models_dir} to continue from")
+            elif self.init_from is not None and self.init_from == self.name:
+                bad("init_from", "a continued model is a new version: give it a new name (or use resume)")
         if self.mode not in MODES:
             bad("mode", f"{self.mode!r} is not one of {', '.join(MODES)}")
         if self.dims not in DIMS:

@@ -59,6 +59,8 @@ class ModelRecord:
     best_score: float | None
     best_iteration: int | None
     postprocess: dict[str, float] | None = None
+    parent: str | None = None  # the model this one continued from (a new version), if any
+    lineage: tuple[str, ...] = ()  # its ancestors, oldest first
 
     @property
     def score_name(self) -> str:
@@ -108,7 +110,8 @@ class ModelStore:
                                normalisation=meta["normalisation"], classes=meta.get("classes"),
                                window=tuple(meta["window"]), iterations_done=int(meta["iterations_done"]),
                                last=meta["last"], best=meta.get("best"), best_score=meta.get("best_score"),
-                               best_iteration=meta.get("best_iteration"), postprocess=meta.get("postprocess"))
+                               best_iteration=meta.get("best_iteration"), postprocess=meta.get("postprocess"),
+                               parent=meta.get("parent"), lineage=tuple(meta.get("lineage", ())))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"model {name!r} in {self.root} has an incomplete description (model.json lacks "
                              f"or mangles {exc})") from exc

@@ -26,7 +26,7 @@ from .events import CheckpointSaved, Event, Finished, Preview, Progress, Started
 from .hardware import autocast_for, resolve_precision
 from .model import UNet
 from .postprocess import params_from_truth
-from .store import ModelStore, ModelWriter
+from .store import ModelRecord, ModelStore, ModelWriter
 from .targets import check_label_array, class_values, instance_targets, semantic_target
 from .validate import score_region
 
@@ -148,6 +148,15 @@ def _painted(config: TrainConfig, truth: np.ndarray) -> tuple[np.ndarray, np.nda
     return truth, known
 
 
+INHERITED = ("mode", "dims", "voxel_size", "base_channels", "depth", "stem_stride", "contour_width")
+
+
+def inherit(config: TrainConfig, parent: ModelRecord) -> TrainConfig:
+    """A continued model is the parent's network on new labels: what defines the network and the meaning of its
+    outputs comes from the parent, whatever the new job says."""
+    return config.replace(**{field: getattr(parent.config, field) for field in INHERITED})
+
+
 def _stop_requested(stop: StopSignal) -> bool:
     if stop is None:
         return False
@@ -158,14 +167,22 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_
           resume: bool = False, stop: StopSignal = None) -> Generator[Event, None, Path]:
     """Train (or resume) the named model; yields events and returns the model folder."""
     store = ModelStore(models_dir)
+    if config.init_from is not None and store.exists(str(config.init_from)):
+        config = inherit(config, store.record(str(config.init_from)))
     config.validate(image_shape=np.shape(image), labels_shape=np.shape(labels), models_dir=store.root,
                     resume=resume)
-    previous_state, previous_meta = None, None
+    previous_state, previous_meta, parent = None, None, None
     if resume:
         record = store.record(config.name)
         previous_meta = {"classes": record.classes, "normalisation": record.normalisation,
                          "postprocess": record.postprocess}
         previous_state = store.load_checkpoint(record, "last")
+    elif config.init_from is not None:
+        # A new version: the parent's weights, intensity scale and classes, so what it learned carries over and
+        # its outputs keep their meaning; optimiser and schedule start afresh for the new labels.
+        parent = store.record(config.init_from)
+        previous_meta = {"classes": parent.classes, "normalisation": parent.normalisation,
+                         "postprocess": parent.postprocess}
     material = prepare(config, image, labels, previous=previous_meta)
 
     torch.manual_seed(config.seed)
@@ -173,7 +190,11 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_
     if device.type == "cpu":
         torch.set_num_threads(config.workers)
     out_channels = 2 if config.mode == "instance" else len(material.classes)
-    model = UNet(in_channels=1, out_channels=out_channels, **config.network_kwargs(np.shape(image))).to(device)
+    if parent is not None:
+        model = UNet.from_spec(parent.network).to(device)
+        model.load_state_dict(store.load_checkpoint(parent, "best")["model"])
+    else:
+        model = UNet(in_channels=1, out_channels=out_channels, **config.network_kwargs(np.shape(image))).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     start = 0
     if previous_state is not None:
@@ -185,6 +206,9 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_
                     window=list(material.window), validation_region=[list(r) for r in material.val_region],
                     mode=config.mode, dims=config.dims, voxel_size=list(config.voxel_size),
                     postprocess=material.postprocess)
+    if parent is not None:
+        writer.describe(parent=parent.name, lineage=[*parent.lineage, parent.name],
+                        parent_iterations=parent.iterations_done, parent_best_score=parent.best_score)
     best_score = writer.meta.get("best_score")
 
     rng = np.random.default_rng([config.seed, start])  # a resumed job draws new windows, not the same ones
