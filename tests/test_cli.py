@@ -85,13 +85,18 @@ def test_predict_then_evaluate(stack_files, models_dir, tmp_path, capsys):
     output = tmp_path / "result.tif"
     out = io.StringIO()
     args = ["predict", "--model", "cli-label", "--image", str(image), "--output", str(output), "--overlap", "0.25",
-            "--tta", "4", "--batch-size", "2", "--models-dir", str(models_dir), "--min-size", "8"]
+            "--tta", "4", "--batch-size", "2", "--models-dir", str(models_dir), "--min-size", "8",
+            "--uncertainty", str(tmp_path / "doubt.zarr")]
     assert main(args, out=out) == 0
+    import zarr
+
+    doubt = zarr.open_array(str(tmp_path / "doubt.zarr"), mode="r")
+    assert doubt.shape == tifffile.imread(image).shape and 0 <= float(doubt[:].min()) <= float(doubt[:].max()) <= 1
     assert f"wrote {output}" in out.getvalue()
     result = tifffile.imread(output)
     assert result.shape == tifffile.imread(image).shape and result.dtype == np.uint32
 
-    assert main(args, out=io.StringIO()) == 2  # the output exists: refused, not overwritten
+    assert main(args, out=io.StringIO()) == 2  # the outputs exist: refused, not overwritten
     assert "already exists" in capsys.readouterr().err
 
     scores = io.StringIO()

@@ -111,6 +111,7 @@ def _add_predict(commands: Any) -> None:
     add("--batch-size", type=int, help="windows per forward pass (default: the model's samples per batch)")
     add("--models-dir", help="models folder (default: $PLANTBIO_MODELS_DIR or the user data folder)")
     add("--probabilities", help="also write the probability maps to this .zarr path")
+    add("--uncertainty", help="also write a map of the model's doubt (0..1) to this .zarr or .tif path")
     add("--checkpoint", choices=("best", "last"), default="best", help="which weights to use (default best)")
     add("--precision", choices=PRECISIONS, default="auto",
         help="auto: bf16 where the hardware runs it natively, else fp32")
@@ -279,7 +280,8 @@ def _run_predict(args: argparse.Namespace, out: TextIO) -> int:
     bar = None if args.quiet else ProgressLine(out)
     with _signals_set(stop):
         for event in label_stack(args.model, image, models_dir=args.models_dir, output=args.output,
-                                 probabilities=args.probabilities, settings=settings, overwrite=args.overwrite,
+                                 probabilities=args.probabilities, uncertainty=args.uncertainty,
+                                 settings=settings, overwrite=args.overwrite,
                                  stop=stop):
             if isinstance(event, LabelStarted):
                 print(f"labelling {tuple(event.shape)} with {args.model!r} on {event.device} ({event.precision}): "

@@ -24,13 +24,14 @@ import numpy as np
 import torch
 
 from . import blockwise
-from .arrays import Output, read_block, stack_shape
+from .arrays import Output, read_block, stack_shape, write_block
 from .config import ConfigError
 from .data import Normalisation
 from .events import LabelEvent, LabelFinished, LabelProgress, LabelStarted
 from .hardware import PRECISIONS, autocast_for, resolve_device, resolve_precision
 from .predict import TTA_CHOICES, predict_stack, with_tta
 from .store import ModelRecord, ModelStore
+from .uncertainty import entropy_map
 from .validate import labels_from_probabilities, make_predictor
 
 POSTPROCESS_DEFAULTS: dict[str, float] = {"fg_threshold": 0.5, "seed_threshold": 0.5, "min_seed_size": 16,
@@ -93,6 +94,7 @@ class LabelResult:
     record: ModelRecord
     objects: int | None
     seconds: float
+    uncertainty: Any | None = None  # entropy of the probabilities, 0..1 (see uncertainty.py)
 
 
 @dataclass(frozen=True)
@@ -118,12 +120,14 @@ class _Job:
 
 
 def label_stack(model: str, image: Any, *, models_dir: str | Path | None = None, output: Any = None,
-                probabilities: Any = None, settings: LabelSettings | None = None, overwrite: bool = False,
+                probabilities: Any = None, uncertainty: Any = None, settings: LabelSettings | None = None,
+                overwrite: bool = False,
                 stop: threading.Event | Callable[[], bool] | None = None) -> Generator[LabelEvent, None, LabelResult]:
     """Label `image` ((Y, X) or (Z, Y, X): numpy, dask or zarr) with the named model; yields events.
 
     `output` is None (a numpy array is returned), an array to fill, or a ``.zarr`` / ``.tif`` path.
-    `probabilities` is None (not kept), True (in memory) or a ``.zarr`` path / array for the (K, ...) maps.
+    `probabilities` is None (not kept), True (in memory) or a ``.zarr`` path / array for the (K, ...) maps;
+    `uncertainty` likewise for a map of the model's doubt, shaped like the image.
     """
     started = time.perf_counter()
     settings = settings or LabelSettings()
@@ -146,17 +150,21 @@ def label_stack(model: str, image: Any, *, models_dir: str | Path | None = None,
     voxel_size = tuple(record.config.voxel_size)
     labels_out = Output(output, image_shape, labels_dtype, chunks, overwrite=overwrite, voxel_size=voxel_size)
     probs_out: Output | None = None
+    unc_out: Output | None = None
     try:
+        if uncertainty is not None:
+            unc_out = Output(None if uncertainty is True else uncertainty, image_shape, np.float32, chunks,
+                             overwrite=overwrite)
         if probabilities is not None:
             k = 2 if job.mode == "instance" else len(job.classes or [])
             probs_out = Output(None if probabilities is True else probabilities, (k, *image_shape), np.float32,
                                (1, *chunks), overwrite=overwrite)
         yield LabelStarted(model, image_shape, len(blocks), total_windows, job.device, job.precision)
-        objects = yield from _run(job, blocks, windows, image, labels_out, probs_out, settings, stop)
+        objects = yield from _run(job, blocks, windows, image, labels_out, probs_out, unc_out, settings, stop)
     except BaseException as exc:
-        labels_out.abort()
-        if probs_out is not None:
-            probs_out.abort()
+        for out in (labels_out, probs_out, unc_out):
+            if out is not None:
+                out.abort()
         if not isinstance(exc, LabelCancelled):
             raise
         # Nothing half-done is returned or left on disk: a cancelled run ends like one that never started.
@@ -164,7 +172,7 @@ def label_stack(model: str, image: Any, *, models_dir: str | Path | None = None,
         yield LabelFinished(seconds, None, cancelled=True)
         return LabelResult(None, None, record, None, seconds)
     result = LabelResult(labels_out.finish(), probs_out.finish() if probs_out is not None else None, record,
-                         objects, time.perf_counter() - started)
+                         objects, time.perf_counter() - started, unc_out.finish() if unc_out is not None else None)
     yield LabelFinished(result.seconds, objects, cancelled=False)
     return result
 
@@ -206,7 +214,7 @@ def _make_job(record: ModelRecord, store: ModelStore, settings: LabelSettings, s
 
 
 def _run(job: _Job, blocks: list[blockwise.Block], windows: dict, image: Any, labels_out: Output,
-         probs_out: Output | None, settings: LabelSettings,
+         probs_out: Output | None, unc_out: Output | None, settings: LabelSettings,
          stop: threading.Event | Callable[[], bool] | None) -> Generator[LabelEvent, None, int | None]:
     """Submit every block, report progress as windows finish, then join object ids across blocks."""
     by_index = {b.index: b for b in blocks}
@@ -228,7 +236,7 @@ def _run(job: _Job, blocks: list[blockwise.Block], windows: dict, image: Any, la
             neighbours = blockwise.neighbour_halos(block, by_index) if job.mode == "instance" else []
             future = executor.submit(run_block, job, block, image, labels_out.array,
                                      probs_out.array if probs_out is not None else None, neighbours,
-                                     progress_for(block.index))
+                                     progress_for(block.index), unc_out.array if unc_out is not None else None)
             futures[future] = block
         pending = set(futures)
         while pending:
@@ -272,8 +280,8 @@ class _Reporter:
 
 
 def run_block(job: _Job, block: blockwise.Block, image: Any, labels_out: Any, probs_out: Any | None,
-              neighbours: list[tuple[int, blockwise.Block]],
-              progress: _Reporter | None = None) -> blockwise.BlockResult:
+              neighbours: list[tuple[int, blockwise.Block]], progress: _Reporter | None = None,
+              uncertainty_out: Any | None = None) -> blockwise.BlockResult:
     """Predict one block's reach, label its context and write its core (runs on an executor thread or worker)."""
     if progress is not None and progress.stop.is_set():
         raise LabelCancelled("labelling was cancelled")
@@ -288,6 +296,9 @@ def run_block(job: _Job, block: blockwise.Block, image: Any, labels_out: Any, pr
     core_in_context = block.within(block.context, block.core)
     if probs_out is not None:
         write_block_channels(probs_out, block, probs[(slice(None), *core_in_context)])
+    if uncertainty_out is not None:
+        write_block(uncertainty_out, blockwise.Block.region(block.core),
+                    entropy_map(probs[(slice(None), *core_in_context)], job.mode))
     labels = labels_from_probabilities(probs, job.mode, job.dims, job.classes, _watershed_settings(job))
     del probs
     return blockwise.store_labels(block, labels, labels_out, neighbours, instance=job.mode == "instance")
