@@ -289,3 +289,27 @@ def test_export_and_import_buttons_share_a_model(make_napari_viewer, trained, tm
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
     assert colleague.sharing.import_from(tmp_path / "junk.zip") is None
     assert colleague.model_names() == ["chl"]
+
+
+def test_uncertainty_layer_and_the_next_uncertain_object(dock, qtbot, chloroplast_crop):
+    viewer, widget = dock
+    image, _ = chloroplast_crop
+    viewer.add_image(image, name="raw", scale=SCALE, translate=TRANSLATE)
+    widget.select_model("chl")
+    for key, value in (("fg_threshold", 0.3), ("seed_threshold", 0.0), ("min_size", 1)):
+        widget.post_boxes[key].setValue(value)  # a 20-iteration model needs low thresholds to find objects
+    widget.show_doubt.setChecked(True)
+    result = _label(qtbot, widget)
+    doubt = viewer.layers["raw [chl] uncertainty"]
+    assert doubt.data.shape == image.shape and 0 <= doubt.data.min() and doubt.data.max() <= 1
+    np.testing.assert_allclose(doubt.scale, SCALE)
+    queue = widget.proofread
+    assert len(queue.ranked) == result.objects > 0 and queue.next_button.isEnabled()
+    scores = [o.uncertainty for o in queue.ranked]
+    assert scores == sorted(scores, reverse=True)
+    first = queue.next()
+    labels = viewer.layers["raw [chl]"]
+    assert labels.selected_label == first.id
+    expected = np.asarray(first.centroid) * labels.scale + labels.translate
+    np.testing.assert_allclose(viewer.camera.center[-2:], expected[-2:], atol=1e-6)
+    assert queue.next().id == queue.ranked[1 % len(queue.ranked)].id

@@ -37,6 +37,7 @@ from ..store import ModelRecord, ModelStore, default_models_dir
 from .layer_picker import LayerPicker
 from .model_info import channel_names, describe, voxel_size_message
 from .model_sharing import ModelSharing
+from .proofread import ProofreadQueue
 
 if TYPE_CHECKING:
     import napari
@@ -95,6 +96,8 @@ class AutoLabelWidget(QWidget):
             self.post_boxes[key] = QDoubleSpinBox(decimals=decimals, maximum=top, singleStep=0.05 if decimals else 1)
             post_form.addRow(text, self.post_boxes[key])
         self.show_maps = QCheckBox("show probability maps")
+        self.show_doubt = QCheckBox("show uncertainty and rank objects by it")
+        self.proofread = ProofreadQueue(napari_viewer)
         self.label_button, self.cancel_button = QPushButton("Label"), QPushButton("Cancel", enabled=False)
         self.progress = QProgressBar(format="idle", value=0)
         self.warning, self.status = QLabel(wordWrap=True), QLabel(wordWrap=True)
@@ -109,8 +112,8 @@ class AutoLabelWidget(QWidget):
         layout.addRow("Overlap", self.overlap)
         layout.addRow("Test-time augmentation", self.tta)
         layout.addRow("Samples per batch", self.batch_size)
-        for widget in (self.post_group, self.show_maps, self.warning, _row(self.label_button, self.cancel_button),
-                       self.progress, self.status):
+        for widget in (self.post_group, self.show_maps, self.show_doubt, self.warning,
+                       _row(self.label_button, self.cancel_button), self.progress, self.status, self.proofread):
             layout.addRow(widget)
 
         self.worker: LabelWorker | None = None
@@ -246,7 +249,8 @@ class AutoLabelWidget(QWidget):
         self.result, self.error, self.last_event = None, None, None
         stop = threading.Event()
         worker = create_worker(label_stack, record.name, data, models_dir=self.models_dir,
-                               probabilities=True if self.show_maps.isChecked() else None, settings=self.settings(),
+                               probabilities=True if self.show_maps.isChecked() else None,
+                               uncertainty=True if self.show_doubt.isChecked() else None, settings=self.settings(),
                                stop=stop, _start_thread=False, _ignore_errors=True, _worker_class=LabelWorker)
         worker.stop_event = stop
         worker.yielded.connect(self._on_event)
@@ -309,7 +313,12 @@ class AutoLabelWidget(QWidget):
                 self.viewer.add_image(result.probabilities[i], name=f"{job.name} {channel}", blending="additive",
                                       colormap=MAP_COLOURS[i % len(MAP_COLOURS)], contrast_limits=(0.0, 1.0),
                                       opacity=0.7, visible=visible, **where)
-        self.viewer.add_labels(result.labels, name=job.name, opacity=0.5, **where)
+        if result.uncertainty is not None:
+            self.viewer.add_image(result.uncertainty, name=f"{job.name} uncertainty", colormap="inferno",
+                                  blending="additive", contrast_limits=(0.0, 1.0), opacity=0.6, **where)
+        labels = self.viewer.add_labels(result.labels, name=job.name, opacity=0.5, **where)
+        if result.uncertainty is not None and result.record.config.mode == "instance":
+            self.proofread.load(labels, result.uncertainty)
         objects = f", {result.objects} objects" if result.objects is not None else ""
         self._set_status(f"Added {job.name!r} ({result.seconds:.1f} s{objects}).")
 
