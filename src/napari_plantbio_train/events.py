@@ -7,8 +7,10 @@ are fresh numpy copies, never tensors still being trained, so they may cross thr
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -101,3 +103,16 @@ class LabelFinished:
 
 
 LabelEvent = LabelStarted | LabelProgress | LabelFinished
+
+
+Result = TypeVar("Result")
+
+
+def run_to_end(events: Generator[Any, None, Result]) -> tuple[Result, list[Any]]:
+    """Drain a job's generator (tests, scripts): what it returns and every event it yielded."""
+    seen: list[Any] = []
+    while True:
+        try:
+            seen.append(next(events))
+        except StopIteration as done:
+            return done.value, seen

@@ -27,7 +27,7 @@ from . import blockwise
 from .arrays import Output, read_block, stack_shape, write_block
 from .config import ConfigError
 from .data import Normalisation
-from .events import LabelEvent, LabelFinished, LabelProgress, LabelStarted
+from .events import LabelEvent, LabelFinished, LabelProgress, LabelStarted, run_to_end
 from .hardware import PRECISIONS, autocast_for, resolve_device, resolve_precision
 from .predict import TTA_CHOICES, predict_stack, with_tta
 from .store import ModelRecord, ModelStore
@@ -371,12 +371,4 @@ def _stop_requested(stop: threading.Event | Callable[[], bool] | None) -> bool:
     return stop.is_set() if isinstance(stop, threading.Event) else bool(stop())
 
 
-def run_to_end(events: Generator[LabelEvent, None, LabelResult]) -> tuple[LabelResult, list[LabelEvent]]:
-    """Consume a labelling generator (tests, scripts); returns its result and the events it yielded."""
-    seen: list[LabelEvent] = []
-    while True:
-        try:
-            seen.append(next(events))
-        except StopIteration as stop:
-            return stop.value, seen
-
+__all__ = ["LabelSettings", "LabelResult", "label_stack", "run_to_end", "POSTPROCESS_DEFAULTS"]

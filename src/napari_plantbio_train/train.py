@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .config import ConfigError, TrainConfig
 from .data import Normalisation, Region, WindowSampler, as_stack, check_image, crop, split_validation
-from .events import CheckpointSaved, Event, Finished, Preview, Progress, Started, Validation
+from .events import CheckpointSaved, Event, Finished, Preview, Progress, Started, Validation, run_to_end
 from .hardware import autocast_for, resolve_precision
 from .model import UNet
 from .postprocess import params_from_truth
@@ -325,16 +325,6 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int) -> dict:
     return {"model": _cpu_state(model), "optimizer": optimizer.state_dict(), "iteration": iteration}
-
-
-def run_to_end(events: Generator[Event, None, Path]) -> tuple[Path, list[Event]]:
-    """Drain a training generator (tests, scripts): the model folder and every event seen."""
-    seen: list[Event] = []
-    while True:
-        try:
-            seen.append(next(events))
-        except StopIteration as done:
-            return done.value, seen
 
 
 __all__ = ["train", "lr_at", "segmentation_loss", "prepare", "Material", "run_to_end"]
