@@ -26,6 +26,7 @@ from pathlib import Path
 import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import append  # noqa: E402
 from train_real import DATA, JOBS  # noqa: E402
 
 from napari_plantbio_train.config import TrainConfig  # noqa: E402
@@ -34,7 +35,6 @@ from napari_plantbio_train.events import Finished, Validation  # noqa: E402
 from napari_plantbio_train.label import LabelSettings, label_stack, run_to_end  # noqa: E402
 from napari_plantbio_train.train import train  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "label_accuracy.txt"
 SPLITS = {  # (training part, labelled part) as numpy index expressions on (Z, Y, X) / (Y, X)
     "chloroplast3d": ((slice(None), slice(None), slice(0, 1600)), (slice(None), slice(None), slice(1600, None))),
     "plate2d": ((slice(0, 700), slice(None)), (slice(700, None), slice(None))),
@@ -100,9 +100,7 @@ def main() -> int:
     for task in tasks:
         lines.append(json.dumps(run(task, args.minutes, models_dir)))
         print(lines[-1], flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as handle:
-        handle.write("\n".join(lines) + "\n\n")
+    append("label_accuracy", lines)
     return 0
 
 

@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import append  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "label_memory.txt"
 
 
 def rss_mb() -> float:
@@ -114,9 +116,7 @@ def main() -> int:
         print(lines[-1], flush=True)
     lines.append(f"load average after: {os.getloadavg()}")
     print(lines[-1])
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as handle:
-        handle.write("\n".join(lines) + "\n\n")
+    append("label_memory", lines)
     return 0
 
 

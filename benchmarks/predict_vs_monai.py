@@ -51,6 +51,9 @@ import numpy as np
 import tifffile
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import append  # noqa: E402
+
 from napari_plantbio_train.config import TrainConfig
 from napari_plantbio_train.data import Normalisation
 from napari_plantbio_train.model import UNet
@@ -59,7 +62,6 @@ from napari_plantbio_train.hardware import resolve_precision
 from napari_plantbio_train.validate import make_predictor
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-RESULTS = Path(__file__).resolve().parent / "results" / "predict_vs_monai.txt"
 SIGMA_SCALE = 0.125  # what predict.gaussian_weights uses by default
 
 # The networks of the two jobs in train_real.py (kept here so this benchmark does not change when that one's
@@ -362,9 +364,7 @@ def main() -> int:
     }
     say(json.dumps(summary))
     if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with open(RESULTS, "a") as handle:
-            handle.write("\n".join(lines) + "\n\n")
+        append("predict_vs_monai", lines)
     return 0
 
 

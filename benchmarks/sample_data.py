@@ -20,6 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import append  # noqa: E402
+
 from napari_plantbio_train.config import TrainConfig
 from napari_plantbio_train.evaluate import evaluate
 from napari_plantbio_train.events import Finished
@@ -27,7 +30,6 @@ from napari_plantbio_train.label import label_stack, run_to_end
 from napari_plantbio_train.synthetic import make_stack
 from napari_plantbio_train.train import train
 
-RESULTS = Path(__file__).resolve().parent / "results" / "sample_data.txt"
 JOBS = {
     "instance": dict(mode="instance", dims="3d", window=(4, 128, 128), stem_stride=2, batch_size=2, lr=2e-3,
                      validate_every=100, base_channels=16, depth=3),
@@ -63,9 +65,7 @@ def main() -> int:
         lines.append(json.dumps(row))
         print(lines[-1], flush=True)
     lines.append(f"load average after: {os.getloadavg()}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as handle:
-        handle.write("\n".join(lines) + "\n\n")
+    append("sample_data", lines)
     return 0
 
 
