@@ -47,6 +47,28 @@ def plate_crop(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(image), np.ascontiguousarray(labels)
 
 
+TINY_JOB = dict(base_channels=4, depth=2, iterations=20, validate_every=20, iteration_save=20, batch_size=2,
+                lr=3e-3)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, chloroplast_crop, plate_crop) -> Path:
+    """A briefly trained 3D instance model ("chl") and 2D semantic model ("plate", classes 0 and 3) in one
+    models folder, shared by the auto-label tests; tests copy it before changing anything in it."""
+    from napari_plantbio_train.config import TrainConfig
+    from napari_plantbio_train.events import run_to_end
+    from napari_plantbio_train.train import train
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    image, labels = chloroplast_crop
+    run_to_end(train(TrainConfig(name="chl", mode="instance", dims="3d", window=(2, 64, 64),
+                                 voxel_size=(5, 5, 50), **TINY_JOB), image, labels, models_dir=root))
+    image, labels = plate_crop
+    run_to_end(train(TrainConfig(name="plate", mode="semantic", dims="2d", window=(64, 64), **TINY_JOB),
+                     image, labels * 3, models_dir=root))  # class values 0 and 3: results must use them
+    return root
+
+
 @pytest.fixture
 def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh models folder; the environment variable points there too, so nothing touches the user's."""

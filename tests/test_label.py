@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from scipy import ndimage
 
 from napari_plantbio_train import blockwise
-from napari_plantbio_train.config import ConfigError, TrainConfig
+from napari_plantbio_train.config import ConfigError
 from napari_plantbio_train.events import LabelFinished, LabelProgress, LabelStarted
 from napari_plantbio_train.label import LabelSettings, label_stack, run_to_end
 from napari_plantbio_train.metrics import match_instances
@@ -19,24 +20,14 @@ from napari_plantbio_train.postprocess import instances_from_maps, params_from_t
 from napari_plantbio_train.predict import with_tta
 from napari_plantbio_train.store import ModelStore
 from napari_plantbio_train.targets import instance_targets
-from napari_plantbio_train.train import run_to_end as train_to_end
-from napari_plantbio_train.train import train
 
 TINY = dict(base_channels=4, depth=2, iterations=20, validate_every=20, iteration_save=20, batch_size=2, lr=3e-3)
 FP32 = dict(precision="fp32")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, chloroplast_crop, plate_crop):
-    """A briefly trained 3D instance model and 2D semantic model in one models folder."""
-    root = tmp_path_factory.mktemp("label_models")
-    image, labels = chloroplast_crop
-    train_to_end(train(TrainConfig(name="chl", mode="instance", dims="3d", window=(2, 64, 64),
-                                   voxel_size=(5, 5, 50), **TINY), image, labels, models_dir=root))
-    image, labels = plate_crop
-    train_to_end(train(TrainConfig(name="plate", mode="semantic", dims="2d", window=(64, 64), **TINY),
-                       image, labels * 3, models_dir=root))  # class values 0 and 3: results must use them
-    return root
+@pytest.fixture
+def trained(tiny_models) -> Path:
+    return tiny_models
 
 
 def _low_threshold(root, name, image) -> dict[str, float]:

@@ -15,10 +15,9 @@ import pytest
 
 from napari.layers import Labels
 
-from napari_plantbio_train.config import ConfigError, TrainConfig
+from napari_plantbio_train.config import ConfigError
 from napari_plantbio_train.events import LabelProgress
 from napari_plantbio_train.label import POSTPROCESS_DEFAULTS
-from napari_plantbio_train.train import run_to_end, train
 
 AutoLabelWidget = pytest.importorskip("napari_plantbio_train._widgets.label_widget").AutoLabelWidget
 
@@ -28,16 +27,9 @@ JOB_TIMEOUT_MS = 60_000  # a generous ceiling for sub-second jobs on a busy mach
 SCALE, TRANSLATE = (50.0, 5.0, 5.0), (100.0, -20.0, 30.0)  # the chloroplast model's voxel size (x, y, z 5/5/50)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, chloroplast_crop, plate_crop) -> Path:
-    root = tmp_path_factory.mktemp("label_widget_models")
-    image, labels = chloroplast_crop
-    run_to_end(train(TrainConfig(name="chl", mode="instance", dims="3d", window=(2, 64, 64),
-                                 voxel_size=(5, 5, 50), **TINY), image, labels, models_dir=root))
-    image, labels = plate_crop
-    run_to_end(train(TrainConfig(name="plate", mode="semantic", dims="2d", window=(64, 64), **TINY),
-                     image, labels * 3, models_dir=root))
-    return root
+@pytest.fixture
+def trained(tiny_models) -> Path:
+    return tiny_models
 
 
 @pytest.fixture
