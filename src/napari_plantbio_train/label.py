@@ -219,10 +219,11 @@ def _run(job: _Job, blocks: list[blockwise.Block], windows: dict, image: Any, la
     """Submit every block, report progress as windows finish, then join object ids across blocks."""
     by_index = {b.index: b for b in blocks}
     remote = settings.scheduler is not None
+    for name, out in (("probabilities", probs_out), ("uncertainty", unc_out)):
+        if out is not None and remote and isinstance(out.array, np.ndarray):
+            raise ConfigError(name, "a cluster writes its maps into a .zarr path the workers can reach, not into "
+                                    "memory")
     executor, close, share = _executor(settings)
-    if probs_out is not None and remote and isinstance(probs_out.array, np.ndarray):
-        raise ConfigError("probabilities", "a cluster writes probability maps into a .zarr path the workers can "
-                                           "reach, not into memory")
     image = share(image)
     messages: queue.SimpleQueue = queue.SimpleQueue()
     stop_event = threading.Event()
