@@ -7,7 +7,8 @@ are fresh numpy copies, never tensors still being trained, so they may cross thr
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import threading
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -116,3 +117,12 @@ def run_to_end(events: Generator[Any, None, Result]) -> tuple[Result, list[Any]]
             seen.append(next(events))
         except StopIteration as done:
             return done.value, seen
+
+
+StopSignal = threading.Event | Callable[[], bool] | None  # how a front end asks a job to stop
+
+
+def stop_requested(stop: StopSignal) -> bool:
+    if stop is None:
+        return False
+    return stop.is_set() if isinstance(stop, threading.Event) else bool(stop())

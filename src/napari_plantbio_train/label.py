@@ -27,7 +27,8 @@ from . import blockwise
 from .arrays import Output, read_block, stack_shape, write_block
 from .config import ConfigError
 from .data import Normalisation
-from .events import LabelEvent, LabelFinished, LabelProgress, LabelStarted, run_to_end
+from .events import (LabelEvent, LabelFinished, LabelProgress, LabelStarted, StopSignal, run_to_end,
+                     stop_requested)
 from .hardware import PRECISIONS, autocast_for, resolve_device, resolve_precision
 from .predict import TTA_CHOICES, predict_stack, with_tta
 from .store import ModelRecord, ModelStore
@@ -122,7 +123,7 @@ class _Job:
 def label_stack(model: str, image: Any, *, models_dir: str | Path | None = None, output: Any = None,
                 probabilities: Any = None, uncertainty: Any = None, settings: LabelSettings | None = None,
                 overwrite: bool = False,
-                stop: threading.Event | Callable[[], bool] | None = None) -> Generator[LabelEvent, None, LabelResult]:
+                stop: StopSignal = None) -> Generator[LabelEvent, None, LabelResult]:
     """Label `image` ((Y, X) or (Z, Y, X): numpy, dask or zarr) with the named model; yields events.
 
     `output` is None (a numpy array is returned), an array to fill, or a ``.zarr`` / ``.tif`` path.
@@ -215,7 +216,7 @@ def _make_job(record: ModelRecord, store: ModelStore, settings: LabelSettings, s
 
 def _run(job: _Job, blocks: list[blockwise.Block], windows: dict, image: Any, labels_out: Output,
          probs_out: Output | None, unc_out: Output | None, settings: LabelSettings,
-         stop: threading.Event | Callable[[], bool] | None) -> Generator[LabelEvent, None, int | None]:
+         stop: StopSignal) -> Generator[LabelEvent, None, int | None]:
     """Submit every block, report progress as windows finish, then join object ids across blocks."""
     by_index = {b.index: b for b in blocks}
     remote = settings.scheduler is not None
@@ -241,7 +242,7 @@ def _run(job: _Job, blocks: list[blockwise.Block], windows: dict, image: Any, la
             futures[future] = block
         pending = set(futures)
         while pending:
-            if _stop_requested(stop):
+            if stop_requested(stop):
                 stop_event.set()
                 for future in pending:
                     future.cancel()
@@ -364,12 +365,6 @@ def _executor(settings: LabelSettings) -> tuple[cf.Executor, Callable[[], None],
         return client.scatter(x, broadcast=True) if isinstance(x, np.ndarray) else x
 
     return executor, close, share
-
-
-def _stop_requested(stop: threading.Event | Callable[[], bool] | None) -> bool:
-    if stop is None:
-        return False
-    return stop.is_set() if isinstance(stop, threading.Event) else bool(stop())
 
 
 __all__ = ["LabelSettings", "LabelResult", "label_stack", "run_to_end", "POSTPROCESS_DEFAULTS"]

@@ -10,9 +10,8 @@ to stop. A stop request is honoured at the next iteration and always leaves a ch
 from __future__ import annotations
 
 import math
-import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,8 @@ import torch.nn.functional as F
 
 from .config import ConfigError, TrainConfig
 from .data import Normalisation, Region, WindowSampler, as_stack, check_image, crop, split_validation
-from .events import CheckpointSaved, Event, Finished, Preview, Progress, Started, Validation, run_to_end
+from .events import (CheckpointSaved, Event, Finished, Preview, Progress, Started, StopSignal, Validation,
+                     run_to_end, stop_requested)
 from .hardware import autocast_for, resolve_precision
 from .model import UNet
 from .postprocess import params_from_truth
@@ -30,7 +30,6 @@ from .store import ModelRecord, ModelStore, ModelWriter
 from .targets import check_label_array, class_values, instance_targets, semantic_target
 from .validate import score_region
 
-StopSignal = threading.Event | Callable[[], bool] | None
 WARMUP_ITERATIONS = 100
 
 
@@ -157,12 +156,6 @@ def inherit(config: TrainConfig, parent: ModelRecord) -> TrainConfig:
     return config.replace(**{field: getattr(parent.config, field) for field in INHERITED})
 
 
-def _stop_requested(stop: StopSignal) -> bool:
-    if stop is None:
-        return False
-    return stop.is_set() if isinstance(stop, threading.Event) else bool(stop())
-
-
 def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_dir: str | Path | None = None,
           resume: bool = False, stop: StopSignal = None) -> Generator[Event, None, Path]:
     """Train (or resume) the named model; yields events and returns the model folder."""
@@ -241,7 +234,7 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_
 
     model.train()
     while iteration < config.iterations:
-        if _stop_requested(stop):
+        if stop_requested(stop):
             reason = "stopped"
             break
         elapsed = time.perf_counter() - began
