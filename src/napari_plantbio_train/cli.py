@@ -156,15 +156,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         record = ModelStore(args.models_dir).record(args.name)
         return record.config.replace(**given)
     if args.init_from:
+        from .train import continuation
+
         parent = ModelStore(args.models_dir).record(args.init_from)
         for required in ("image", "labels"):
             if required not in given:
                 raise ConfigError(required, f"--{required} (the corrected data) is required with --init-from")
-        # Fine-tuning defaults: a fifth of the parent's learning rate and a short run, which adapts the model
-        # to corrected labels without forgetting what it learned.
-        start = parent.config.replace(name=args.name, init_from=args.init_from, lr=parent.config.lr * 0.2,
-                                      iterations=min(parent.config.iterations, 1000), time_limit_min=None,
-                                      image=None, labels=None)
+        start = continuation(parent, args.name)
         given.pop("voxel_size", None)
         return start.replace(**given)
     for required in ("image", "labels", "mode", "dims"):

@@ -74,6 +74,13 @@ class TrainConfig:
     painted_slices_only: bool = False  # slices without any label are unpainted, not background: ignored
     ignore_value: int | None = None  # a label value that marks "not painted here": ignored, never background
     init_from: str | None = None  # a named model to continue from: its weights, normalisation and classes
+    # More image + labels pairs sampled beside the first (paths or layer names, for the record and the CLI).
+    extra_images: tuple[str, ...] = ()
+    extra_labels: tuple[str, ...] = ()
+    pair_weights: tuple[float, ...] | None = None  # share of windows per pair, first pair first; None: equal
+    touched_only: bool = False  # trust only voxels near where the first labels differ from `auto_labels`
+    touched_margin: int = 16  # in-plane pixels of context around each correction (z: scaled by anisotropy)
+    auto_labels: str | None = None  # the auto-label result the first pair's labels were corrected from
     seed: int = 0
 
     # ----- derived values -------------------------------------------------------------------------------------
@@ -183,6 +190,7 @@ class TrainConfig:
                                 "or empty")
         if not isinstance(self.painted_slices_only, bool):
             bad("painted_slices_only", f"{self.painted_slices_only!r} must be true or false")
+        self._check_pairs(bad)
         if self.precision not in ("auto", "fp32", "bf16"):
             bad("precision", f"{self.precision!r} must be auto, fp32 or bf16")
         self._check_gpus(bad)
@@ -197,6 +205,22 @@ class TrainConfig:
         if found:
             raise found[0]
         return self
+
+    def _check_pairs(self, bad) -> None:
+        pairs = 1 + len(self.extra_images)
+        if len(self.extra_images) != len(self.extra_labels):
+            bad("extra_labels", f"{len(self.extra_images)} extra image(s) but {len(self.extra_labels)} extra "
+                                "labels: give one labels stack per image")
+        if self.pair_weights is not None:
+            weights = tuple(self.pair_weights)
+            if len(weights) != pairs:
+                bad("pair_weights", f"{len(weights)} weight(s) for {pairs} image + labels pair(s): give one each")
+            elif not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+                         for w in weights) or not sum(weights) > 0:
+                bad("pair_weights", f"{weights!r} must be shares of at least 0, not all 0")
+        if not isinstance(self.touched_margin, int) or isinstance(self.touched_margin, bool) \
+                or self.touched_margin < 0:
+            bad("touched_margin", f"{self.touched_margin!r} must be a whole number of pixels, at least 0")
 
     def _check_gpus(self, bad) -> None:
         if self.gpus is None:
@@ -249,6 +273,9 @@ class TrainConfig:
         out = dataclasses.asdict(self)
         out["voxel_size"] = list(self.voxel_size)
         out["window"] = None if self.window is None else list(self.window)
+        for name in ("extra_images", "extra_labels"):
+            out[name] = list(getattr(self, name))
+        out["pair_weights"] = None if self.pair_weights is None else list(self.pair_weights)
         return out
 
     @classmethod
@@ -262,6 +289,10 @@ class TrainConfig:
             values["voxel_size"] = tuple(float(v) for v in values["voxel_size"])
         if values.get("window") is not None:
             values["window"] = tuple(int(v) for v in values["window"])
+        for name in ("extra_images", "extra_labels"):
+            values[name] = tuple(values.get(name) or ())
+        if values.get("pair_weights") is not None:
+            values["pair_weights"] = tuple(float(v) for v in values["pair_weights"])
         return cls(**values)
 
     def replace(self, **changes: Any) -> "TrainConfig":

@@ -156,6 +156,22 @@ def inherit(config: TrainConfig, parent: ModelRecord) -> TrainConfig:
     return config.replace(**{field: getattr(parent.config, field) for field in INHERITED})
 
 
+FINE_TUNE_LR_FACTOR = 0.2
+FINE_TUNE_MAX_ITERATIONS = 1000
+
+
+def continuation(parent: ModelRecord, name: str) -> TrainConfig:
+    """The job that continues ``parent`` as a new version ``name``, before the user's own changes.
+
+    Fine-tuning defaults: a fifth of the parent's learning rate and a short run adapt the model to corrected
+    labels without forgetting what it learned. Data fields start empty: the corrected stack is new data.
+    """
+    return parent.config.replace(
+        name=name, init_from=parent.name, lr=parent.config.lr * FINE_TUNE_LR_FACTOR,
+        iterations=min(parent.config.iterations, FINE_TUNE_MAX_ITERATIONS), time_limit_min=None, image=None,
+        labels=None, extra_images=(), extra_labels=(), pair_weights=None, touched_only=False, auto_labels=None)
+
+
 def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_dir: str | Path | None = None,
           resume: bool = False, stop: StopSignal = None) -> Generator[Event, None, Path]:
     """Train (or resume) the named model; yields events and returns the model folder."""
@@ -320,4 +336,4 @@ def _full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iterat
     return {"model": _cpu_state(model), "optimizer": optimizer.state_dict(), "iteration": iteration}
 
 
-__all__ = ["train", "lr_at", "segmentation_loss", "prepare", "Material", "run_to_end"]
+__all__ = ["train", "continuation", "lr_at", "segmentation_loss", "prepare", "Material", "run_to_end"]
