@@ -55,8 +55,9 @@ class TrainConfig:
     labels: str | None = None
     voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)  # x, y, z in nm, as on the form
     window: tuple[int, ...] | None = None  # (z, y, x) in 3D, (y, x) in 2D; None picks one from the image
-    gpus: int | None = None  # None: one GPU when CUDA is present, else the CPU
-    workers: int = field(default_factory=default_workers)
+    gpus: int | None = None  # None: one GPU when CUDA is present, else the CPU; N > 1: N data-parallel processes
+    workers: int = field(default_factory=default_workers)  # CPU threads of the machine, shared by its processes
+    cpu_processes: int = 1  # on the CPU: data-parallel processes per machine (gloo), for CPU clusters
     lr: float = 1e-3
     iteration_step: int = 1  # gradient accumulation: windows of this many batches make one optimiser step
     iteration_save: int = 500
@@ -97,6 +98,12 @@ class TrainConfig:
     def device(self) -> str:
         gpus = self.gpus if self.gpus is not None else min(1, cuda_device_count())
         return "cuda" if gpus >= 1 else "cpu"
+
+    def processes_per_machine(self) -> int:
+        """Data-parallel processes this job runs on each machine: one per GPU, or ``cpu_processes`` on the CPU."""
+        if self.device() == "cuda":
+            return max(1, self.gpus or 1)
+        return self.cpu_processes
 
     def network_kwargs(self, image_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
         """Constructor arguments of the network this job trains (input and output channels aside).
@@ -194,6 +201,8 @@ class TrainConfig:
         if self.precision not in ("auto", "fp32", "bf16"):
             bad("precision", f"{self.precision!r} must be auto, fp32 or bf16")
         self._check_gpus(bad)
+        if not any(problem.field == "gpus" for problem in found):
+            self._check_processes(bad)
         if found:
             return found  # window rules need a sane network description
         self._check_window(bad, image_shape, labels_shape)
@@ -231,8 +240,14 @@ class TrainConfig:
         present = cuda_device_count()
         if self.gpus > present:
             bad("gpus", f"{self.gpus} requested but this machine has {present} CUDA GPU(s); use {present}")
-        elif self.gpus > 1:
-            bad("gpus", f"{self.gpus} GPUs: this version trains on one device; use 1")
+
+    def _check_processes(self, bad) -> None:
+        value = self.cpu_processes
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            bad("cpu_processes", f"{value!r} must be a whole number of at least 1")
+        elif value > 1 and self.device() == "cuda":
+            bad("cpu_processes", f"{value} CPU processes, but this job trains on the GPU: set GPUs to 0 for CPU "
+                                 "processes, or use several GPUs instead")
 
     def _check_window(self, bad, image_shape, labels_shape) -> None:
         if image_shape is not None:
