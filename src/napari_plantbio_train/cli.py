@@ -26,15 +26,16 @@ from .hardware import PRECISIONS
 from .label import LabelSettings
 from .store import ModelError, ModelStore
 
-# option -> TrainConfig field, for every option that maps one-to-one
+# option -> TrainConfig field, for every option that maps one-to-one (the pairs are read by _pairs)
 FIELD_OPTIONS = {
-    "image": "image", "labels": "labels", "mode": "mode", "dims": "dims", "name": "name",
+    "mode": "mode", "dims": "dims", "name": "name",
     "voxel_size": "voxel_size", "window": "window", "gpus": "gpus", "workers": "workers", "lr": "lr",
     "iteration_step": "iteration_step", "iteration_save": "iteration_save", "iterations": "iterations",
     "batch_size": "batch_size", "time_limit": "time_limit_min", "validate_every": "validate_every",
     "log_every": "log_every", "val_fraction": "val_fraction", "base_channels": "base_channels",
     "depth": "depth", "stem_stride": "stem_stride", "contour_width": "contour_width", "seed": "seed",
     "precision": "precision", "painted_slices_only": "painted_slices_only", "ignore_value": "ignore_value",
+    "touched_margin": "touched_margin",
 }
 
 
@@ -56,8 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a named model (or resume one)")
     # Every default is None: "not given", so --resume can keep the stored job's values.
     add = train.add_argument
-    add("--image", help="raw image stack (TIFF or .npy)")
-    add("--labels", help="label stack of the same shape (integer ids or classes)")
+    add("--image", action="append", help="raw image stack (TIFF or .npy); give it again for more pairs")
+    add("--labels", action="append",
+        help="label stack of the same shape (integer ids or classes); one per --image, in the same order")
+    add("--balance", nargs="+", type=float, metavar="W",
+        help="share of training windows from each image/labels pair, in order (default: equal)")
+    add("--touched-only", metavar="AUTO_LABELS",
+        help="trust only the regions of the first --labels that differ from this auto-label result (the one "
+             "they were corrected from), plus --touched-margin pixels around them; the rest is ignored")
+    add("--touched-margin", type=int, help="pixels of context around each correction (default 16)")
     add("--mode", choices=MODES, help="semantic (classes) or instance (touching objects apart)")
     add("--dims", choices=("2d", "3d"), help="2d: every slice on its own; 3d: the stack is one volume")
     add("--name", required=True, help="unique model name (a safe folder name)")
@@ -152,6 +160,7 @@ def _add_exchange(commands: Any) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = {field: getattr(args, option) for option, field in FIELD_OPTIONS.items()
              if getattr(args, option) is not None}
+    given.update(_pairs(args))
     if args.resume:
         record = ModelStore(args.models_dir).record(args.name)
         return record.config.replace(**given)
@@ -173,6 +182,36 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**given)
 
 
+def _pairs(args: argparse.Namespace) -> dict[str, Any]:
+    """--image/--labels given n times -> the first pair plus extra_images/extra_labels; --balance, --touched-only."""
+    images, labels = args.image or [], args.labels or []
+    if len(images) != len(labels) and images and labels:
+        raise ConfigError("labels", f"{len(images)} --image but {len(labels)} --labels: give one labels stack "
+                                    "per image, in the same order")
+    fields: dict[str, Any] = {}
+    if images:
+        fields["image"], fields["extra_images"] = images[0], tuple(images[1:])
+    if labels:
+        fields["labels"], fields["extra_labels"] = labels[0], tuple(labels[1:])
+    if args.balance is not None:
+        fields["pair_weights"] = tuple(args.balance)
+    if args.touched_only is not None:
+        fields["touched_only"], fields["auto_labels"] = True, args.touched_only
+    return fields
+
+
+def _read_pair(image: str, labels: str, image_field: str, labels_field: str) -> tuple[np.ndarray, np.ndarray]:
+    from .data import read_array
+
+    arrays = []
+    for path, name in ((image, image_field), (labels, labels_field)):
+        try:
+            arrays.append(read_array(path))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(name, str(exc)) from None
+    return arrays[0], arrays[1]
+
+
 def _run_train(args: argparse.Namespace, out: TextIO) -> int:
     from .data import read_array
     from .train import train
@@ -180,14 +219,20 @@ def _run_train(args: argparse.Namespace, out: TextIO) -> int:
     config = config_from_args(args)
     if not config.image or not config.labels:
         raise ConfigError("image" if not config.image else "labels", "a file path is needed")
-    try:
-        image, labels = read_array(config.image), read_array(config.labels)
-    except (OSError, ValueError) as exc:
-        raise ConfigError("image" if config.image in str(exc) else "labels", str(exc)) from None
+    image, labels = _read_pair(config.image, config.labels, "image", "labels")
+    extra = [_read_pair(i, lab, "extra_images", "extra_labels")
+             for i, lab in zip(config.extra_images, config.extra_labels)]
+    auto_labels = None
+    if config.touched_only and config.auto_labels:
+        try:
+            auto_labels = read_array(config.auto_labels)
+        except (OSError, ValueError) as exc:
+            raise ConfigError("auto_labels", str(exc)) from None
     bar = None if args.quiet else ProgressLine(out)
     stop = threading.Event()
     with _signals_set(stop):
-        for event in train(config, image, labels, models_dir=args.models_dir, resume=args.resume, stop=stop):
+        for event in train(config, image, labels, extra_pairs=extra, auto_labels=auto_labels,
+                           models_dir=args.models_dir, resume=args.resume, stop=stop):
             _report(event, config, bar, out)
     return 0
 

@@ -8,6 +8,7 @@ featureless region, and per-window scaling throws that away.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,10 +66,12 @@ class Normalisation:
     high: float
 
     @classmethod
-    def fit(cls, image: np.ndarray, max_samples: int = 2_000_000) -> "Normalisation":
-        flat = np.asarray(image).reshape(-1)
-        step = max(1, flat.size // max_samples)
-        sample = flat[::step].astype(np.float64)
+    def fit(cls, image: np.ndarray | Sequence[np.ndarray], max_samples: int = 2_000_000) -> "Normalisation":
+        """Percentiles of one stack, or of several pooled (each contributing in proportion to its size)."""
+        stacks = [image] if isinstance(image, np.ndarray) else list(image)
+        total = sum(int(np.size(s)) for s in stacks)
+        step = max(1, total // max_samples)
+        sample = np.concatenate([np.asarray(s).reshape(-1)[::step].astype(np.float64) for s in stacks])
         low, high = np.percentile(sample, [0.5, 99.5])
         if not np.isfinite(low) or not np.isfinite(high):
             raise ConfigError("image", "contains NaN or infinite values")
@@ -146,6 +149,8 @@ class WindowSampler:
                 raise ConfigError("window", f"{'zyx'[axis]} size {w} is larger than the training region "
                                             f"({b - a} pixels)")
         fg = crop(foreground, region)
+        if known is not None:
+            fg = fg & crop(known, region)  # objects nobody vouches for teach nothing: aim at trusted ones
         coords = np.flatnonzero(fg[:, ::4, ::4])  # every 16th pixel is plenty to aim at objects
         self.object_coords = coords
         self._fg_shape = fg[:, ::4, ::4].shape
@@ -204,3 +209,33 @@ class WindowSampler:
         if rng.random() < 0.3:
             x = x + rng.normal(0.0, 0.03, size=x.shape).astype(np.float32)
         return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
+
+
+class MixedSampler:
+    """Windows from several image + labels pairs in set shares: the corrected stack and the stacks a model was
+    first trained on, say, so that adapting to new tissue does not forget the old.
+
+    Each window's pair is drawn by its weight, so the shares hold on average over iterations even for a batch
+    of one. Where one pair carries a trusted-voxel mask and another does not, the other's windows count
+    everywhere (an all-True mask).
+    """
+
+    def __init__(self, samplers: Sequence[WindowSampler], weights: Sequence[float],
+                 rng: np.random.Generator) -> None:
+        total = float(sum(weights))
+        self.samplers, self.rng = list(samplers), rng
+        self.shares = np.asarray(weights, float) / total
+        self.masked = any(s.known is not None for s in self.samplers)
+
+    def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        counts = np.bincount(self.rng.choice(len(self.samplers), size=batch, p=self.shares),
+                             minlength=len(self.samplers))
+        xs, ys, ks = [], [], []
+        for sampler, count in zip(self.samplers, counts):
+            if not count:
+                continue
+            x, y, k = sampler.sample(int(count))
+            xs.append(x)
+            ys.append(y)
+            ks.append(np.ones((x.shape[0], *x.shape[2:]), bool) if k is None else k)
+        return np.concatenate(xs), np.concatenate(ys), np.concatenate(ks) if self.masked else None

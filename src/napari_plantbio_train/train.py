@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Generator
-from dataclasses import dataclass
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError, TrainConfig
-from .data import Normalisation, Region, WindowSampler, as_stack, check_image, crop, split_validation
+from .data import (MixedSampler, Normalisation, Region, WindowSampler, as_stack, check_image, crop,
+                   split_validation)
 from .events import (CheckpointSaved, Event, Finished, Preview, Progress, Started, StopSignal, Validation,
                      run_to_end, stop_requested)
 from .hardware import autocast_for, resolve_precision
+from .known import combine, painted, touched
 from .model import UNet
 from .postprocess import params_from_truth
 from .store import ModelRecord, ModelStore, ModelWriter
@@ -78,8 +80,19 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, mode: str,
 
 
 @dataclass
+class Source:
+    """One more image + labels pair, drawn from whole (the held-out block comes from the first pair only)."""
+
+    stack: np.ndarray  # (Z, Y, X)
+    target: np.ndarray
+    foreground: np.ndarray
+    known: np.ndarray | None
+
+
+@dataclass
 class Material:
-    """Everything prepared once before the first iteration."""
+    """Everything prepared once before the first iteration. The fields describe the first pair, the one
+    validation is held out from; `extra` holds the other pairs and `weights` the share of windows of each."""
 
     stack: np.ndarray  # (Z, Y, X) raw image
     truth: np.ndarray  # (Z, Y, X) labels as given
@@ -91,60 +104,98 @@ class Material:
     train_region: Region
     val_region: Region
     postprocess: dict[str, float] | None  # instance mode: watershed settings scaled to the labelled objects
-    known: np.ndarray | None = None  # (Z, Y, X) bool where labels were painted; None: everywhere
+    known: np.ndarray | None = None  # (Z, Y, X) bool where labels can be trusted; None: everywhere
+    extra: list[Source] = field(default_factory=list)
+    weights: tuple[float, ...] = (1.0,)
+
+    def sampler(self, rng: np.random.Generator) -> "WindowSampler | MixedSampler":
+        window = _window3(self.window)
+        first = WindowSampler(self.stack, self.target, self.foreground, self.train_region, window,
+                              self.normalisation, rng, known=self.known)
+        if not self.extra:
+            return first
+        others = [WindowSampler(s.stack, s.target, s.foreground, _whole(s.stack.shape), window, self.normalisation,
+                                rng, known=s.known) for s in self.extra]
+        return MixedSampler([first, *others], self.weights, rng)
 
 
-def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previous: dict | None) -> Material:
+def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previous: dict | None,
+            extra_pairs: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+            auto_labels: np.ndarray | None = None) -> Material:
     """Check the data against the job and derive targets, normalisation and the held-out block."""
-    stack, truth = as_stack(image, field="image"), as_stack(labels, field="labels")
-    check_image(stack)
-    check_label_array(truth, field="labels")
-    if stack.shape != truth.shape:
-        raise ConfigError("labels", f"shape {np.shape(labels)} differs from the image's {np.shape(image)}")
-    truth, known = _painted(config, truth)
-    if not truth.any():
-        raise ConfigError("labels", "the labels layer is empty: paint at least one object")
+    pairs = [_checked_pair(config, image, labels, "image", "labels")]
+    pairs += [_checked_pair(config, i, lab, "extra_images", "extra_labels", index)
+              for index, (i, lab) in enumerate(extra_pairs, start=2)]
+    if config.touched_only:
+        stack, truth, known = pairs[0]
+        if auto_labels is None:
+            raise ConfigError("auto_labels", "trusting only the corrected regions needs the auto-label result the "
+                                             "labels were corrected from")
+        near = touched(truth, as_stack(auto_labels, field="auto_labels"), config.touched_margin,
+                       anisotropy=config.anisotropy, per_slice=config.dims == "2d")
+        pairs[0] = (stack, truth, combine(known, near))
     if previous is not None:
         classes, normalisation = previous.get("classes"), Normalisation.from_dict(previous["normalisation"])
     else:
-        classes = class_values(truth) if config.mode == "semantic" else None
-        normalisation = Normalisation.fit(stack)
-    if config.mode == "semantic":
-        if len(classes) < 2:
-            raise ConfigError("labels", "semantic training needs at least two label values (background and "
-                                        "one class)")
-        target = semantic_target(truth, classes).astype(np.uint8 if len(classes) < 256 else np.int64)
-        foreground = target > 0
-    else:
-        target = instance_targets(truth, per_slice=config.dims == "2d",
-                                  contour_width=config.contour_width).astype(np.uint8)
-        foreground = target[0] > 0
-    window = config.resolved_window(stack.shape)
+        classes = sorted(set().union(*(class_values(t) for _, t, _ in pairs))) if config.mode == "semantic" else None
+        normalisation = Normalisation.fit([s for s, _, _ in pairs])
+    if config.mode == "semantic" and len(classes) < 2:
+        raise ConfigError("labels", "semantic training needs at least two label values (background and one class)")
+    sources = [_source(config, stack, truth, known, classes) for stack, truth, known in pairs]
+    window = config.resolved_window(pairs[0][0].shape)
+    for index, source in enumerate(sources[1:], start=2):
+        _check_fits(source.stack.shape, _window3(window), index)
+    stack, truth, _ = pairs[0]
+    first = sources[0]
+    # With a trusted-voxel mask, the held-out block is placed by what is trusted, never by labels nobody vouches for.
     train_region, val_region = split_validation(stack.shape, _window3(window), config.val_fraction,
-                                                foreground if known is None else foreground | known)
+                                                first.foreground if first.known is None else first.known)
     postprocess = None
     if config.mode == "instance":
         postprocess = (previous or {}).get("postprocess") or params_from_truth(
             crop(truth, train_region), per_slice=config.dims == "2d", anisotropy=config.anisotropy)
-    return Material(stack, truth, target, classes, normalisation, window, foreground, train_region, val_region,
-                    postprocess, known)
+    weights = tuple(float(w) for w in config.pair_weights) if config.pair_weights else (1.0,) * len(sources)
+    return Material(stack, truth, first.target, classes, normalisation, window, first.foreground, train_region,
+                    val_region, postprocess, first.known, sources[1:], weights)
 
 
-def _painted(config: TrainConfig, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """The labels with the ignore value cleared, and where they were painted (None: everywhere)."""
-    if config.ignore_value is None and not config.painted_slices_only:
-        return truth, None
-    known = np.ones(truth.shape, bool)
-    if config.ignore_value is not None:
-        known &= truth != config.ignore_value
-        truth = np.where(known, truth, 0).astype(truth.dtype, copy=False)
-    if config.painted_slices_only:
-        painted = (truth > 0).reshape(truth.shape[0], -1).any(axis=1)
-        if config.dims == "2d" or truth.shape[0] > 1:
-            known &= painted[:, None, None]
-    if not known.any():
-        raise ConfigError("labels", "nothing is painted: every voxel is unpainted or holds the ignore value")
-    return truth, known
+def _checked_pair(config: TrainConfig, image: np.ndarray, labels: np.ndarray, image_field: str, labels_field: str,
+                  index: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(stack, labels with the ignore value cleared, painted mask) of one pair, or an error naming its field."""
+    which = "" if index is None else f"pair {index}: "
+    try:
+        stack, truth = as_stack(image, field=image_field), as_stack(labels, field=labels_field)
+        check_image(stack, field=image_field)
+        check_label_array(truth, field=labels_field)
+        if stack.shape != truth.shape:
+            raise ConfigError(labels_field, f"shape {np.shape(labels)} differs from the image's {np.shape(image)}")
+        truth, known = painted(config, truth)
+        if not truth.any():
+            raise ConfigError(labels_field, "the labels layer is empty: paint at least one object")
+    except ConfigError as error:
+        raise ConfigError(error.field, which + error.message) from None
+    return stack, truth, known
+
+
+def _source(config: TrainConfig, stack: np.ndarray, truth: np.ndarray, known: np.ndarray | None,
+            classes: list[int] | None) -> Source:
+    if config.mode == "semantic":
+        target = semantic_target(truth, classes).astype(np.uint8 if len(classes) < 256 else np.int64)
+        return Source(stack, target, target > 0, known)
+    target = instance_targets(truth, per_slice=config.dims == "2d", contour_width=config.contour_width)
+    target = target.astype(np.uint8)
+    return Source(stack, target, target[0] > 0, known)
+
+
+def _check_fits(shape: tuple[int, ...], window: tuple[int, int, int], index: int) -> None:
+    for axis, w, s in zip("zyx", window, shape):
+        if w > s:
+            raise ConfigError("extra_images", f"pair {index}: the window's {axis} size {w} is larger than the "
+                                              f"image ({s} pixels along {axis})")
+
+
+def _whole(shape: tuple[int, ...]) -> Region:
+    return tuple((0, int(s)) for s in shape)  # type: ignore[return-value]
 
 
 INHERITED = ("mode", "dims", "voxel_size", "base_channels", "depth", "stem_stride", "contour_width")
@@ -172,9 +223,15 @@ def continuation(parent: ModelRecord, name: str) -> TrainConfig:
         labels=None, extra_images=(), extra_labels=(), pair_weights=None, touched_only=False, auto_labels=None)
 
 
-def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_dir: str | Path | None = None,
-          resume: bool = False, stop: StopSignal = None) -> Generator[Event, None, Path]:
-    """Train (or resume) the named model; yields events and returns the model folder."""
+def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
+          extra_pairs: Sequence[tuple[np.ndarray, np.ndarray]] = (), auto_labels: np.ndarray | None = None,
+          models_dir: str | Path | None = None, resume: bool = False,
+          stop: StopSignal = None) -> Generator[Event, None, Path]:
+    """Train (or resume) the named model; yields events and returns the model folder.
+
+    `extra_pairs` are more (image, labels) pairs sampled beside the first in the shares `config.pair_weights`;
+    `auto_labels` is the auto-label result the first labels were corrected from (`config.touched_only`).
+    """
     store = ModelStore(models_dir)
     if config.init_from is not None and store.exists(str(config.init_from)):
         config = inherit(config, store.record(str(config.init_from)))
@@ -192,7 +249,14 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_
         parent = store.record(config.init_from)
         previous_meta = {"classes": parent.classes, "normalisation": parent.normalisation,
                          "postprocess": parent.postprocess}
-    material = prepare(config, image, labels, previous=previous_meta)
+    if extra_pairs and not config.extra_images:  # arrays without names (a script): name them by position
+        config = config.replace(extra_images=tuple(f"pair {i}" for i in range(2, len(extra_pairs) + 2)),
+                                extra_labels=tuple(f"pair {i} labels" for i in range(2, len(extra_pairs) + 2)))
+    if len(extra_pairs) != len(config.extra_images):
+        raise ConfigError("extra_images", f"{len(config.extra_images)} extra pair(s) named but "
+                                          f"{len(extra_pairs)} given")
+    material = prepare(config, image, labels, previous=previous_meta, extra_pairs=extra_pairs,
+                       auto_labels=auto_labels)
 
     torch.manual_seed(config.seed)
     device = torch.device(config.device())
@@ -221,8 +285,7 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, models_
     best_score = writer.meta.get("best_score")
 
     rng = np.random.default_rng([config.seed, start])  # a resumed job draws new windows, not the same ones
-    sampler = WindowSampler(material.stack, material.target, material.foreground, material.train_region,
-                            _window3(material.window), material.normalisation, rng, known=material.known)
+    sampler = material.sampler(rng)
     # bf16 autocast where the hardware runs it natively (GPUs, CPUs with AVX512-BF16), fp32 elsewhere.
     precision = resolve_precision(config.precision, device)
     autocast = autocast_for(precision, device)

@@ -1,0 +1,69 @@
+"""Where a label stack can be trusted.
+
+Labels do not always speak for every voxel. A biologist may paint a few slices of a stack, mark voxels with an
+"ignore" value, or correct an auto-label result in a few places and leave the rest as the model made it. In all
+three cases the loss must count only the voxels the labels vouch for: teaching the network that an unpainted
+slice is background, or that its own uncorrected mistakes are right, undoes what the labels teach.
+Each function returns a boolean mask (True: trusted) or None when every voxel is trusted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .config import ConfigError, TrainConfig
+
+
+def painted(config: TrainConfig, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The (Z, Y, X) labels with the ignore value cleared, and where they were painted (None: everywhere)."""
+    if config.ignore_value is None and not config.painted_slices_only:
+        return truth, None
+    known = np.ones(truth.shape, bool)
+    if config.ignore_value is not None:
+        known &= truth != config.ignore_value
+        truth = np.where(known, truth, 0).astype(truth.dtype, copy=False)
+    if config.painted_slices_only:
+        any_label = (truth > 0).reshape(truth.shape[0], -1).any(axis=1)
+        if config.dims == "2d" or truth.shape[0] > 1:
+            known &= any_label[:, None, None]
+    if not known.any():
+        raise ConfigError("labels", "nothing is painted: every voxel is unpainted or holds the ignore value")
+    return truth, known
+
+
+def touched(corrected: np.ndarray, auto_labels: np.ndarray, margin: int, *, anisotropy: float = 1.0,
+            per_slice: bool = False) -> np.ndarray:
+    """Voxels within ``margin`` in-plane pixels of a correction (where ``corrected`` differs from the auto-label
+    result it was made from).
+
+    The margin gives each correction its context: the background ring around a deleted false object and the
+    edge of a painted one are what the network must learn there. Along z the margin is measured in the same
+    physical units (``anisotropy`` = z spacing / xy spacing), and a 2D job never reaches across slices.
+    """
+    if corrected.shape != auto_labels.shape:
+        raise ConfigError("auto_labels", f"shape {auto_labels.shape} differs from the corrected labels' "
+                                         f"{corrected.shape}")
+    changed = corrected != auto_labels
+    if not changed.any():
+        raise ConfigError("touched_only", "the labels are identical to the auto-label result: nothing was "
+                                          "corrected, so there is nothing to train on")
+    if margin == 0:
+        return changed
+    z_step = 1e6 if per_slice else max(float(anisotropy), 1e-6)  # a huge z spacing keeps 2D corrections 2D
+    if changed.shape[0] == 1:
+        distance = ndimage.distance_transform_edt(~changed[0])[np.newaxis]
+    else:
+        distance = ndimage.distance_transform_edt(~changed, sampling=(z_step, 1.0, 1.0))
+    return distance <= margin
+
+
+def combine(*masks: np.ndarray | None) -> np.ndarray | None:
+    """Trusted where every given mask trusts (None trusts everywhere)."""
+    given = [m for m in masks if m is not None]
+    if not given:
+        return None
+    out = given[0].copy()
+    for mask in given[1:]:
+        out &= mask
+    return out
