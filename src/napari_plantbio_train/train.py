@@ -9,6 +9,7 @@ to stop. A stop request is honoured at the next iteration and always leaves a ch
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Generator, Sequence
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from .config import ConfigError, TrainConfig
 from .data import (MixedSampler, Normalisation, Region, WindowSampler, as_stack, check_image, crop,
                    split_validation)
+from .distributed import Rank, agree, gather, mean, weights_digest
 from .events import (CheckpointSaved, Event, Finished, Preview, Progress, Started, StopSignal, Validation,
                      run_to_end, stop_requested)
 from .hardware import autocast_for, resolve_precision
@@ -226,12 +228,30 @@ def continuation(parent: ModelRecord, name: str) -> TrainConfig:
 def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
           extra_pairs: Sequence[tuple[np.ndarray, np.ndarray]] = (), auto_labels: np.ndarray | None = None,
           models_dir: str | Path | None = None, resume: bool = False,
-          stop: StopSignal = None) -> Generator[Event, None, Path]:
+          stop: StopSignal = None, rank: Rank | None = None) -> Generator[Event, None, Path]:
     """Train (or resume) the named model; yields events and returns the model folder.
 
     `extra_pairs` are more (image, labels) pairs sampled beside the first in the shares `config.pair_weights`;
     `auto_labels` is the auto-label result the first labels were corrected from (`config.touched_only`).
+    `rank` places this process in a data-parallel job (see distributed.py; its process group already joined):
+    every rank runs the whole loop on its own windows, rank 0 alone writes the model folder and yields events.
     """
+    rank = rank if rank is not None else Rank(device=config.device())
+    events = _train(config, image, labels, extra_pairs=extra_pairs, auto_labels=auto_labels, models_dir=models_dir,
+                    resume=resume, stop=stop, rank=rank)
+    if rank.is_main:
+        return (yield from events)
+    while True:  # the other ranks do the same work with nothing to report
+        try:
+            next(events)
+        except StopIteration as done:
+            return done.value
+
+
+def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
+           extra_pairs: Sequence[tuple[np.ndarray, np.ndarray]], auto_labels: np.ndarray | None,
+           models_dir: str | Path | None, resume: bool, stop: StopSignal,
+           rank: Rank) -> Generator[Event, None, Path]:
     store = ModelStore(models_dir)
     if config.init_from is not None and store.exists(str(config.init_from)):
         config = inherit(config, store.record(str(config.init_from)))
@@ -258,10 +278,10 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     material = prepare(config, image, labels, previous=previous_meta, extra_pairs=extra_pairs,
                        auto_labels=auto_labels)
 
-    torch.manual_seed(config.seed)
-    device = torch.device(config.device())
+    torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also copies rank 0's)
+    device = torch.device(rank.device)
     if device.type == "cpu":
-        torch.set_num_threads(config.workers)
+        torch.set_num_threads(rank.threads(config.workers))
     out_channels = 2 if config.mode == "instance" else len(material.classes)
     if parent is not None:
         model = UNet.from_spec(parent.network).to(device)
@@ -274,24 +294,27 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         model.load_state_dict(previous_state["model"])
         optimizer.load_state_dict(previous_state["optimizer"])
         start = int(previous_state["iteration"])
-    writer = ModelWriter(store, config, resume=resume)
-    writer.describe(network=model.spec, normalisation=material.normalisation.to_dict(), classes=material.classes,
-                    window=list(material.window), validation_region=[list(r) for r in material.val_region],
-                    mode=config.mode, dims=config.dims, voxel_size=list(config.voxel_size),
-                    postprocess=material.postprocess)
-    if parent is not None:
-        writer.describe(parent=parent.name, lineage=[*parent.lineage, parent.name],
-                        parent_iterations=parent.iterations_done, parent_best_score=parent.best_score)
-    best_score = writer.meta.get("best_score")
+    net = _data_parallel(model, rank)
+    folder, writer, best_score = store.folder(config.name), None, None
+    if rank.is_main:
+        writer = ModelWriter(store, config, resume=resume)
+        writer.describe(network=model.spec, normalisation=material.normalisation.to_dict(),
+                        classes=material.classes, window=list(material.window),
+                        validation_region=[list(r) for r in material.val_region], mode=config.mode,
+                        dims=config.dims, voxel_size=list(config.voxel_size), postprocess=material.postprocess)
+        if parent is not None:
+            writer.describe(parent=parent.name, lineage=[*parent.lineage, parent.name],
+                            parent_iterations=parent.iterations_done, parent_best_score=parent.best_score)
+        writer.describe(runs=[*writer.meta.get("runs", []), _run_record(config, rank, start)])
+        best_score = writer.meta.get("best_score")
 
-    rng = np.random.default_rng([config.seed, start])  # a resumed job draws new windows, not the same ones
-    sampler = material.sampler(rng)
+    samplers = [material.sampler(rng) for rng in _window_streams(config, rank, start)]
     # bf16 autocast where the hardware runs it natively (GPUs, CPUs with AVX512-BF16), fp32 elsewhere.
     precision = resolve_precision(config.precision, device)
     autocast = autocast_for(precision, device)
     target_dtype = torch.long if config.mode == "semantic" else torch.float32
 
-    yield Started(writer.folder, config.iterations, start, material.window, device.type, material.val_region,
+    yield Started(folder, config.iterations, start, material.window, device.type, material.val_region,
                   precision)
     began, limit = time.perf_counter(), (config.time_limit_min or 0) * 60.0
     seconds_ema: float | None = None
@@ -311,12 +334,22 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         model.train()
         return result.score
 
+    def save(at: int, keep: bool = True) -> Path | None:
+        """Every rank, at the same iterations: record that the replicas agree; rank 0 writes the checkpoint."""
+        state = _full_state(model, optimizer, at)
+        replicas = gather(rank, weights_digest(state["model"])) if rank.distributed else None
+        if writer is None:
+            return None
+        if replicas is not None:
+            writer.describe(replica_weights=replicas)
+        return writer.save(at, state, keep=keep)
+
     model.train()
     while iteration < config.iterations:
-        if stop_requested(stop):
+        stopping, elapsed = agree(rank, stop_requested(stop), time.perf_counter() - began)
+        if stopping:
             reason = "stopped"
             break
-        elapsed = time.perf_counter() - began
         if limit and elapsed >= limit:
             reason = "time limit"
             break
@@ -327,7 +360,7 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
             group["lr"] = lr
 
         tick, data_seconds, loss_sum = time.perf_counter(), 0.0, 0.0
-        for _ in range(config.iteration_step):  # gradient accumulation: one optimiser step per iteration
+        for k, sampler in enumerate(samplers):  # gradient accumulation: one optimiser step per iteration
             t = time.perf_counter()
             x, y, painted = sampler.sample(config.batch_size)
             x = torch.from_numpy(_squeeze_z(x, config.spatial_dims)).to(device, non_blocking=True)
@@ -335,8 +368,8 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
             if painted is not None:
                 painted = torch.from_numpy(_squeeze_z(painted, config.spatial_dims)).to(device)
             data_seconds += time.perf_counter() - t
-            with autocast:
-                logits = model(x)
+            with autocast, _sync_gradients(net, last=k == len(samplers) - 1):
+                logits = net(x)
             # The loss sums over every voxel: in fp32, where bf16's 8-bit mantissa would lose small terms.
             loss = segmentation_loss(logits.float(), y, config.mode, painted) / config.iteration_step
             loss.backward()
@@ -344,6 +377,7 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        loss_sum = mean(rank, loss_sum)
         seconds = time.perf_counter() - tick
         seconds_ema = seconds if seconds_ema is None else 0.9 * seconds_ema + 0.1 * seconds
         yield Progress(iteration, config.iterations, loss_sum, lr, seconds, data_seconds,
@@ -351,29 +385,65 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
 
         row = {"iteration": iteration, "loss": loss_sum, "lr": lr, "seconds_per_iteration": seconds,
                "data_seconds": data_seconds, "elapsed_seconds": time.perf_counter() - began}
-        if iteration % config.validate_every == 0 or iteration == config.iterations:
-            score = yield from validation(iteration)
+        if writer is not None and (iteration % config.validate_every == 0 or iteration == config.iterations):
+            score = yield from validation(iteration)  # the other ranks wait for it at the next agreement
             row["validation_score"] = score
             last_validated = iteration
-        if iteration % config.log_every == 0 or "validation_score" in row:
+        if writer is not None and (iteration % config.log_every == 0 or "validation_score" in row):
             writer.log(row)
         if iteration % config.iteration_save == 0:
-            path = writer.save(iteration, _full_state(model, optimizer, iteration))
+            path = save(iteration)
             last_saved = iteration
-            yield CheckpointSaved(iteration, path, "save")
+            if path is not None:
+                yield CheckpointSaved(iteration, path, "save")
 
-    if reason == "time limit" and last_validated != iteration:
+    if writer is not None and reason == "time limit" and last_validated != iteration:
         # A time-limited job is a finished job for its user: score what it reached (a stop request skips this
         # to end quickly).
         score = yield from validation(iteration)
         writer.log({"iteration": iteration, "validation_score": score,
                     "elapsed_seconds": time.perf_counter() - began})
-    if iteration != last_saved or not (writer.folder / "model.json").exists():
+    # Decided alike on every rank (the save compares replicas): a new model has no checkpoint until it saves one.
+    if iteration != last_saved or not (resume or last_saved != start):
         final = reason == "completed"
-        path = writer.save(iteration, _full_state(model, optimizer, iteration), keep=final)
-        yield CheckpointSaved(iteration, path, "final" if final else "stop")
-    yield Finished(iteration, writer.folder, reason != "completed", reason, best_score)
-    return writer.folder
+        path = save(iteration, keep=final)
+        if path is not None:
+            yield CheckpointSaved(iteration, path, "final" if final else "stop")
+    yield Finished(iteration, folder, reason != "completed", reason, best_score)
+    return folder
+
+
+def _window_streams(config: TrainConfig, rank: Rank, start: int) -> list[np.random.Generator]:
+    """One random stream per batch of an iteration: ``iteration_step`` streams on each rank, numbered across
+    ranks, so an iteration's windows depend only on the job and not on how it is split into processes (two
+    processes with one batch each draw what one process draws with ``iteration_step`` 2). A resumed job starts
+    new streams from its start iteration, so it does not repeat the windows it saw."""
+    first = rank.rank * config.iteration_step
+    return [np.random.default_rng([config.seed, start, first + k]) for k in range(config.iteration_step)]
+
+
+def _data_parallel(model: torch.nn.Module, rank: Rank) -> torch.nn.Module:
+    """DDP copies rank 0's weights to the others and averages gradients during backward; ``model`` itself stays
+    the unwrapped network that validation, previews and checkpoints use."""
+    if not rank.distributed:
+        return model
+    device = torch.device(rank.device)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def _sync_gradients(net: torch.nn.Module, *, last: bool) -> contextlib.AbstractContextManager:
+    """Accumulated batches average their gradients across ranks once, on the iteration's last backward."""
+    if last or not isinstance(net, torch.nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return net.no_sync()
+
+
+def _run_record(config: TrainConfig, rank: Rank, start: int) -> dict:
+    """How one job (or one resumption) trained, for model.json: the learning rate is not scaled with the number
+    of processes (AdamW steps on averaged gradients), the effective batch grows with it."""
+    return {"from_iteration": start, "world_size": rank.world_size, "device": torch.device(rank.device).type,
+            "batch_size": config.batch_size, "iteration_step": config.iteration_step,
+            "effective_batch_size": config.batch_size * config.iteration_step * rank.world_size, "lr": config.lr}
 
 
 def _window3(window: tuple[int, ...]) -> tuple[int, int, int]:
