@@ -2,6 +2,11 @@
 
 Option names are a promise to scripts: keep them. A bad value ends the program with one line naming the
 field (exit status 2), never a traceback.
+
+``train`` runs in this process, or, for ``--gpus N`` (N > 1), ``--cpu-processes N`` (N > 1) or ``--nodes K``
+(K > 1), as that many data-parallel processes started by PyTorch's launcher (see distributed.py, which also
+describes ``--events jsonl`` and the STOP file for programs that follow a job). Started by ``torchrun`` or
+``srun``, it is one process of their job and joins it directly.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from .config import MODES, ConfigError, TrainConfig
+from .distributed import DistributedError, Rank, RankFailed
 from .events import (CheckpointSaved, Finished, LabelFinished, LabelProgress, LabelStarted, Progress, Started,
                      Validation)
 from .hardware import PRECISIONS
@@ -35,7 +41,7 @@ FIELD_OPTIONS = {
     "log_every": "log_every", "val_fraction": "val_fraction", "base_channels": "base_channels",
     "depth": "depth", "stem_stride": "stem_stride", "contour_width": "contour_width", "seed": "seed",
     "precision": "precision", "painted_slices_only": "painted_slices_only", "ignore_value": "ignore_value",
-    "touched_margin": "touched_margin",
+    "touched_margin": "touched_margin", "cpu_processes": "cpu_processes",
 }
 
 
@@ -71,8 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--name", required=True, help="unique model name (a safe folder name)")
     add("--voxel-size", nargs=3, type=float, metavar=("X", "Y", "Z"), help="nm per pixel along x, y, z")
     add("--window", type=_window, help="window size Z,Y,X (3d) or Y,X (2d)")
-    add("--gpus", type=int, help="number of GPUs (0: CPU; default: 1 if CUDA is present)")
-    add("--workers", type=int, help="CPU threads")
+    add("--gpus", type=int, help="number of GPUs (0: CPU; default: 1 if CUDA is present); N > 1 trains on N GPUs "
+                                 "at once, one process each (data-parallel)")
+    add("--cpu-processes", type=int,
+        help="on the CPU: data-parallel processes on this machine (default 1), e.g. for CPU clusters")
+    add("--workers", type=int, help="CPU threads of this machine, shared by its processes")
     add("--lr", type=float, help="base learning rate")
     add("--iteration-step", type=int, help="batches accumulated into one optimiser step")
     add("--iteration-save", type=int, help="checkpoint every N iterations")
@@ -97,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from a named model as a new version (--name): its weights, normalisation and classes, "
              "a lower learning rate and a short schedule unless given")
     add("--quiet", action="store_true", help="no progress bar")
+    add("--events", choices=("text", "jsonl"), default="text",
+        help="jsonl: one JSON object per event on stdout, for a program following the job (see docs/cluster.md)")
+    _add_machines(train)
 
     _add_predict(commands)
     _add_evaluate(commands)
@@ -106,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--models-dir")
     models.add_argument("--json", action="store_true", help="one JSON object per line")
     return parser
+
+
+def _add_machines(train: argparse.ArgumentParser) -> None:
+    group = train.add_argument_group("several machines", "run the same command on every machine of the job, each "
+                                     "with its --node-rank (a shared file system holds the data and models)")
+    group.add_argument("--nodes", type=int, default=1, help="machines in the job (default 1)")
+    group.add_argument("--node-rank", type=int, default=0, help="this machine's place in the job: 0 to nodes-1")
+    group.add_argument("--master-addr", help="host name or address of machine 0 (needed with --nodes > 1)")
+    group.add_argument("--master-port", type=int, help="a free port on machine 0 (needed with --nodes > 1)")
 
 
 def _add_predict(commands: Any) -> None:
@@ -213,12 +234,73 @@ def _read_pair(image: str, labels: str, image_field: str, labels_field: str) -> 
 
 
 def _run_train(args: argparse.Namespace, out: TextIO) -> int:
-    from .data import read_array
-    from .train import train
+    from . import distributed
 
     config = config_from_args(args)
     if not config.image or not config.labels:
         raise ConfigError("image" if not config.image else "labels", "a file path is needed")
+    job = {"config": config.to_dict(), "models_dir": args.models_dir, "resume": args.resume, "events": args.events,
+           "quiet": args.quiet}
+    processes = config.processes_per_machine()
+    if distributed.environment() is not None or (processes == 1 and args.nodes == 1):
+        train_rank(job, out)  # alone, or one process of a torchrun / srun job
+        return 0
+    _check_before_launch(config, args)
+    distributed.launch(_launched_rank, (job,), processes=processes, nodes=args.nodes, node_rank=args.node_rank,
+                       master_addr=args.master_addr, master_port=args.master_port, run_id=f"plantbio-{config.name}")
+    return 0
+
+
+def train_rank(job: dict[str, Any], out: TextIO | None = None) -> str:
+    """One process's share of a training job: join the job (if there is one), read the data, train; rank 0
+    reports. ``job`` holds plain values only (the config as a dict, models_dir, resume, events, quiet), so it
+    travels to spawned processes; each process reads the arrays itself."""
+    from . import distributed
+    from .train import train
+
+    config, out = TrainConfig.from_dict(job["config"]), out or sys.stdout
+    stop = threading.Event()
+    with _signals_set(stop), distributed.process_group(config.device()) as rank:
+        image, labels, extra, auto_labels = _read_data(config)
+        # Rank 0 alone polls the STOP file: the ranks agree on stopping anyway, and only it may delete the file.
+        stop_path = distributed.stop_file(ModelStore(job["models_dir"]).folder(config.name)) if rank.is_main else None
+        if stop_path is not None:
+            stop_path.unlink(missing_ok=True)  # left by an earlier job: not a request to this one
+
+        def stopping() -> bool:
+            return stop.is_set() or (stop_path is not None and stop_path.exists())
+
+        report = _reporter(job, config, rank, out)
+        try:
+            events = train(config, image, labels, extra_pairs=extra, auto_labels=auto_labels,
+                           models_dir=job["models_dir"], resume=job["resume"], stop=stopping, rank=rank)
+            while True:
+                try:
+                    report(next(events))
+                except StopIteration as done:
+                    return str(done.value)
+        finally:
+            if stop_path is not None:
+                stop_path.unlink(missing_ok=True)
+
+
+def _launched_rank(job: dict[str, Any]) -> str:
+    """A launched process: bad input ends it with one line and status 2, and the launcher then ends the job."""
+    try:
+        return train_rank(job)
+    except (ConfigError, ModelError, DistributedError, FileNotFoundError, FileExistsError) as exc:
+        from .distributed import environment
+
+        where = environment() or {}
+        prefix = f"rank {where['RANK']}: " if where.get("RANK", "0") != "0" else ""
+        print(f"error: {prefix}{exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def _read_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]],
+                                               np.ndarray | None]:
+    from .data import read_array
+
     image, labels = _read_pair(config.image, config.labels, "image", "labels")
     extra = [_read_pair(i, lab, "extra_images", "extra_labels")
              for i, lab in zip(config.extra_images, config.extra_labels)]
@@ -228,13 +310,58 @@ def _run_train(args: argparse.Namespace, out: TextIO) -> int:
             auto_labels = read_array(config.auto_labels)
         except (OSError, ValueError) as exc:
             raise ConfigError("auto_labels", str(exc)) from None
-    bar = None if args.quiet else ProgressLine(out)
-    stop = threading.Event()
-    with _signals_set(stop):
-        for event in train(config, image, labels, extra_pairs=extra, auto_labels=auto_labels,
-                           models_dir=args.models_dir, resume=args.resume, stop=stop):
-            _report(event, config, bar, out)
-    return 0
+    return image, labels, extra, auto_labels
+
+
+def _check_before_launch(config: TrainConfig, args: argparse.Namespace) -> None:
+    """Bad input is one line before any process starts, not one line per process after they all started."""
+    from .arrays import open_stack
+    from .train import inherit
+
+    store = ModelStore(args.models_dir)
+    if config.init_from is not None and store.exists(str(config.init_from)):
+        config = inherit(config, store.record(str(config.init_from)))
+    shapes = {}
+    for field in ("image", "labels"):
+        try:
+            shapes[field] = tuple(np.shape(open_stack(getattr(config, field))))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(field, str(exc)) from None
+    config.validate(image_shape=shapes["image"], labels_shape=shapes["labels"], models_dir=store.root,
+                    resume=args.resume)
+
+
+def _reporter(job: dict[str, Any], config: TrainConfig, rank: Rank, out: TextIO) -> Any:
+    """What rank 0 does with each event: a progress bar and lines, or JSON lines; the other ranks say nothing."""
+    if not rank.is_main:
+        return lambda event: None
+    if job["events"] == "jsonl":
+        return JsonLines(out)
+    bar = None if job["quiet"] else ProgressLine(out)
+
+    def report(event: Any) -> None:
+        _report(event, config, bar, out)
+        if isinstance(event, Started) and rank.distributed:
+            effective = config.batch_size * config.iteration_step * rank.world_size
+            print(f"data-parallel over {rank.world_size} processes: effective batch {effective} (batch "
+                  f"{config.batch_size} x iteration step {config.iteration_step} x {rank.world_size}), learning "
+                  f"rate {config.lr:g}", file=out, flush=True)
+
+    return report
+
+
+class JsonLines:
+    """``--events jsonl``: one JSON object per event; previews as .npy files in the model folder's previews/."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out, self.previews = out, None
+
+    def __call__(self, event: Any) -> None:
+        from .distributed import event_record
+
+        if isinstance(event, Started):
+            self.previews = event.model_dir / "previews"
+        print(json.dumps(event_record(event, self.previews)), file=self.out, flush=True)
 
 
 @contextlib.contextmanager
@@ -251,7 +378,7 @@ def _signals_set(stop: threading.Event):
 def _report(event: Any, config: TrainConfig, bar: "ProgressLine | None", out: TextIO) -> None:
     if isinstance(event, Started):
         print(f"training {config.name!r} on {event.device} ({event.precision}) from iteration "
-              f"{event.start_iteration} (window {event.window}); model folder {event.model_dir}", file=out)
+              f"{event.start_iteration} (window {event.window}); model folder {event.model_dir}", file=out, flush=True)
     elif isinstance(event, Progress) and bar:
         bar.update(event)
     elif isinstance(event, Validation):
@@ -415,16 +542,26 @@ def _run_models(args: argparse.Namespace, out: TextIO) -> int:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
+    runners = {"train": _run_train, "predict": _run_predict, "evaluate": _run_evaluate, "models": _run_models,
+               "export": _run_export, "import": _run_import}
     try:
-        runners = {"train": _run_train, "predict": _run_predict, "evaluate": _run_evaluate, "models": _run_models,
-                   "export": _run_export, "import": _run_import}
         return runners[args.command](args, out)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (ConfigError, DistributedError) as exc:
+        return _fail(args, out, str(exc), 2, exc.field)
     except (ModelError, FileNotFoundError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, out, str(exc), 2)
+    except RankFailed as exc:
+        return _fail(args, out, str(exc), 2 if exc.exitcode == 2 else 1)
+    except KeyboardInterrupt:
+        return _fail(args, out, "aborted: the job's processes were ended without a checkpoint", 130)
+
+
+def _fail(args: argparse.Namespace, out: TextIO, message: str, status: int, field: str | None = None) -> int:
+    """One line on stderr; with --events jsonl also an error event, so a program following stdout sees why."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    if getattr(args, "events", None) == "jsonl":
+        print(json.dumps({"event": "error", "field": field, "message": message}), file=out, flush=True)
+    return status
 
 
 if __name__ == "__main__":
