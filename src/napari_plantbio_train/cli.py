@@ -291,9 +291,12 @@ def _launched_rank(job: dict[str, Any]) -> str:
     except (ConfigError, ModelError, DistributedError, FileNotFoundError, FileExistsError) as exc:
         from .distributed import environment
 
-        where = environment() or {}
-        prefix = f"rank {where['RANK']}: " if where.get("RANK", "0") != "0" else ""
-        print(f"error: {prefix}{exc}", file=sys.stderr, flush=True)
+        rank = (environment() or {}).get("RANK", "0")
+        sys.stderr.write(f"error: {'' if rank == '0' else f'rank {rank}: '}{exc}\n")  # one write: no interleaving
+        sys.stderr.flush()
+        if rank == "0" and job["events"] == "jsonl":  # the follower learns which field, before the launcher's line
+            print(json.dumps({"event": "error", "field": getattr(exc, "field", None), "message": str(exc)}),
+                  flush=True)
         sys.exit(2)
 
 
