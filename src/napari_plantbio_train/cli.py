@@ -241,9 +241,9 @@ def _run_train(args: argparse.Namespace, out: TextIO) -> int:
         raise ConfigError("image" if not config.image else "labels", "a file path is needed")
     job = {"config": config.to_dict(), "models_dir": args.models_dir, "resume": args.resume, "events": args.events,
            "quiet": args.quiet}
-    processes = config.processes_per_machine()
-    if distributed.environment() is not None or (processes == 1 and args.nodes == 1):
-        train_rank(job, out)  # alone, or one process of a torchrun / srun job
+    processes, joined = config.processes_per_machine(), distributed.environment()
+    if (joined is not None and int(joined["WORLD_SIZE"]) > 1) or (processes == 1 and args.nodes == 1):
+        train_rank(job, out)  # one process of a torchrun / srun job, or a job of one process
         return 0
     _check_before_launch(config, args)
     distributed.launch(_launched_rank, (job,), processes=processes, nodes=args.nodes, node_rank=args.node_rank,
@@ -556,7 +556,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except RankFailed as exc:
         return _fail(args, out, str(exc), 2 if exc.exitcode == 2 else 1)
     except KeyboardInterrupt:
-        return _fail(args, out, "aborted: the job's processes were ended without a checkpoint", 130)
+        return _fail(args, out, "aborted: the job's processes were ended; resume from its last checkpoint", 130)
 
 
 def _fail(args: argparse.Namespace, out: TextIO, message: str, status: int, field: str | None = None) -> int:
