@@ -35,7 +35,7 @@ FIELD_OPTIONS = {
     "log_every": "log_every", "val_fraction": "val_fraction", "base_channels": "base_channels",
     "depth": "depth", "stem_stride": "stem_stride", "contour_width": "contour_width", "seed": "seed",
     "precision": "precision", "painted_slices_only": "painted_slices_only", "ignore_value": "ignore_value",
-    "touched_margin": "touched_margin",
+    "touched_margin": "touched_margin", "data_workers": "data_workers",
 }
 
 
@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--window", type=_window, help="window size Z,Y,X (3d) or Y,X (2d)")
     add("--gpus", type=int, help="number of GPUs (0: CPU; default: 1 if CUDA is present)")
     add("--workers", type=int, help="CPU threads")
+    add("--data-workers", type=int,
+        help="processes drawing training windows (default: --workers on a GPU, 0 on a CPU: the training thread)")
     add("--lr", type=float, help="base learning rate")
     add("--iteration-step", type=int, help="batches accumulated into one optimiser step")
     add("--iteration-save", type=int, help="checkpoint every N iterations")

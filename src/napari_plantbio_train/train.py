@@ -26,6 +26,7 @@ from .events import (CheckpointSaved, Event, Finished, Preview, Progress, Starte
                      run_to_end, stop_requested)
 from .hardware import autocast_for, resolve_precision
 from .known import combine, painted, touched
+from .loader import Pool, window_batches
 from .model import UNet
 from .postprocess import params_from_truth
 from .store import ModelRecord, ModelStore, ModelWriter
@@ -108,15 +109,14 @@ class Material:
     extra: list[Source] = field(default_factory=list)
     weights: tuple[float, ...] = (1.0,)
 
-    def sampler(self, rng: np.random.Generator) -> "WindowSampler | MixedSampler":
-        window = _window3(self.window)
-        first = WindowSampler(self.stack, self.target, self.foreground, self.train_region, window,
-                              self.normalisation, rng, known=self.known)
-        if not self.extra:
-            return first
-        others = [WindowSampler(s.stack, s.target, s.foreground, _whole(s.stack.shape), window, self.normalisation,
-                                rng, known=s.known) for s in self.extra]
-        return MixedSampler([first, *others], self.weights, rng)
+    def pool(self) -> Pool:
+        """The pairs as the window samplers draw from them (the first within its training region only)."""
+        pairs = [(self.stack, self.target, self.foreground, self.known, self.train_region)]
+        pairs += [(s.stack, s.target, s.foreground, s.known, _whole(s.stack.shape)) for s in self.extra]
+        return Pool(pairs, self.weights, _window3(self.window), self.normalisation)
+
+    def sampler(self, rng: np.random.Generator) -> WindowSampler | MixedSampler:
+        return self.pool().sampler(rng)
 
 
 def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previous: dict | None,
@@ -284,8 +284,9 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
                         parent_iterations=parent.iterations_done, parent_best_score=parent.best_score)
     best_score = writer.meta.get("best_score")
 
-    rng = np.random.default_rng([config.seed, start])  # a resumed job draws new windows, not the same ones
-    sampler = material.sampler(rng)
+    # A resumed job draws new windows, not the same ones; on a GPU, worker processes keep batches ready.
+    batches = window_batches(material.pool(), config.batch_size, (config.seed, start),
+                             config.data_processes(device.type), pin_memory=device.type == "cuda")
     # bf16 autocast where the hardware runs it natively (GPUs, CPUs with AVX512-BF16), fp32 elsewhere.
     precision = resolve_precision(config.precision, device)
     autocast = autocast_for(precision, device)
@@ -329,16 +330,16 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         tick, data_seconds, loss_sum = time.perf_counter(), 0.0, 0.0
         for _ in range(config.iteration_step):  # gradient accumulation: one optimiser step per iteration
             t = time.perf_counter()
-            x, y, painted = sampler.sample(config.batch_size)
-            x = torch.from_numpy(_squeeze_z(x, config.spatial_dims)).to(device, non_blocking=True)
-            y = torch.from_numpy(_squeeze_z(y, config.spatial_dims)).to(device, dtype=target_dtype)
-            if painted is not None:
-                painted = torch.from_numpy(_squeeze_z(painted, config.spatial_dims)).to(device)
+            x, y, trusted = next(batches)
+            x = _squeeze_z(x, config.spatial_dims).to(device, non_blocking=True)
+            y = _squeeze_z(y, config.spatial_dims).to(device, dtype=target_dtype, non_blocking=True)
+            if trusted is not None:
+                trusted = _squeeze_z(trusted, config.spatial_dims).to(device, non_blocking=True)
             data_seconds += time.perf_counter() - t
             with autocast:
                 logits = model(x)
             # The loss sums over every voxel: in fp32, where bf16's 8-bit mantissa would lose small terms.
-            loss = segmentation_loss(logits.float(), y, config.mode, painted) / config.iteration_step
+            loss = segmentation_loss(logits.float(), y, config.mode, trusted) / config.iteration_step
             loss.backward()
             loss_sum += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -381,7 +382,7 @@ def _window3(window: tuple[int, ...]) -> tuple[int, int, int]:
     return window if len(window) == 3 else (1, *window)  # type: ignore[return-value]
 
 
-def _squeeze_z(array: np.ndarray, spatial_dims: int) -> np.ndarray:
+def _squeeze_z(array: torch.Tensor, spatial_dims: int) -> torch.Tensor:
     """Windows are drawn as (..., Z, Y, X); a 2D network wants the one-slice z axis gone."""
     return array[..., 0, :, :] if spatial_dims == 2 else array
 
