@@ -36,6 +36,7 @@ FIELD_OPTIONS = {
     "depth": "depth", "stem_stride": "stem_stride", "contour_width": "contour_width", "seed": "seed",
     "precision": "precision", "painted_slices_only": "painted_slices_only", "ignore_value": "ignore_value",
     "touched_margin": "touched_margin", "data_workers": "data_workers",
+    "compile": "compile",
 }
 
 
@@ -92,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--painted-slices-only", action="store_true", default=None,
         help="partial labels: slices without any label are unpainted (ignored), not background")
     add("--ignore-value", type=int, help="partial labels: this label value marks voxels to ignore")
+    add("--compile", action="store_true", default=None, help="torch.compile the network (GPU: faster steps "
+                                                              "after a slow start)")
     add("--seed", type=int)
     add("--models-dir", help="models folder (default: $PLANTBIO_MODELS_DIR or the user data folder)")
     add("--resume", action="store_true", help="continue the named model from its last checkpoint")
@@ -254,6 +257,9 @@ def _report(event: Any, config: TrainConfig, bar: "ProgressLine | None", out: Te
     if isinstance(event, Started):
         print(f"training {config.name!r} on {event.device} ({event.precision}) from iteration "
               f"{event.start_iteration} (window {event.window}); model folder {event.model_dir}", file=out)
+        if event.batch_hint is not None:
+            print(f"the GPU's free memory holds about {event.batch_hint} windows per batch "
+                  f"(samples per batch: {config.batch_size})", file=out)
     elif isinstance(event, Progress) and bar:
         bar.update(event)
     elif isinstance(event, Validation):

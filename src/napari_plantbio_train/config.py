@@ -71,6 +71,7 @@ class TrainConfig:
     depth: int = 4
     stem_stride: int = 1
     contour_width: int = 4  # instance mode: pixels of boundary band between two touching objects
+    compile: bool = False  # torch.compile the network (GPU jobs: slower start, faster steps)
     precision: str = "auto"  # "auto": bf16 where the hardware runs it natively (see hardware.py), else fp32
     painted_slices_only: bool = False  # slices without any label are unpainted, not background: ignored
     ignore_value: int | None = None  # a label value that marks "not painted here": ignored, never background
@@ -200,6 +201,8 @@ class TrainConfig:
                 self.ignore_value, bool) or self.ignore_value < 0):
             bad("ignore_value", f"{self.ignore_value!r} must be a label value (a whole number of at least 0), "
                                 "or empty")
+        if not isinstance(self.compile, bool):
+            bad("compile", f"{self.compile!r} must be true or false")
         if not isinstance(self.painted_slices_only, bool):
             bad("painted_slices_only", f"{self.painted_slices_only!r} must be true or false")
         self._check_pairs(bad)

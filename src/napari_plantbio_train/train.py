@@ -27,6 +27,7 @@ from .events import (CheckpointSaved, Event, Finished, Preview, Progress, Starte
 from .hardware import autocast_for, resolve_precision
 from .known import combine, painted, touched
 from .loader import Pool, window_batches
+from .memory import OutOfMemory, largest_fitting, out_of_memory_message, suggest_batch_size, try_step
 from .model import UNet
 from .postprocess import params_from_truth
 from .store import ModelRecord, ModelStore, ModelWriter
@@ -291,9 +292,16 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     precision = resolve_precision(config.precision, device)
     autocast = autocast_for(precision, device)
     target_dtype = torch.long if config.mode == "semantic" else torch.float32
+    forward = model
+    batch_hint = None
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed window shapes: let cuDNN pick its fastest kernels once
+        batch_hint = suggest_batch_size(model, material.window, device, autocast)
+        if config.compile:
+            forward = torch.compile(model)  # optional: minutes of compiling first, then faster steps
 
     yield Started(writer.folder, config.iterations, start, material.window, device.type, material.val_region,
-                  precision)
+                  precision, batch_hint)
     began, limit = time.perf_counter(), (config.time_limit_min or 0) * 60.0
     seconds_ema: float | None = None
     iteration, last_saved, last_validated, reason = start, start, start, "completed"
@@ -312,6 +320,25 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         model.train()
         return result.score
 
+    def accumulate() -> tuple[float, float]:
+        """Gradients of `iteration_step` batches (one optimiser step); returns (loss, seconds waiting for data)."""
+        data_seconds, loss_sum = 0.0, 0.0
+        for _ in range(config.iteration_step):
+            t = time.perf_counter()
+            x, y, trusted = next(batches)
+            x = _squeeze_z(x, config.spatial_dims).to(device, non_blocking=True)
+            y = _squeeze_z(y, config.spatial_dims).to(device, dtype=target_dtype, non_blocking=True)
+            if trusted is not None:
+                trusted = _squeeze_z(trusted, config.spatial_dims).to(device, non_blocking=True)
+            data_seconds += time.perf_counter() - t
+            with autocast:
+                logits = forward(x)
+            # The loss sums over every voxel: in fp32, where bf16's 8-bit mantissa would lose small terms.
+            loss = segmentation_loss(logits.float(), y, config.mode, trusted) / config.iteration_step
+            loss.backward()
+            loss_sum += float(loss.detach())
+        return loss_sum, data_seconds
+
     model.train()
     while iteration < config.iterations:
         if stop_requested(stop):
@@ -327,21 +354,14 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        tick, data_seconds, loss_sum = time.perf_counter(), 0.0, 0.0
-        for _ in range(config.iteration_step):  # gradient accumulation: one optimiser step per iteration
-            t = time.perf_counter()
-            x, y, trusted = next(batches)
-            x = _squeeze_z(x, config.spatial_dims).to(device, non_blocking=True)
-            y = _squeeze_z(y, config.spatial_dims).to(device, dtype=target_dtype, non_blocking=True)
-            if trusted is not None:
-                trusted = _squeeze_z(trusted, config.spatial_dims).to(device, non_blocking=True)
-            data_seconds += time.perf_counter() - t
-            with autocast:
-                logits = model(x)
-            # The loss sums over every voxel: in fp32, where bf16's 8-bit mantissa would lose small terms.
-            loss = segmentation_loss(logits.float(), y, config.mode, trusted) / config.iteration_step
-            loss.backward()
-            loss_sum += float(loss.detach())
+        tick = time.perf_counter()
+        try:
+            loss_sum, data_seconds = accumulate()
+            out_of_memory = False
+        except OutOfMemory:
+            out_of_memory = True  # handled outside the except clause, once the failed step's tensors are freed
+        if out_of_memory:
+            raise _out_of_memory(model, optimizer, config, material.window, device, autocast)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -375,6 +395,17 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         yield CheckpointSaved(iteration, path, "final" if final else "stop")
     yield Finished(iteration, writer.folder, reason != "completed", reason, best_score)
     return writer.folder
+
+
+def _out_of_memory(model: UNet, optimizer: torch.optim.Optimizer, config: TrainConfig, window: tuple[int, ...],
+                   device: torch.device, autocast) -> ConfigError:
+    """The error a job ends with when a step does not fit: the largest batch and window that do."""
+    optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    fitting = largest_fitting(lambda b, w: try_step(model, b, w, device, autocast), config.batch_size, window,
+                              tuple(model.divisor))
+    return ConfigError("batch_size", out_of_memory_message(device, config.batch_size, window, fitting))
 
 
 def _window3(window: tuple[int, ...]) -> tuple[int, int, int]:
