@@ -99,12 +99,14 @@ def test_both_ranks_end_with_the_same_weights(two_process_model):
 
 
 def test_two_processes_step_like_one_process_accumulating_two_batches(stack, tmp_path, capsys):
-    """Two ranks with a batch each draw the windows one process draws with iteration step 2 (one window stream
-    per batch of the effective batch), and DDP averages their gradients as accumulation does: the first
-    update agrees to float rounding, while one process with one batch steps elsewhere."""
+    """Window streams are numbered across the job's drawers, so two ranks with a batch each draw exactly the
+    windows one process draws from two window processes with iteration step 2; and DDP averages the ranks'
+    gradients as accumulation averages the batches'. The first updates agree to float rounding, while one
+    process with one batch steps elsewhere."""
     first = ["train", *stack, *JOB, "--models-dir", str(tmp_path), "--iterations", "1", "--iteration-save", "1"]
-    assert _run([*first[1:], "--name", "two", "--cpu-processes", "2"]).returncode == 0
-    assert main([*first, "--name", "accumulated", "--iteration-step", "2"]) == 0
+    done = _run([*first[1:], "--name", "two", "--cpu-processes", "2"])
+    assert done.returncode == 0, done.stderr
+    assert main([*first, "--name", "accumulated", "--iteration-step", "2", "--data-workers", "2"]) == 0
     assert main([*first, "--name", "single"]) == 0
 
     def weights(name: str) -> dict:
@@ -322,6 +324,16 @@ def test_cpu_processes_is_checked_with_its_name(monkeypatch):
     assert TrainConfig(name="m", gpus=4).processes_per_machine() == 4
     problems = TrainConfig(name="m", gpus=2, cpu_processes=2).problems()
     assert [p.field for p in problems] == ["cpu_processes"]
+
+
+def test_train_called_in_process_refuses_a_job_of_several_processes(chloroplast_crop, models_dir):
+    from napari_plantbio_train.config import ConfigError
+    from napari_plantbio_train.train import train
+
+    image, labels = chloroplast_crop
+    with pytest.raises(ConfigError, match="command line") as error:
+        next(train(TrainConfig(name="m", gpus=0, cpu_processes=2), image, labels, models_dir=models_dir))
+    assert error.value.field == "cpu_processes" and not models_dir.exists()
 
 
 @pytest.mark.parametrize("extra,field", [(["--cpu-processes", "0"], "cpu_processes"),

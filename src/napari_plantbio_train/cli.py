@@ -41,7 +41,8 @@ FIELD_OPTIONS = {
     "log_every": "log_every", "val_fraction": "val_fraction", "base_channels": "base_channels",
     "depth": "depth", "stem_stride": "stem_stride", "contour_width": "contour_width", "seed": "seed",
     "precision": "precision", "painted_slices_only": "painted_slices_only", "ignore_value": "ignore_value",
-    "touched_margin": "touched_margin", "cpu_processes": "cpu_processes",
+    "touched_margin": "touched_margin", "data_workers": "data_workers",
+    "compile": "compile", "cpu_processes": "cpu_processes",
 }
 
 
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cpu-processes", type=int,
         help="on the CPU: data-parallel processes on this machine (default 1), e.g. for CPU clusters")
     add("--workers", type=int, help="CPU threads of this machine, shared by its processes")
+    add("--data-workers", type=int,
+        help="processes drawing training windows (default: --workers on a GPU, 0 on a CPU: the training thread)")
     add("--lr", type=float, help="base learning rate")
     add("--iteration-step", type=int, help="batches accumulated into one optimiser step")
     add("--iteration-save", type=int, help="checkpoint every N iterations")
@@ -99,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--painted-slices-only", action="store_true", default=None,
         help="partial labels: slices without any label are unpainted (ignored), not background")
     add("--ignore-value", type=int, help="partial labels: this label value marks voxels to ignore")
+    add("--compile", action="store_true", default=None, help="torch.compile the network (GPU: faster steps "
+                                                              "after a slow start)")
     add("--seed", type=int)
     add("--models-dir", help="models folder (default: $PLANTBIO_MODELS_DIR or the user data folder)")
     add("--resume", action="store_true", help="continue the named model from its last checkpoint")
@@ -382,6 +387,9 @@ def _report(event: Any, config: TrainConfig, bar: "ProgressLine | None", out: Te
     if isinstance(event, Started):
         print(f"training {config.name!r} on {event.device} ({event.precision}) from iteration "
               f"{event.start_iteration} (window {event.window}); model folder {event.model_dir}", file=out, flush=True)
+        if event.batch_hint is not None:
+            print(f"the GPU's free memory holds about {event.batch_hint} windows per batch "
+                  f"(samples per batch: {config.batch_size})", file=out, flush=True)
     elif isinstance(event, Progress) and bar:
         bar.update(event)
     elif isinstance(event, Validation):

@@ -58,6 +58,7 @@ class TrainConfig:
     gpus: int | None = None  # None: one GPU when CUDA is present, else the CPU; N > 1: N data-parallel processes
     workers: int = field(default_factory=default_workers)  # CPU threads of the machine, shared by its processes
     cpu_processes: int = 1  # on the CPU: data-parallel processes per machine (gloo), for CPU clusters
+    data_workers: int | None = None  # processes drawing windows; None: `workers` on a GPU, none on a CPU
     lr: float = 1e-3
     iteration_step: int = 1  # gradient accumulation: windows of this many batches make one optimiser step
     iteration_save: int = 500
@@ -71,6 +72,7 @@ class TrainConfig:
     depth: int = 4
     stem_stride: int = 1
     contour_width: int = 4  # instance mode: pixels of boundary band between two touching objects
+    compile: bool = False  # torch.compile the network (GPU jobs: slower start, faster steps)
     precision: str = "auto"  # "auto": bf16 where the hardware runs it natively (see hardware.py), else fp32
     painted_slices_only: bool = False  # slices without any label are unpainted, not background: ignored
     ignore_value: int | None = None  # a label value that marks "not painted here": ignored, never background
@@ -94,6 +96,13 @@ class TrainConfig:
         """z spacing over in-plane spacing: the network keeps flat kernels while z is much coarser."""
         x, y, z = self.voxel_size
         return float(z) / ((float(x) + float(y)) / 2.0)
+
+    def data_processes(self, device_type: str) -> int:
+        """Window-drawing processes: on a GPU the #CPU field's worth keep it fed; on a CPU the network needs
+        every core, and drawing in the training thread costs about 1% of an iteration (benchmarks/)."""
+        if self.data_workers is not None:
+            return self.data_workers
+        return self.workers if device_type == "cuda" else 0
 
     def device(self) -> str:
         gpus = self.gpus if self.gpus is not None else min(1, cuda_device_count())
@@ -183,6 +192,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 bad(name, f"{value!r} must be a whole number of at least 1")
+        if self.data_workers is not None and (not isinstance(self.data_workers, int)
+                                              or isinstance(self.data_workers, bool) or self.data_workers < 0):
+            bad("data_workers", f"{self.data_workers!r} must be a whole number of processes (0: draw windows in the "
+                                "training thread), or empty for automatic")
         if self.stem_stride not in (1, 2, 4):
             bad("stem_stride", f"{self.stem_stride!r} must be 1, 2 or 4")
         if not _positive_number(self.lr) or self.lr > 1:
@@ -195,6 +208,8 @@ class TrainConfig:
                 self.ignore_value, bool) or self.ignore_value < 0):
             bad("ignore_value", f"{self.ignore_value!r} must be a label value (a whole number of at least 0), "
                                 "or empty")
+        if not isinstance(self.compile, bool):
+            bad("compile", f"{self.compile!r} must be true or false")
         if not isinstance(self.painted_slices_only, bool):
             bad("painted_slices_only", f"{self.painted_slices_only!r} must be true or false")
         self._check_pairs(bad)

@@ -25,6 +25,7 @@ class Started:
     device: str
     validation_region: tuple[tuple[int, int], ...]  # (start, stop) per (z, y, x) axis of the given stack
     precision: str = "fp32"  # of the forward pass: "fp32" or "bf16" (see hardware.py)
+    batch_hint: int | None = None  # on a GPU: about how many windows per batch its free memory holds
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ from .events import (CheckpointSaved, Event, Finished, Preview, Progress, Starte
                      run_to_end, stop_requested)
 from .hardware import autocast_for, resolve_precision
 from .known import combine, painted, touched
+from .loader import Pool, window_batches
+from .memory import OutOfMemory, largest_fitting, out_of_memory_message, suggest_batch_size, try_step
 from .model import UNet
 from .postprocess import params_from_truth
 from .store import ModelRecord, ModelStore, ModelWriter
@@ -110,15 +112,14 @@ class Material:
     extra: list[Source] = field(default_factory=list)
     weights: tuple[float, ...] = (1.0,)
 
-    def sampler(self, rng: np.random.Generator) -> "WindowSampler | MixedSampler":
-        window = _window3(self.window)
-        first = WindowSampler(self.stack, self.target, self.foreground, self.train_region, window,
-                              self.normalisation, rng, known=self.known)
-        if not self.extra:
-            return first
-        others = [WindowSampler(s.stack, s.target, s.foreground, _whole(s.stack.shape), window, self.normalisation,
-                                rng, known=s.known) for s in self.extra]
-        return MixedSampler([first, *others], self.weights, rng)
+    def pool(self) -> Pool:
+        """The pairs as the window samplers draw from them (the first within its training region only)."""
+        pairs = [(self.stack, self.target, self.foreground, self.known, self.train_region)]
+        pairs += [(s.stack, s.target, s.foreground, s.known, _whole(s.stack.shape)) for s in self.extra]
+        return Pool(pairs, self.weights, _window3(self.window), self.normalisation)
+
+    def sampler(self, rng: np.random.Generator) -> WindowSampler | MixedSampler:
+        return self.pool().sampler(rng)
 
 
 def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previous: dict | None,
@@ -236,6 +237,11 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     `rank` places this process in a data-parallel job (see distributed.py; its process group already joined):
     every rank runs the whole loop on its own windows, rank 0 alone writes the model folder and yields events.
     """
+    if rank is None and config.processes_per_machine() > 1:
+        # Several processes cannot live in this one: a silent one-device job would not be what was asked for.
+        field = "gpus" if config.device() == "cuda" else "cpu_processes"
+        raise ConfigError(field, f"{config.processes_per_machine()} processes train as a job of their own: start it "
+                                 "with the command line (napari-plantbio-train train), which launches them")
     rank = rank if rank is not None else Rank(device=config.device())
     events = _train(config, image, labels, extra_pairs=extra_pairs, auto_labels=auto_labels, models_dir=models_dir,
                     resume=resume, stop=stop, rank=rank)
@@ -308,14 +314,24 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         writer.describe(runs=[*writer.meta.get("runs", []), _run_record(config, rank, start)])
         best_score = writer.meta.get("best_score")
 
-    samplers = [material.sampler(rng) for rng in _window_streams(config, rank, start)]
+    # A resumed job draws new windows, not the same ones; on a GPU, worker processes keep batches ready.
+    processes = config.data_processes(device.type)
+    batches = window_batches(material.pool(), config.batch_size, (config.seed, start), processes,
+                             pin_memory=device.type == "cuda", first_stream=_first_stream(rank, processes))
     # bf16 autocast where the hardware runs it natively (GPUs, CPUs with AVX512-BF16), fp32 elsewhere.
     precision = resolve_precision(config.precision, device)
     autocast = autocast_for(precision, device)
     target_dtype = torch.long if config.mode == "semantic" else torch.float32
+    forward = net
+    batch_hint = None
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed window shapes: let cuDNN pick its fastest kernels once
+        batch_hint = suggest_batch_size(model, material.window, device, autocast)
+        if config.compile:
+            forward = torch.compile(net)  # optional: minutes of compiling first, then faster steps
 
     yield Started(folder, config.iterations, start, material.window, device.type, material.val_region,
-                  precision)
+                  precision, batch_hint)
     began, limit = time.perf_counter(), (config.time_limit_min or 0) * 60.0
     seconds_ema: float | None = None
     iteration, last_saved, last_validated, reason = start, start, start, "completed"
@@ -333,6 +349,25 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
             yield CheckpointSaved(at, writer.save_best(at, _cpu_state(model), best_score), "best")
         model.train()
         return result.score
+
+    def accumulate() -> tuple[float, float]:
+        """Gradients of `iteration_step` batches (one optimiser step); returns (loss, seconds waiting for data)."""
+        data_seconds, loss_sum = 0.0, 0.0
+        for k in range(config.iteration_step):
+            t = time.perf_counter()
+            x, y, trusted = next(batches)
+            x = _squeeze_z(x, config.spatial_dims).to(device, non_blocking=True)
+            y = _squeeze_z(y, config.spatial_dims).to(device, dtype=target_dtype, non_blocking=True)
+            if trusted is not None:
+                trusted = _squeeze_z(trusted, config.spatial_dims).to(device, non_blocking=True)
+            data_seconds += time.perf_counter() - t
+            with autocast, _sync_gradients(net, last=k == config.iteration_step - 1):
+                logits = forward(x)
+            # The loss sums over every voxel: in fp32, where bf16's 8-bit mantissa would lose small terms.
+            loss = segmentation_loss(logits.float(), y, config.mode, trusted) / config.iteration_step
+            loss.backward()
+            loss_sum += float(loss.detach())
+        return loss_sum, data_seconds
 
     def save(at: int, keep: bool = True) -> Path | None:
         """Every rank, at the same iterations: record that the replicas agree; rank 0 writes the checkpoint."""
@@ -359,21 +394,14 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        tick, data_seconds, loss_sum = time.perf_counter(), 0.0, 0.0
-        for k, sampler in enumerate(samplers):  # gradient accumulation: one optimiser step per iteration
-            t = time.perf_counter()
-            x, y, painted = sampler.sample(config.batch_size)
-            x = torch.from_numpy(_squeeze_z(x, config.spatial_dims)).to(device, non_blocking=True)
-            y = torch.from_numpy(_squeeze_z(y, config.spatial_dims)).to(device, dtype=target_dtype)
-            if painted is not None:
-                painted = torch.from_numpy(_squeeze_z(painted, config.spatial_dims)).to(device)
-            data_seconds += time.perf_counter() - t
-            with autocast, _sync_gradients(net, last=k == len(samplers) - 1):
-                logits = net(x)
-            # The loss sums over every voxel: in fp32, where bf16's 8-bit mantissa would lose small terms.
-            loss = segmentation_loss(logits.float(), y, config.mode, painted) / config.iteration_step
-            loss.backward()
-            loss_sum += float(loss.detach())
+        tick = time.perf_counter()
+        try:
+            loss_sum, data_seconds = accumulate()
+            out_of_memory = False
+        except OutOfMemory:
+            out_of_memory = True  # handled outside the except clause, once the failed step's tensors are freed
+        if out_of_memory:
+            raise _out_of_memory(model, optimizer, config, material.window, device, autocast)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -413,13 +441,16 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     return folder
 
 
-def _window_streams(config: TrainConfig, rank: Rank, start: int) -> list[np.random.Generator]:
-    """One random stream per batch of an iteration: ``iteration_step`` streams on each rank, numbered across
-    ranks, so an iteration's windows depend only on the job and not on how it is split into processes (two
-    processes with one batch each draw what one process draws with ``iteration_step`` 2). A resumed job starts
-    new streams from its start iteration, so it does not repeat the windows it saw."""
-    first = rank.rank * config.iteration_step
-    return [np.random.default_rng([config.seed, start, first + k]) for k in range(config.iteration_step)]
+def _first_stream(rank: Rank, processes: int) -> int | None:
+    """The number of a rank's first window stream (None: a lone process, the loader's own numbering).
+
+    In a job of several ranks, streams are numbered from 1 across every drawer of windows, each rank's window
+    processes or, without them, its training thread; so each rank draws its own windows, and two ranks with
+    a batch each draw exactly what one process draws with two window processes and iteration step 2.
+    """
+    if not rank.distributed:
+        return None
+    return 1 + rank.rank * max(processes, 1)
 
 
 def _data_parallel(model: torch.nn.Module, rank: Rank) -> torch.nn.Module:
@@ -446,12 +477,23 @@ def _run_record(config: TrainConfig, rank: Rank, start: int) -> dict:
             "effective_batch_size": config.batch_size * config.iteration_step * rank.world_size, "lr": config.lr}
 
 
+def _out_of_memory(model: UNet, optimizer: torch.optim.Optimizer, config: TrainConfig, window: tuple[int, ...],
+                   device: torch.device, autocast) -> ConfigError:
+    """The error a job ends with when a step does not fit: the largest batch and window that do."""
+    optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    fitting = largest_fitting(lambda b, w: try_step(model, b, w, device, autocast), config.batch_size, window,
+                              tuple(model.divisor))
+    return ConfigError("batch_size", out_of_memory_message(device, config.batch_size, window, fitting))
+
+
 def _window3(window: tuple[int, ...]) -> tuple[int, int, int]:
     """Windows are drawn from (Z, Y, X) stacks; a 2D job's window is one slice thick."""
     return window if len(window) == 3 else (1, *window)  # type: ignore[return-value]
 
 
-def _squeeze_z(array: np.ndarray, spatial_dims: int) -> np.ndarray:
+def _squeeze_z(array: torch.Tensor, spatial_dims: int) -> torch.Tensor:
     """Windows are drawn as (..., Z, Y, X); a 2D network wants the one-slice z axis gone."""
     return array[..., 0, :, :] if spatial_dims == 2 else array
 

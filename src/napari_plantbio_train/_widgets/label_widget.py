@@ -34,10 +34,12 @@ from ..config import ConfigError
 from ..events import LabelFinished, LabelProgress, LabelStarted
 from ..label import POSTPROCESS_DEFAULTS, LabelResult, LabelSettings, label_stack
 from ..store import ModelRecord, ModelStore, default_models_dir
+from .corrections import auto_label_metadata
 from .layer_picker import LayerPicker
-from .model_info import channel_names, describe, voxel_size_message
+from .model_info import channel_names, voxel_size_message
 from .model_sharing import ModelSharing
 from .proofread import ProofreadQueue
+from .versions import describe_version, folder_stamp, version_tooltip
 
 if TYPE_CHECKING:
     import napari
@@ -173,14 +175,15 @@ class AutoLabelWidget(QWidget):
             self.models_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             self._set_status(f"Cannot create the models folder {self.models_dir}: {error}", error=True)
-        self._folder_stamp = _folder_stamp(self.models_dir)
+        self._folder_stamp = folder_stamp(self.models_dir)
         current, before = self.model_box.currentData(), self.record
         self._records = _records_by_name(self.store)
         self.model_box.blockSignals(True)
         self.model_box.clear()
         for record in self._records.values():
-            self.model_box.addItem(describe(record), record.name)
-            self.model_box.setItemData(self.model_box.count() - 1, describe(record), Qt.ItemDataRole.ToolTipRole)
+            self.model_box.addItem(describe_version(record), record.name)
+            self.model_box.setItemData(self.model_box.count() - 1, version_tooltip(record),
+                                       Qt.ItemDataRole.ToolTipRole)
         self.model_box.setCurrentIndex(max(0, self.model_box.findData(current)))
         self.model_box.blockSignals(False)
         if self.record != before:  # another model, or the same one retrained; edits for an unchanged one stay
@@ -203,7 +206,7 @@ class AutoLabelWidget(QWidget):
 
     def _look_again(self) -> None:
         """What changes outside the dock: models trained or removed, the image's scale set in its controls."""
-        if _folder_stamp(self.models_dir) != self._folder_stamp:
+        if folder_stamp(self.models_dir) != self._folder_stamp:
             self.refresh_models()
         self.check_voxel_size()
 
@@ -316,7 +319,11 @@ class AutoLabelWidget(QWidget):
         if result.uncertainty is not None:
             self.viewer.add_image(result.uncertainty, name=f"{job.name} uncertainty", colormap="inferno",
                                   blending="additive", contrast_limits=(0.0, 1.0), opacity=0.6, **where)
-        labels = self.viewer.add_labels(result.labels, name=job.name, opacity=0.5, **where)
+        # The result as the model gave it stays on the layer, so that training on the corrected layer can tell
+        # the user's corrections from the rest ("Trust only the regions I corrected" in the training dock).
+        labels = self.viewer.add_labels(result.labels, name=job.name, opacity=0.5,
+                                        metadata=auto_label_metadata(result.record.name, job.name, result.labels),
+                                        **where)
         if result.uncertainty is not None and result.record.config.mode == "instance":
             self.proofread.load(labels, result.uncertainty)
         objects = f", {result.objects} objects" if result.objects is not None else ""
@@ -346,14 +353,6 @@ class AutoLabelWidget(QWidget):
     def _set_status(self, text: str, *, error: bool = False) -> None:
         self.status.setStyleSheet(ERROR_STYLE if error else "")
         self.status.setText(text)
-
-
-def _folder_stamp(root: Path) -> tuple:
-    """Cheap fingerprint of the models folder: each model's description file and when it was last written."""
-    try:
-        return tuple(sorted((path.parent.name, path.stat().st_mtime_ns) for path in root.glob("*/model.json")))
-    except OSError:  # a model removed while looking: differs from the last stamp, so the next look refreshes
-        return ()
 
 
 def _row(*widgets: QWidget) -> QWidget:

@@ -23,8 +23,12 @@ from qtpy.QtWidgets import (
 )
 
 from ..config import DIMS, MODES, ConfigError, TrainConfig
-from ..store import default_models_dir
+from ..store import ModelRecord, default_models_dir
+from ..train import INHERITED, continuation
+from .corrections import TouchedOption, auto_labels_of
 from .layer_picker import LayerPicker
+from .pairs import ExtraPairs
+from .versions import ContinueFromBox, next_version_name
 
 if TYPE_CHECKING:
     import napari
@@ -54,7 +58,15 @@ TIPS = {
     "ignore_value": "A label value painted where the labels say nothing (left out of the loss); none: every "
                     "value is a label.",
     "stem_stride": "Run the network at 1/2 or 1/4 of the in-plane resolution: much faster on a CPU, coarser edges.",
+    "init_from": "Continue from a trained model: a new version that starts from its weights, with its network, "
+                 "voxel size and classes, a lower learning rate and a short schedule.",
+    "touched_only": "Only the corrected regions of the first labels (and a margin around them) count in training.",
 }
+# What a parent's job fills in when continuing from it. Hardware (#GPU, #CPU) is left as it is: it belongs to this
+# machine, and a parent trained on a GPU cluster must not ask for GPUs this machine lacks.
+PREFILLED = ("name", "mode", "dims", "voxel_size", "window", "lr", "iteration_step", "iteration_save", "iterations",
+             "batch_size", "time_limit_min", "validate_every", "base_channels", "depth", "stem_stride",
+             "contour_width", "painted_slices_only", "ignore_value")
 
 
 def _spin(minimum: int, maximum: int, value: int, special: str | None = None) -> QSpinBox:
@@ -118,14 +130,21 @@ class TrainForm(QWidget):
         self.stem_stride.setCurrentText(str(defaults.stem_stride))
         self.painted_slices_only = QCheckBox("slices without labels are unpainted, not background")
         self.ignore_value = _spin(-1, 2**31 - 1, -1, special="none")
+        self.continue_from = ContinueFromBox(self.models_folder())
+        self.pairs = ExtraPairs(viewer)
+        self.touched = TouchedOption(defaults.touched_margin)
+        self._suggested_name = ""
 
         self._errors: dict[str, QLabel] = {}
         self._form = QFormLayout()
         self._form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self._form.setContentsMargins(0, 0, 0, 0)
         rows: list[tuple[str, str, QWidget]] = [
+            ("Continue from", "init_from", self.continue_from),
             ("Image stack", "image", self.image),
             ("Labels", "labels", self.labels),
+            ("", "", self.pairs),
+            ("Corrections", "touched_only", self.touched),
             ("Mode", "mode", self.mode),
             ("2D/3D", "dims", self.dims),
             ("X nm/pixel", "", self.voxel[0]),
@@ -154,6 +173,7 @@ class TrainForm(QWidget):
         ]
         for label, field, widget in rows:
             self._add_row(self._form, label, field, widget)
+        self._errors["touched_margin"] = self._errors["auto_labels"] = self._errors["touched_only"]
         self.advanced = QWidget()
         advanced_form = QFormLayout(self.advanced)
         advanced_form.setContentsMargins(0, 0, 0, 0)
@@ -177,6 +197,9 @@ class TrainForm(QWidget):
 
         self.image.currentIndexChanged.connect(self._defaults_from_image)
         self._defaults_from_image()
+        self.models_dir.textChanged.connect(lambda *_: self.continue_from.set_root(self.models_folder()))
+        self.continue_from.parent_changed.connect(self._on_parent_changed)
+        self.continue_from.models_changed.connect(self._on_models_changed)
 
     def _add_row(self, form: QFormLayout, label: str, field: str, widget: QWidget) -> None:
         """The field and, under it, a red message that stays hidden until the field is wrong."""
@@ -195,9 +218,10 @@ class TrainForm(QWidget):
 
     # ----- defaults from the data -----------------------------------------------------------------------------
     def _defaults_from_image(self, *_args: Any) -> None:
-        """The image layer's scale is the best guess of its voxel size; its dimensionality of 2D or 3D."""
+        """The image layer's scale is the best guess of its voxel size; its dimensionality of 2D or 3D. A continued
+        model keeps its parent's: the network was built for those."""
         layer = self.image.value
-        if layer is None:
+        if layer is None or self.continue_from.record is not None:
             return
         scale = [float(s) for s in layer.scale]
         if len(scale) >= 2:
@@ -208,6 +232,38 @@ class TrainForm(QWidget):
             self.dims.setCurrentText("3d")
         elif layer.ndim == 2:
             self.dims.setCurrentText("2d")
+
+    # ----- continuing from a model ----------------------------------------------------------------------------
+    def inherited_widgets(self) -> dict[str, list[QWidget]]:
+        """The fields a continued model takes from its parent (``train.INHERITED``), by field name."""
+        widgets = {"mode": [self.mode], "dims": [self.dims], "voxel_size": self.voxel,
+                   "base_channels": [self.base_channels], "depth": [self.depth], "stem_stride": [self.stem_stride],
+                   "contour_width": [self.contour_width]}
+        return {field: widgets[field] for field in INHERITED}  # a KeyError here: a new inherited field to show
+
+    def _on_parent_changed(self) -> None:
+        """Prefill the form with the parent's job and the fine-tuning defaults, and lock what it inherits; back
+        at "(new model)" the locked fields are the user's again."""
+        record = self.continue_from.record
+        for widgets in self.inherited_widgets().values():
+            for widget in widgets:
+                widget.setEnabled(record is None)
+        if record is None:
+            self._suggested_name = ""
+            self._defaults_from_image()
+            return
+        self._suggested_name = next_version_name(record.name, self.continue_from.names())
+        self.set_values(**_form_values(continuation(record, self._suggested_name)))
+
+    def _on_models_changed(self) -> None:
+        """A model just saved under the suggested name (this dock's last job) makes way for the next version; not
+        while that job still trains (the form then shows the job as it runs)."""
+        record, suggested, taken = self.continue_from.record, self._suggested_name, self.continue_from.names()
+        if not self.isEnabled() or record is None or not suggested or suggested not in taken:
+            return
+        if self.name.text().strip() == suggested:  # a name the user typed is theirs to change
+            self._suggested_name = next_version_name(record.name, taken)
+            self.name.setText(self._suggested_name)
 
     def _browse_models_dir(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Models folder", self.models_dir.text())
@@ -231,6 +287,9 @@ class TrainForm(QWidget):
             errors.append(ConfigError("lr", f"{self.lr.text()!r} is not a number (e.g. 0.001 or 1e-3)"))
             lr = TrainConfig(name="").lr
         image, labels = self.image.value, self.labels.value
+        extra_images, extra_labels = self.pairs.names()
+        parent: ModelRecord | None = self.continue_from.record
+        corrected = auto_labels_of(labels)
         config = TrainConfig(
             name=self.name.text().strip(),
             mode=self.mode.currentText(),  # type: ignore[arg-type]
@@ -254,6 +313,13 @@ class TrainForm(QWidget):
             contour_width=self.contour_width.value(),
             painted_slices_only=self.painted_slices_only.isChecked(),
             ignore_value=None if self.ignore_value.value() < 0 else self.ignore_value.value(),
+            init_from=parent.name if parent is not None else None,
+            extra_images=extra_images,
+            extra_labels=extra_labels,
+            pair_weights=self.pairs.weights(),
+            touched_only=self.touched.checkbox.isChecked(),
+            touched_margin=self.touched.margin.value(),
+            auto_labels=corrected[0] if corrected is not None else None,
         )
         return config, errors
 
@@ -283,6 +349,9 @@ class TrainForm(QWidget):
             "models_dir": lambda v: self.models_dir.setText(str(v)),
             "image": lambda v: setattr(self.image, "value", v),
             "labels": lambda v: setattr(self.labels, "value", v),
+            "init_from": self.continue_from.select,
+            "touched_only": lambda v: self.touched.checkbox.setChecked(bool(v)),
+            "touched_margin": self.touched.margin.setValue,
         }
         unknown = sorted(set(values) - set(setters))
         if unknown:
@@ -295,7 +364,7 @@ class TrainForm(QWidget):
         """Put each message under its field; return those about fields the form does not show."""
         elsewhere = []
         for error in errors:
-            label = self._errors.get(error.field)
+            label = self._errors.get(error.field) or self.pairs.error_label(error.field)
             if label is None:
                 elsewhere.append(error)
                 continue
@@ -310,10 +379,20 @@ class TrainForm(QWidget):
         for label in self._errors.values():
             label.clear()
             label.setVisible(False)
+        self.pairs.clear_errors()
 
     def error_text(self, field: str) -> str:
         """The message shown under ``field`` ('' when none): what the tests and the user read."""
-        return self._errors[field].text()
+        label = self._errors.get(field) or self.pairs.error_label(field)
+        if label is None:
+            raise KeyError(f"the form shows no field {field!r}")
+        return label.text()
+
+
+def _form_values(config: TrainConfig) -> dict[str, Any]:
+    """The job's values that the form shows and a parent fills in: not the data (new for a new version), not
+    this machine's hardware."""
+    return {field: getattr(config, field) for field in PREFILLED}
 
 
 def _parse_window(text: str, errors: list[ConfigError]) -> tuple[int, ...] | None:

@@ -20,7 +20,9 @@ from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QSizePolicy, QVBox
 from ..config import ConfigError, TrainConfig
 from ..events import CheckpointSaved, Finished, Preview, Progress, Started, Validation
 from ..train import train
+from .corrections import auto_labels_of, touched_problems
 from .loss_plot import REDRAW_INTERVAL_MS, LossPlot
+from .pairs import level0 as _level0
 from .train_form import TrainForm
 
 if TYPE_CHECKING:
@@ -87,7 +89,7 @@ class TrainWidget(QWidget):
         self.model_dir: Path | None = None
         self.error: BaseException | None = None
         self.preview_layers: dict[str, Layer] = {}
-        self._inputs: tuple[Layer, Layer] | None = None
+        self._inputs: tuple[Layer, ...] | None = None
         self._placement: Placement | None = None
         self._pending_progress: Progress | None = None
         self._progress_timer = QTimer(self)
@@ -134,11 +136,12 @@ class TrainWidget(QWidget):
         image_layer, labels_layer = self.image_picker.value, self.labels_picker.value
         colour = [layer.name for layer in self.viewer.layers if getattr(layer, "rgb", False)]
         errors += _layer_problems(image_layer, labels_layer, colour)
+        errors += self.form.pairs.problems(config)
+        labels_shape = _level0(labels_layer).shape if labels_layer is not None else None
+        errors += touched_problems(config, labels_layer, labels_shape)
         models_dir = self.form.models_folder()
-        errors += config.problems(
-            image_shape=_level0(image_layer).shape if image_layer is not None else None,
-            labels_shape=_level0(labels_layer).shape if labels_layer is not None else None,
-            models_dir=models_dir)
+        errors += config.problems(image_shape=_level0(image_layer).shape if image_layer is not None else None,
+                                  labels_shape=labels_shape, models_dir=models_dir)
         if errors:
             elsewhere = self.form.show_errors(_unique(errors))
             self._set_status("Fix the fields marked in red." if not elsewhere else
@@ -149,17 +152,22 @@ class TrainWidget(QWidget):
         # not be read from another thread.
         image = np.array(_level0(image_layer), copy=True)
         labels = np.array(_level0(labels_layer), copy=True)
+        extra_layers = self.form.pairs.layers()
+        extra_pairs = [(np.array(_level0(i), copy=True), np.array(_level0(lab), copy=True)) for i, lab in extra_layers]
+        # The model's own result, kept aside by the auto-label dock; nothing edits it, so it needs no copy.
+        corrected = auto_labels_of(labels_layer) if config.touched_only else None
         self._placement = Placement(np.asarray(image_layer.scale, float), np.asarray(image_layer.translate, float),
                                     image.ndim)
-        self._inputs = (image_layer, labels_layer)
+        self._inputs = (image_layer, labels_layer, *(layer for pair in extra_layers for layer in pair))
         if self.config is None or self.config.name != config.name:
             self.preview_layers = {}
         self.config, self.last_event, self.last_preview, self.model_dir, self.error = config, None, None, None, None
         self.plot.reset("mean IoU" if config.mode == "semantic" else "F1@0.5")
 
         stop = threading.Event()
-        worker = create_worker(train, config, image, labels, models_dir=models_dir, stop=stop,
-                               _start_thread=False, _ignore_errors=True, _worker_class=TrainingWorker)
+        worker = create_worker(train, config, image, labels, extra_pairs=extra_pairs,
+                               auto_labels=corrected[1] if corrected is not None else None, models_dir=models_dir,
+                               stop=stop, _start_thread=False, _ignore_errors=True, _worker_class=TrainingWorker)
         worker.stop_event = stop
         worker.yielded.connect(self._on_event)
         worker.errored.connect(self._on_error)
@@ -320,6 +328,7 @@ class TrainWidget(QWidget):
         self._inputs = None
         self.plot.redraw()
         self.form.setEnabled(True)
+        self.form.continue_from.refresh()  # the new model (or version) can be continued from at once
         self.train_button.setText("Train")
         self.train_button.setEnabled(True)
         if self.error is not None:
@@ -333,11 +342,6 @@ class TrainWidget(QWidget):
 def _set_all(events: set[threading.Event]) -> None:
     for event in list(events):
         event.set()
-
-
-def _level0(layer: Layer) -> Any:
-    """The full-resolution array of a layer (the first level of a multiscale one)."""
-    return layer.data[0] if layer.multiscale else layer.data
 
 
 CONVERT = "Plugins > PlantBio Train > Colour image to labels"
