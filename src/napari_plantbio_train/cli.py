@@ -19,11 +19,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import numpy as np
 
+from . import distributed
 from .config import MODES, ConfigError, TrainConfig
 from .distributed import DistributedError, Rank, RankFailed
 from .events import (CheckpointSaved, Finished, LabelFinished, LabelProgress, LabelStarted, Progress, Started,
@@ -239,8 +240,6 @@ def _read_pair(image: str, labels: str, image_field: str, labels_field: str) -> 
 
 
 def _run_train(args: argparse.Namespace, out: TextIO) -> int:
-    from . import distributed
-
     config = config_from_args(args)
     if not config.image or not config.labels:
         raise ConfigError("image" if not config.image else "labels", "a file path is needed")
@@ -260,7 +259,6 @@ def train_rank(job: dict[str, Any], out: TextIO | None = None) -> str:
     """One process's share of a training job: join the job (if there is one), read the data, train; rank 0
     reports. ``job`` holds plain values only (the config as a dict, models_dir, resume, events, quiet), so it
     travels to spawned processes; each process reads the arrays itself."""
-    from . import distributed
     from .train import train
 
     config, out = TrainConfig.from_dict(job["config"]), out or sys.stdout
@@ -294,9 +292,7 @@ def _launched_rank(job: dict[str, Any]) -> str:
     try:
         return train_rank(job)
     except (ConfigError, ModelError, DistributedError, FileNotFoundError, FileExistsError) as exc:
-        from .distributed import environment
-
-        rank = (environment() or {}).get("RANK", "0")
+        rank = (distributed.environment() or {}).get("RANK", "0")
         sys.stderr.write(f"error: {'' if rank == '0' else f'rank {rank}: '}{exc}\n")  # one write: no interleaving
         sys.stderr.flush()
         if rank == "0" and job["events"] == "jsonl":  # the follower learns which field, before the launcher's line
@@ -339,7 +335,7 @@ def _check_before_launch(config: TrainConfig, args: argparse.Namespace) -> None:
                     resume=args.resume)
 
 
-def _reporter(job: dict[str, Any], config: TrainConfig, rank: Rank, out: TextIO) -> Any:
+def _reporter(job: dict[str, Any], config: TrainConfig, rank: Rank, out: TextIO) -> Callable[[Any], None]:
     """What rank 0 does with each event: a progress bar and lines, or JSON lines; the other ranks say nothing."""
     if not rank.is_main:
         return lambda event: None
@@ -365,11 +361,9 @@ class JsonLines:
         self.out, self.previews = out, None
 
     def __call__(self, event: Any) -> None:
-        from .distributed import event_record
-
         if isinstance(event, Started):
             self.previews = event.model_dir / "previews"
-        print(json.dumps(event_record(event, self.previews)), file=self.out, flush=True)
+        print(json.dumps(distributed.event_record(event, self.previews)), file=self.out, flush=True)
 
 
 @contextlib.contextmanager

@@ -2,8 +2,11 @@
 
 One process per GPU (or ``cpu_processes`` per machine on the CPU) runs the same ``train`` loop on its own
 windows; ``DistributedDataParallel`` averages the gradients, so every process keeps identical weights and the
-job behaves like one process with a batch ``world_size`` times larger. Rank 0 alone writes the model folder
-and reports events; the others only compute.
+job behaves like one process with a batch ``world_size`` times larger (the learning rate is not scaled:
+AdamW on averaged gradients). Rank 0 alone writes the model folder and reports events; the others only
+compute. Before each iteration the ranks agree on stopping and on one clock (``agree``), so all stop at the
+same iteration; at each checkpoint rank 0 records every rank's weight fingerprint (``replica_weights`` in
+model.json, all equal) and each job's world size, effective batch and learning rate (``runs``).
 
 Who starts the processes:
 
@@ -23,16 +26,17 @@ Following a job from another process (the dock starts a multi-GPU job as a subpr
 
 - ``napari-plantbio-train train ... --events jsonl`` prints one JSON object per line on stdout, and nothing
   else there (``event_record``): ``{"event": "started" | "progress" | "validation" | "preview" | "checkpoint" |
-  "finished", ...}`` with the fields of the event classes in ``events.py`` (paths as strings, tuples as lists).
-  A preview's arrays are written by rank 0 as ``.npy`` files in ``<model folder>/previews/`` (the two newest
-  are kept) and the line carries their paths (``probabilities``, ``labels``). A job that fails prints
-  ``{"event": "error", "field": ... or null, "message": ...}`` and exits non-zero. ``follow(lines)`` turns the
-  lines back into the event objects ``train`` yields (raising ``JobFailed`` on an error line), so a follower
-  handles the same events as the dock does in-process.
+  "finished", ...}`` with the fields of the event classes in ``events.py`` (paths as absolute strings, tuples
+  as lists). A preview's arrays are written by rank 0 as ``.npy`` files in ``<model folder>/previews/`` (the
+  two newest are kept) and the line carries their paths (``probabilities``, ``labels``). A job that fails
+  prints ``{"event": "error", "field": ... or null, "message": ...}`` and exits non-zero (2: bad input, 1: a
+  rank died, 130: aborted). ``follow(lines)`` turns the lines back into the event objects ``train`` yields
+  (raising ``JobFailed`` on an error line), so a follower handles the same events as the dock does in-process.
 - Stop: create the file ``<model folder>/STOP`` (``stop_file``; rank 0 polls it every iteration and removes
   it when the job ends), or send SIGINT/SIGTERM to the launching process. Either way every rank stops at the
   same iteration and rank 0 writes a checkpoint to resume from; the process exits 0 with a ``finished`` event
-  whose ``reason`` is ``"stopped"``. A second SIGINT/SIGTERM to the launcher aborts without a checkpoint.
+  whose ``reason`` is ``"stopped"``. A second SIGINT/SIGTERM to the launcher ends the ranks without waiting
+  for that checkpoint.
 """
 
 from __future__ import annotations
