@@ -31,7 +31,7 @@ CLI = [sys.executable, "-m", "napari_plantbio_train.cli", "train"]
 JOB = ["--mode", "instance", "--dims", "3d", "--voxel-size", "5", "5", "50", "--window", "2,64,64", "--gpus", "0",
        "--workers", "2", "--batch-size", "1", "--base-channels", "4", "--depth", "2", "--precision", "fp32",
        "--quiet"]
-LIMIT_S = 60
+LIMIT_S = 120  # a bound, not an expectation: a job here takes 5-10 s, more while other work shares the cores
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +143,10 @@ def test_two_machines_on_loopback(stack, tmp_path):
                               text=True) for r in (0, 1)]
     try:
         results = [node.communicate(timeout=LIMIT_S) for node in nodes]
-    finally:
+    except subprocess.TimeoutExpired:
         for node in nodes:
             node.kill()
+        pytest.fail(f"the two machines did not finish within {LIMIT_S} s: {[n.communicate() for n in nodes]}")
     assert [node.returncode for node in nodes] == [0, 0], [err for _, err in results]
     assert "finished (completed) at iteration 3" in results[0][0] and results[1][0] == ""  # node 1 says nothing
     meta = json.loads((tmp_path / "nodes" / "model.json").read_text())
