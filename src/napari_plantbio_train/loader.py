@@ -86,6 +86,6 @@ def window_batches(pool: Pool, batch_size: int, seed: tuple[int, ...], processes
     if processes == 0:
         return iter(WindowStream(pool, batch_size, seed))
     loader = DataLoader(WindowStream(pool.shared(), batch_size, seed), batch_size=None, num_workers=processes,
-                        collate_fn=_whole_batch, multiprocessing_context="spawn", prefetch_factor=4,
+                        collate_fn=_whole_batch, multiprocessing_context="spawn", prefetch_factor=2,
                         persistent_workers=True, pin_memory=pin_memory)
     return iter(loader)
