@@ -40,7 +40,7 @@ def main() -> int:
     models = Path(tempfile.mkdtemp(prefix="cuda-checks-"))
     config = TrainConfig(name="cuda", mode="instance", dims="3d", voxel_size=(5, 5, 50), window=(8, 256, 256),
                          stem_stride=2, batch_size=8, iterations=args.iterations, iteration_save=20,
-                         validate_every=10**9, data_workers=8, workers=8)
+                         validate_every=10**9, data_workers=4, workers=8)
     _, events = run_to_end(train(config, image, labels, models_dir=models))
     started = next(e for e in events if isinstance(e, Started))
     steps = [e for e in events if isinstance(e, Progress)][10:]
@@ -49,11 +49,11 @@ def main() -> int:
           f"{len(steps) / seconds:.1f} it/s = {len(steps) * config.batch_size / seconds:.0f} windows/s after "
           f"warm-up, data wait {100 * sum(e.data_seconds for e in steps) / seconds:.1f}%")
 
-    huge = config.replace(batch_size=4096, window=(8, 1024, 1024), iterations=args.iterations + 10)
+    huge = config.replace(batch_size=512, window=(8, 512, 512), iterations=args.iterations + 10)
     began = time.perf_counter()
     try:
         run_to_end(train(huge, image, labels, models_dir=models, resume=True))
-        print("FAIL: a batch of 4096 windows of 8x1024x1024 trained without running out of memory")
+        print("FAIL: a batch of 512 windows of 8x512x512 trained without running out of memory")
         return 1
     except ConfigError as error:
         print(f"out of memory after {time.perf_counter() - began:.1f} s -> {error}")

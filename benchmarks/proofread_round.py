@@ -3,9 +3,11 @@
 Trains on the left half (x < 1097) for ``--train-minutes``, auto-labels the right half with an uncertainty map,
 then acts as a user with the truth at hand: the ``--fix`` most uncertain objects (by the ranking the dock
 shows, not by their score) are replaced by the truth around them. The model is continued (a new version,
-``--init-from``) on the right half with these corrected labels for ``--continue-minutes``, and the right half
-is labelled again. Reports matched-object F1 on the right half, leaving out the corrected regions, before and
-after, and the wall time of the round (label, correct, continue, label).
+``--init-from``) for ``--continue-minutes`` on the right half with these corrected labels, trusting only the
+corrected regions (``touched_only``, unless ``--trust-all``), together with the left half it was trained on
+(``--balance``: shares of windows from the corrected and the original pair; ``--balance 1 0`` leaves the left
+half out), and the right half is labelled again. Reports matched-object F1 on the right half, leaving out the
+corrected regions, before and after, and the wall time of the round (label, correct, continue, label).
 
     .venv/bin/python benchmarks/proofread_round.py [--train-minutes 10] [--continue-minutes 3] [--fix 10]
 
@@ -34,8 +36,9 @@ from train_real import DATA, JOBS  # noqa: E402
 from napari_plantbio_train.config import TrainConfig  # noqa: E402
 from napari_plantbio_train.evaluate import evaluate  # noqa: E402
 from napari_plantbio_train.events import run_to_end  # noqa: E402
-from napari_plantbio_train.label import label_stack  # noqa: E402
-from napari_plantbio_train.train import train  # noqa: E402
+from napari_plantbio_train.label import LabelSettings, label_stack  # noqa: E402
+from napari_plantbio_train.store import ModelStore  # noqa: E402
+from napari_plantbio_train.train import continuation, train  # noqa: E402
 from napari_plantbio_train.uncertainty import rank_objects  # noqa: E402
 
 SPLIT_X = 1097
@@ -56,6 +59,10 @@ def main() -> int:
     parser.add_argument("--train-minutes", type=float, default=10.0)
     parser.add_argument("--continue-minutes", type=float, default=3.0)
     parser.add_argument("--fix", type=int, default=10)
+    parser.add_argument("--touched-margin", type=int, default=24)
+    parser.add_argument("--trust-all", action="store_true", help="train on the whole corrected half")
+    parser.add_argument("--balance", type=float, nargs=2, default=(1.0, 1.0), metavar=("CORRECTED", "LEFT"))
+    parser.add_argument("--overlap", type=float, default=0.5, help="of the auto-label windows")
     args = parser.parse_args()
     image = tifffile.imread(DATA / "chloroplast3d" / "image.tif")
     truth = tifffile.imread(DATA / "chloroplast3d" / "labels.tif")
@@ -69,7 +76,11 @@ def main() -> int:
     run_to_end(train(first, image[left], truth[left], models_dir=models_dir))
 
     round_start = time.perf_counter()
-    before, _ = run_to_end(label_stack(first.name, image[right], models_dir=models_dir, uncertainty=True))
+    phases = {}
+    settings = LabelSettings(overlap=args.overlap)
+    before, _ = run_to_end(label_stack(first.name, image[right], models_dir=models_dir, uncertainty=True,
+                                       settings=settings))
+    phases["label"] = time.perf_counter() - round_start
     ranked = rank_objects(before.labels, before.uncertainty)[:args.fix]
     # The user's fix: around each doubtful object (and its neighbourhood), the labels become the truth.
     fixed = ndimage.binary_dilation(np.isin(before.labels, [o.id for o in ranked]), iterations=8)
@@ -77,17 +88,25 @@ def main() -> int:
     touched = np.unique(right_truth[fixed])
     fixed |= np.isin(right_truth, touched[touched > 0])  # a corrected object is corrected whole
     corrected = np.where(fixed, right_truth, before.labels).astype(np.uint32)
-    second = TrainConfig(name=f"round-{stamp}-v2", init_from=first.name, iterations=100_000,
-                         iteration_save=100_000, time_limit_min=args.continue_minutes, lr=first.lr * 0.2,
-                         workers=os.cpu_count() or 1, window=first.window, batch_size=first.batch_size,
-                         validate_every=first.validate_every, val_fraction=first.val_fraction)
-    run_to_end(train(second, image[right], corrected, models_dir=models_dir))
-    after, _ = run_to_end(label_stack(second.name, image[right], models_dir=models_dir))
+    left_share = args.balance[1]
+    second = continuation(ModelStore(models_dir).record(first.name), f"round-{stamp}-v2").replace(
+        iterations=100_000, iteration_save=100_000, time_limit_min=args.continue_minutes,
+        workers=os.cpu_count() or 1, touched_only=not args.trust_all, touched_margin=args.touched_margin,
+        pair_weights=tuple(args.balance) if left_share else None)
+    extra = [(image[left], truth[left])] if left_share else []
+    t = time.perf_counter()
+    run_to_end(train(second, image[right], corrected, extra_pairs=extra, auto_labels=before.labels,
+                     models_dir=models_dir))
+    phases["continue"] = time.perf_counter() - t
+    t = time.perf_counter()
+    after, _ = run_to_end(label_stack(second.name, image[right], models_dir=models_dir, settings=settings))
+    phases["label_again"] = time.perf_counter() - t
     round_seconds = time.perf_counter() - round_start
 
     row = {"fixed_objects": len(ranked), "fixed_voxels_share": round(float(fixed.mean()), 4),
            "before": scores_outside(before.labels, right_truth, fixed),
-           "after": scores_outside(after.labels, right_truth, fixed), "round_seconds": round(round_seconds)}
+           "after": scores_outside(after.labels, right_truth, fixed), "round_seconds": round(round_seconds),
+           "phase_seconds": {k: round(v) for k, v in phases.items()}}
     lines += [json.dumps(row), f"load average after: {os.getloadavg()}"]
     print("\n".join(lines), flush=True)
     append("proofread_round", lines)

@@ -67,10 +67,13 @@ def run_widget(viewer, image_layer, labels_layer, models_dir: Path, tag: str) ->
     stamps: list[float] = []
     gaps: list[float] = []
     last_tick = [time.perf_counter()]
+    seen: list[tuple[float, str]] = []  # when each kind of event reached the GUI thread, to place the worst gaps
+    worst: list[tuple[float, float]] = []  # (gap ms, time it ended)
 
     def tick() -> None:
         now = time.perf_counter()
         gaps.append((now - last_tick[0]) * 1000.0 - TICK_MS)
+        worst.append((gaps[-1], now))
         last_tick[0] = now
 
     timer = QTimer()
@@ -79,12 +82,18 @@ def run_widget(viewer, image_layer, labels_layer, models_dir: Path, tag: str) ->
     if not widget.start():
         raise RuntimeError(f"the widget refused the job: {widget.status.text()}")
     widget.worker.yielded.connect(lambda e: stamps.append(time.perf_counter()) if isinstance(e, Progress) else None)
+    widget.worker.yielded.connect(lambda e: seen.append((time.perf_counter(), type(e).__name__))
+                                  if not isinstance(e, Progress) or e.iteration in (1, 2) else None)
+    began = time.perf_counter()
     loop = QEventLoop()
     widget.worker.finished.connect(loop.quit)
     timer.start()
     loop.exec()
     timer.stop()
     viewer.window.remove_dock_widget(dock)
+    for gap, end in sorted(worst[5:], reverse=True)[:4]:  # where the worst gaps fell, beside the events around them
+        near = [f"{name}@{(t - began):.2f}s" for t, name in seen if end - gap / 1000 - 0.5 <= t <= end + 0.1]
+        print(f"    gap {gap:.0f} ms ending at {end - began:.2f} s; events near: {', '.join(near) or '-'}")
     return rate(stamps), gaps[5:]  # the first ticks include the job's start-up in the GUI thread
 
 
@@ -101,7 +110,8 @@ def main() -> int:
     labels_layer = viewer.add_labels(labels, name="labels", scale=(50, 5, 5))
     load_before = os.getloadavg()
     cli_rates, widget_rates, all_gaps = [], [], []
-    for round_ in range(2):
+    rounds = int(os.environ.get("ROUNDS", "2"))
+    for round_ in range(rounds):
         cli_rates.append(run_cli(image, labels, models_dir, str(round_)))
         widget_rate, gaps = run_widget(viewer, image_layer, labels_layer, models_dir, str(round_))
         widget_rates.append(widget_rate)

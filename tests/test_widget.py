@@ -132,7 +132,8 @@ def test_form_round_trips_every_field(dock):
     _, widget, models = dock
     values = dict(name="roundtrip", mode="instance", dims="2d", voxel_size=(4.0, 5.0, 30.0), window=(96, 128),
                   gpus=0, workers=1, lr=3e-4, iteration_step=2, iteration_save=7, iterations=70, batch_size=3,
-                  time_limit_min=2.5, validate_every=5, base_channels=8, depth=3, stem_stride=2, contour_width=6)
+                  time_limit_min=2.5, validate_every=5, base_channels=8, depth=3, stem_stride=2, contour_width=6,
+                  data_workers=2)
     widget.form.set_values(**values)
     config = widget.build_config()
     assert {k: getattr(config, k) for k in values} == values
@@ -216,6 +217,7 @@ def test_training_runs_to_the_end_with_curve_previews_and_a_saved_model(dock, qt
     probabilities = widget.preview_layers["probabilities"]
     predicted = widget.preview_layers["labels"]
     assert probabilities.name == f"{name} preview probabilities" and probabilities in viewer.layers
+    assert probabilities.visible and predicted.visible  # created hidden at the click, shown by the first preview
     assert predicted.name == f"{name} preview labels" and predicted in viewer.layers
     offset = np.asarray(preview.offset, float)[-spec["layer_dims"]:]
     for layer in (probabilities, predicted):
@@ -259,6 +261,8 @@ def test_stop_mid_way_leaves_a_loadable_checkpoint(dock, qtbot, plate):
     finished = widget.last_event
     assert isinstance(finished, Finished)
     assert finished.stopped and finished.reason == "stopped" and finished.iteration < 100_000
+    if widget.last_preview is None:  # stopped before the first preview: its placeholder layers are gone too
+        assert not [layer.name for layer in viewer.layers if "preview" in layer.name]
     model, record = ModelStore(models).load_model("stopped", which="last")
     assert record.iterations_done == finished.iteration
     assert sum(p.numel() for p in model.parameters()) > 0
@@ -294,6 +298,23 @@ def test_gui_keeps_processing_events_while_training(dock, qtbot, chloroplast):
     assert len(ticks_while_running) >= 5
     assert len(set(ticks_while_running)) >= 3
     assert max(redraws_while_running) >= 1
+
+
+@needs_data
+def test_training_from_napari_with_window_processes(dock, qtbot, plate):
+    """Window-drawing processes started from inside napari's threaded Qt process (spawned, fed only plain
+    arrays): the job trains as usual."""
+    viewer, widget, models = dock
+    image, labels = plate
+    viewer.add_image(image, name="raw")
+    viewer.add_labels(labels, name="truth")
+    widget.form.set_values(name="spawned", mode="semantic", dims="2d", window=(64, 64), data_workers=1,
+                           **{**TINY, "iterations": 8, "validate_every": 8})
+    assert widget.build_config().data_workers == 1
+    finished = _train(qtbot, widget)
+    assert (finished.iteration, finished.reason) == (8, "completed")
+    assert [i for i, _ in widget.loss_points] == list(range(1, 9))
+    assert ModelStore(models).record("spawned").iterations_done == 8
 
 
 @needs_data

@@ -94,5 +94,5 @@ def window_batches(pool: Pool, batch_size: int, seed: tuple[int, ...], processes
         return iter(WindowStream(pool, batch_size, seed, first_stream))
     loader = DataLoader(WindowStream(pool.shared(), batch_size, seed, first_stream), batch_size=None,
                         num_workers=processes, collate_fn=_whole_batch, multiprocessing_context="spawn",
-                        prefetch_factor=4, persistent_workers=True, pin_memory=pin_memory)
+                        prefetch_factor=2, persistent_workers=True, pin_memory=pin_memory)
     return iter(loader)

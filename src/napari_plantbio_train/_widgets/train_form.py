@@ -42,6 +42,8 @@ TIPS = {
     "window": "Size of the training window, z,y,x in 3d or y,x in 2d (e.g. 8,256,256). Empty: chosen for you.",
     "gpus": "GPUs to train on; auto uses one when CUDA is present, 0 forces the CPU.",
     "workers": "CPU threads for training on the CPU; no more than the machine's cores.",
+    "data_workers": "Processes drawing training windows; auto: the #CPU field's number on a GPU, none on a CPU "
+                    "(there the network needs every core).",
     "lr": "Base learning rate: higher learns faster but less stably (typical 1e-4 to 3e-3).",
     "iteration_step": "Batches accumulated into one optimiser step (a larger effective batch).",
     "iteration_save": "Keep a checkpoint every this many iterations.",
@@ -105,6 +107,7 @@ class TrainForm(QWidget):
         self.window.setPlaceholderText("auto")
         self.gpus = _spin(-1, 64, -1, special="auto")
         self.workers = _spin(1, 1024, min(defaults.workers, 64))
+        self.data_workers = _spin(-1, 64, -1, special="auto")
         self.lr = QLineEdit(f"{defaults.lr:g}")
         self.iteration_step = _spin(1, 1024, defaults.iteration_step)
         self.iteration_save = _spin(1, 10_000_000, defaults.iteration_save)
@@ -164,6 +167,7 @@ class TrainForm(QWidget):
         ]
         advanced = [
             ("Validate every", "validate_every", self.validate_every),
+            ("Window processes", "data_workers", self.data_workers),
             ("Network width", "base_channels", self.base_channels),
             ("Network depth", "depth", self.depth),
             ("Stem stride", "stem_stride", self.stem_stride),
@@ -300,6 +304,7 @@ class TrainForm(QWidget):
             window=window,
             gpus=None if self.gpus.value() < 0 else self.gpus.value(),
             workers=self.workers.value(),
+            data_workers=None if self.data_workers.value() < 0 else self.data_workers.value(),
             lr=lr,
             iteration_step=self.iteration_step.value(),
             iteration_save=self.iteration_save.value(),
@@ -333,6 +338,7 @@ class TrainForm(QWidget):
             "window": lambda v: self.window.setText("" if v is None else ",".join(str(int(w)) for w in v)),
             "gpus": lambda v: self.gpus.setValue(-1 if v is None else int(v)),
             "workers": self.workers.setValue,
+            "data_workers": lambda v: self.data_workers.setValue(-1 if v is None else int(v)),
             "lr": lambda v: self.lr.setText(f"{v:g}" if isinstance(v, float) else str(v)),
             "iteration_step": self.iteration_step.setValue,
             "iteration_save": self.iteration_save.setValue,

@@ -91,6 +91,7 @@ class TrainWidget(QWidget):
         self.preview_layers: dict[str, Layer] = {}
         self._inputs: tuple[Layer, ...] | None = None
         self._placement: Placement | None = None
+        self._unfilled: set[str] = set()  # preview layers created as placeholders, not yet given a preview
         self._pending_progress: Progress | None = None
         self._progress_timer = QTimer(self)
         self._progress_timer.setSingleShot(True)
@@ -162,6 +163,7 @@ class TrainWidget(QWidget):
         if self.config is None or self.config.name != config.name:
             self.preview_layers = {}
         self.config, self.last_event, self.last_preview, self.model_dir, self.error = config, None, None, None, None
+        self._add_preview_placeholders(image.ndim)
         self.plot.reset("mean IoU" if config.mode == "semantic" else "F1@0.5")
 
         stop = threading.Event()
@@ -294,6 +296,23 @@ class TrainWidget(QWidget):
 
         QTimer.singleShot(0, show_labels)
 
+    def _add_preview_placeholders(self, ndim: int) -> None:
+        """Create the preview layers now, hidden and one voxel big, while the user expects the click to take a
+        moment: napari needs 70-370 ms to create a layer (its controls, its visual), which as the first preview
+        arrived froze the viewer mid-training. A preview then only swaps data in and shows the layer."""
+        present = {kind for kind, layer in self.preview_layers.items() if layer in self.viewer.layers}
+        if present == {"probabilities", "labels"}:
+            self._unfilled = set()
+            return  # the same model again: its previews stay until new ones arrive
+        where = {"scale": self._placement.scale, "translate": self._placement.translate}
+        self._update_layer("probabilities", np.zeros((1,) * ndim, np.float32), where,
+                           lambda data, **kw: self.viewer.add_image(data, colormap="magma", blending="additive",
+                                                                    contrast_limits=(0.0, 1.0), opacity=0.6,
+                                                                    visible=False, **kw))
+        self._update_layer("labels", np.zeros((1,) * ndim, np.uint32), where,
+                           lambda data, **kw: self.viewer.add_labels(data, opacity=0.45, visible=False, **kw))
+        self._unfilled = {kind for kind, layer in self.preview_layers.items() if layer.data.size == 1}
+
     def _update_layer(self, kind: str, data: np.ndarray, where: dict[str, np.ndarray],
                       add: Callable[..., Layer]) -> None:
         """Reuse the same layer for every preview, so the user's contrast, colour and visibility stick."""
@@ -305,9 +324,20 @@ class TrainWidget(QWidget):
             if moved:
                 layer.scale, layer.translate = where["scale"], where["translate"]
             layer.data = data
+            if kind in self._unfilled and data.size > 1:  # a placeholder's first real preview: show it once
+                self._unfilled.discard(kind)
+                layer.visible = True
             return
         name = f"{self.config.name if self.config else 'model'} preview {kind}"
         self.preview_layers[kind] = add(data, name=name, **where)
+
+    def _remove_unfilled_previews(self) -> None:
+        """A job that ended before its first preview leaves no empty layers behind."""
+        for kind in list(self._unfilled):
+            layer = self.preview_layers.pop(kind, None)
+            if layer is not None and layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+        self._unfilled = set()
 
     def _on_error(self, error: BaseException) -> None:
         """napari also shows the error as a notification (its worker relays ``errored``)."""
@@ -322,6 +352,7 @@ class TrainWidget(QWidget):
         self.model_dir = Path(model_dir)
 
     def _on_worker_finished(self) -> None:
+        self._remove_unfilled_previews()
         if self.worker is not None:
             self._running_stops.discard(self.worker.stop_event)
         self.worker = None
