@@ -341,7 +341,9 @@ def test_train_called_in_process_refuses_a_job_of_several_processes(chloroplast_
                                          (["--cpu-processes", "2", "--window", "2,66,64"], "window"),
                                          (["--nodes", "2"], "master_addr"),
                                          (["--nodes", "2", "--node-rank", "2", "--master-addr", "h",
-                                           "--master-port", "1"], "node_rank")])
+                                           "--master-port", "1"], "node_rank"),
+                                         (["--nodes", "2", "--master-addr", "h", "--master-port", "70000"],
+                                          "master_port")])
 def test_bad_process_options_are_one_line_before_any_process_starts(stack, tmp_path, capsys, extra, field):
     assert main(["train", *stack, *JOB, "--name", "bad", "--models-dir", str(tmp_path), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()

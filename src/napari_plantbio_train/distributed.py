@@ -52,6 +52,7 @@ import os
 import re
 import signal
 import socket
+import tempfile
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -287,6 +288,7 @@ def launch(entry: Callable[..., Any], args: tuple[Any, ...], *, processes: int, 
     same ``run_id``. SIGINT/SIGTERM asks every local process to stop at the next iteration (see the module
     note); a second one aborts.
     """
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -297,17 +299,22 @@ def launch(entry: Callable[..., Any], args: tuple[Any, ...], *, processes: int, 
     if nodes > 1 and (master_addr is None or master_port is None):
         raise DistributedError("master_addr", f"a job on {nodes} machines needs the master address and port (node "
                                               "0's host name and a free port there)")
+    if master_port is not None and not 0 < master_port < 65536:
+        raise DistributedError("master_port", f"{master_port!r} is not a port number (1 to 65535)")
     if master_addr is None:
         master_addr = "127.0.0.1"
     if master_port is None:
         master_port = free_port(master_addr)
+    # The launcher keeps its error files in a folder of its own; ours goes once the job is over.
+    logs = tempfile.TemporaryDirectory(prefix="plantbio-launch-")
     config = LaunchConfig(
-        min_nodes=nodes, max_nodes=nodes, nproc_per_node=processes, run_id=run_id, rdzv_backend="static",
+        logs_specs=DefaultLogsSpecs(log_dir=logs.name), min_nodes=nodes, max_nodes=nodes,
+        nproc_per_node=processes, run_id=run_id, rdzv_backend="static",
         rdzv_endpoint=f"{master_addr}:{master_port}", rdzv_configs={"rank": node_rank, "timeout": join_timeout_s},
         max_restarts=0, start_method="spawn", monitor_interval=0.2, shutdown_timeout=SHUTDOWN_S,
         # The launcher's SIGINT/SIGTERM are ours (a stop with a checkpoint); the agent keeps the hard ones.
         signals_to_handle="SIGHUP,SIGQUIT", local_addr=master_addr if nodes == 1 else None)
-    with _stop_signals_forwarded(), _quiet_launcher_logs():
+    with logs, _stop_signals_forwarded(), _quiet_launcher_logs():
         try:
             return elastic_launch(config, entry)(*args)
         except ChildFailedError as failed:
