@@ -38,7 +38,8 @@ from napari_plantbio_train.evaluate import evaluate  # noqa: E402
 from napari_plantbio_train.events import run_to_end  # noqa: E402
 from napari_plantbio_train.label import LabelSettings, label_stack  # noqa: E402
 from napari_plantbio_train.store import ModelStore  # noqa: E402
-from napari_plantbio_train.train import continuation, train  # noqa: E402
+from napari_plantbio_train.material import continuation  # noqa: E402
+from napari_plantbio_train.train import train  # noqa: E402
 from napari_plantbio_train.uncertainty import rank_objects  # noqa: E402
 
 SPLIT_X = 1097

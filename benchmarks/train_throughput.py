@@ -71,7 +71,8 @@ from napari_plantbio_train.data import crop  # noqa: E402
 from napari_plantbio_train.events import Progress  # noqa: E402
 from napari_plantbio_train.hardware import native_cpu_bf16, resolve_precision  # noqa: E402
 from napari_plantbio_train.model import UNet  # noqa: E402
-from napari_plantbio_train.train import Material, prepare, train  # noqa: E402
+from napari_plantbio_train.material import Material, prepare  # noqa: E402
+from napari_plantbio_train.train import train  # noqa: E402
 
 DATA = HERE.parents[1] / "shared" / "data"
 

@@ -10,7 +10,8 @@ import torch
 from napari_plantbio_train.config import ConfigError, TrainConfig
 from napari_plantbio_train.data import Normalisation, WindowSampler
 from napari_plantbio_train.events import Validation
-from napari_plantbio_train.train import prepare, run_to_end, segmentation_loss, train
+from napari_plantbio_train.material import prepare
+from napari_plantbio_train.train import run_to_end, segmentation_loss, train
 
 TINY = dict(base_channels=4, depth=2, iterations=12, validate_every=6, iteration_save=6, batch_size=2, lr=3e-3)
 

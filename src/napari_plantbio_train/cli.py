@@ -192,7 +192,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         record = ModelStore(args.models_dir).record(args.name)
         return record.config.replace(**given)
     if args.init_from:
-        from .train import continuation
+        from .material import continuation
 
         parent = ModelStore(args.models_dir).record(args.init_from)
         for required in ("image", "labels"):
@@ -320,7 +320,7 @@ def _read_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray, list[tuple[
 def _check_before_launch(config: TrainConfig, args: argparse.Namespace) -> None:
     """Bad input is one line before any process starts, not one line per process after they all started."""
     from .arrays import open_stack
-    from .train import inherit
+    from .material import inherit
 
     store = ModelStore(args.models_dir)
     if config.init_from is not None and store.exists(str(config.init_from)):

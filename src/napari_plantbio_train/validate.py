@@ -20,7 +20,7 @@ from .predict import predict_stack
 
 if TYPE_CHECKING:
     from .config import TrainConfig
-    from .train import Material
+    from .material import Material
 
 VALIDATION_OVERLAP = 0.25  # fewer windows than auto-label's 0.5: validation runs many times per job
 

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 
 from ..config import DIMS, MODES, ConfigError, TrainConfig
 from ..store import ModelRecord, default_models_dir
-from ..train import INHERITED, continuation
+from ..material import INHERITED, continuation
 from .corrections import TouchedOption, auto_labels_of
 from .layer_picker import LayerPicker
 from .pairs import ExtraPairs

@@ -1,0 +1,171 @@
+"""What a training job learns from: its image + labels pairs, checked and turned into targets once.
+
+Everything here runs before the first iteration and knows nothing of the loop: which voxels are trusted
+(known.py), the class list or instance maps, the intensity normalisation (the parent's when continuing, so
+a new version's inputs keep their meaning), the held-out validation block of the first pair, and the
+fine-tuning defaults a continued model starts from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import ConfigError, TrainConfig
+from .data import (MixedSampler, Normalisation, Region, WindowSampler, as_stack, check_image, crop,
+                   split_validation)
+from .known import combine, painted, touched
+from .loader import Pool
+from .postprocess import params_from_truth
+from .store import ModelRecord
+from .targets import check_label_array, class_values, instance_targets, semantic_target
+
+
+@dataclass
+class Source:
+    """One more image + labels pair, drawn from whole (the held-out block comes from the first pair only)."""
+
+    stack: np.ndarray  # (Z, Y, X)
+    target: np.ndarray
+    foreground: np.ndarray
+    known: np.ndarray | None
+
+
+@dataclass
+class Material:
+    """Everything prepared once before the first iteration. The fields describe the first pair, the one
+    validation is held out from; `extra` holds the other pairs and `weights` the share of windows of each."""
+
+    stack: np.ndarray  # (Z, Y, X) raw image
+    truth: np.ndarray  # (Z, Y, X) labels as given
+    target: np.ndarray  # class indices (Z, Y, X) or instance maps (2, Z, Y, X), uint8
+    classes: list[int] | None
+    normalisation: Normalisation
+    window: tuple[int, ...]  # as the network sees it: (z, y, x) in 3D, (y, x) in 2D
+    foreground: np.ndarray  # (Z, Y, X) bool: where labelled objects are, for aiming windows at them
+    train_region: Region
+    val_region: Region
+    postprocess: dict[str, float] | None  # instance mode: watershed settings scaled to the labelled objects
+    known: np.ndarray | None = None  # (Z, Y, X) bool where labels can be trusted; None: everywhere
+    extra: list[Source] = field(default_factory=list)
+    weights: tuple[float, ...] = (1.0,)
+
+    def pool(self) -> Pool:
+        """The pairs as the window samplers draw from them (the first within its training region only)."""
+        pairs = [(self.stack, self.target, self.foreground, self.known, self.train_region)]
+        pairs += [(s.stack, s.target, s.foreground, s.known, _whole(s.stack.shape)) for s in self.extra]
+        return Pool(pairs, self.weights, _window3(self.window), self.normalisation)
+
+    def sampler(self, rng: np.random.Generator) -> WindowSampler | MixedSampler:
+        return self.pool().sampler(rng)
+
+
+def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previous: dict | None,
+            extra_pairs: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+            auto_labels: np.ndarray | None = None) -> Material:
+    """Check the data against the job and derive targets, normalisation and the held-out block."""
+    pairs = [_checked_pair(config, image, labels, "image", "labels")]
+    pairs += [_checked_pair(config, i, lab, "extra_images", "extra_labels", index)
+              for index, (i, lab) in enumerate(extra_pairs, start=2)]
+    if config.touched_only:
+        stack, truth, known = pairs[0]
+        if auto_labels is None:
+            raise ConfigError("auto_labels", "trusting only the corrected regions needs the auto-label result the "
+                                             "labels were corrected from")
+        near = touched(truth, as_stack(auto_labels, field="auto_labels"), config.touched_margin,
+                       anisotropy=config.anisotropy, per_slice=config.dims == "2d")
+        pairs[0] = (stack, truth, combine(known, near))
+    if previous is not None:
+        classes, normalisation = previous.get("classes"), Normalisation.from_dict(previous["normalisation"])
+    else:
+        classes = sorted(set().union(*(class_values(t) for _, t, _ in pairs))) if config.mode == "semantic" else None
+        normalisation = Normalisation.fit([s for s, _, _ in pairs])
+    if config.mode == "semantic" and len(classes) < 2:
+        raise ConfigError("labels", "semantic training needs at least two label values (background and one class)")
+    sources = [_source(config, stack, truth, known, classes) for stack, truth, known in pairs]
+    window = config.resolved_window(pairs[0][0].shape)
+    for index, source in enumerate(sources[1:], start=2):
+        _check_fits(source.stack.shape, _window3(window), index)
+    stack, truth, _ = pairs[0]
+    first = sources[0]
+    # With a trusted-voxel mask, the held-out block is placed by what is trusted, never by labels nobody vouches for.
+    train_region, val_region = split_validation(stack.shape, _window3(window), config.val_fraction,
+                                                first.foreground if first.known is None else first.known)
+    postprocess = None
+    if config.mode == "instance":
+        postprocess = (previous or {}).get("postprocess") or params_from_truth(
+            crop(truth, train_region), per_slice=config.dims == "2d", anisotropy=config.anisotropy)
+    weights = tuple(float(w) for w in config.pair_weights) if config.pair_weights else (1.0,) * len(sources)
+    return Material(stack, truth, first.target, classes, normalisation, window, first.foreground, train_region,
+                    val_region, postprocess, first.known, sources[1:], weights)
+
+
+def _checked_pair(config: TrainConfig, image: np.ndarray, labels: np.ndarray, image_field: str, labels_field: str,
+                  index: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(stack, labels with the ignore value cleared, painted mask) of one pair, or an error naming its field."""
+    which = "" if index is None else f"pair {index}: "
+    try:
+        stack, truth = as_stack(image, field=image_field), as_stack(labels, field=labels_field)
+        check_image(stack, field=image_field)
+        check_label_array(truth, field=labels_field)
+        if stack.shape != truth.shape:
+            raise ConfigError(labels_field, f"shape {np.shape(labels)} differs from the image's {np.shape(image)}")
+        truth, known = painted(config, truth)
+        if not truth.any():
+            raise ConfigError(labels_field, "the labels layer is empty: paint at least one object")
+    except ConfigError as error:
+        raise ConfigError(error.field, which + error.message) from None
+    return stack, truth, known
+
+
+def _source(config: TrainConfig, stack: np.ndarray, truth: np.ndarray, known: np.ndarray | None,
+            classes: list[int] | None) -> Source:
+    if config.mode == "semantic":
+        target = semantic_target(truth, classes).astype(np.uint8 if len(classes) < 256 else np.int64)
+        return Source(stack, target, target > 0, known)
+    target = instance_targets(truth, per_slice=config.dims == "2d", contour_width=config.contour_width)
+    target = target.astype(np.uint8)
+    return Source(stack, target, target[0] > 0, known)
+
+
+def _check_fits(shape: tuple[int, ...], window: tuple[int, int, int], index: int) -> None:
+    for axis, w, s in zip("zyx", window, shape):
+        if w > s:
+            raise ConfigError("extra_images", f"pair {index}: the window's {axis} size {w} is larger than the "
+                                              f"image ({s} pixels along {axis})")
+
+
+def _whole(shape: tuple[int, ...]) -> Region:
+    return tuple((0, int(s)) for s in shape)  # type: ignore[return-value]
+
+
+INHERITED = ("mode", "dims", "voxel_size", "base_channels", "depth", "stem_stride", "contour_width")
+
+
+def inherit(config: TrainConfig, parent: ModelRecord) -> TrainConfig:
+    """A continued model is the parent's network on new labels: what defines the network and the meaning of its
+    outputs comes from the parent, whatever the new job says."""
+    return config.replace(**{field: getattr(parent.config, field) for field in INHERITED})
+
+
+FINE_TUNE_LR_FACTOR = 0.2
+FINE_TUNE_MAX_ITERATIONS = 1000
+
+
+def continuation(parent: ModelRecord, name: str) -> TrainConfig:
+    """The job that continues ``parent`` as a new version ``name``, before the user's own changes.
+
+    Fine-tuning defaults: a fifth of the parent's learning rate and a short run adapt the model to corrected
+    labels without forgetting what it learned. Data fields start empty: the corrected stack is new data.
+    """
+    return parent.config.replace(
+        name=name, init_from=parent.name, lr=parent.config.lr * FINE_TUNE_LR_FACTOR,
+        iterations=min(parent.config.iterations, FINE_TUNE_MAX_ITERATIONS), time_limit_min=None, image=None,
+        labels=None, extra_images=(), extra_labels=(), pair_weights=None, touched_only=False, auto_labels=None)
+
+
+def _window3(window: tuple[int, ...]) -> tuple[int, int, int]:
+    """Windows are drawn from (Z, Y, X) stacks; a 2D job's window is one slice thick."""
+    return window if len(window) == 3 else (1, *window)  # type: ignore[return-value]
