@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
@@ -207,6 +208,38 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if "voxel_size" in given:
         given["voxel_size"] = tuple(given["voxel_size"])
     return TrainConfig(**given)
+
+
+def train_arguments(config: TrainConfig, models_dir: str | Path) -> list[str]:
+    """The ``train`` command line of ``config``, whose data fields hold file paths: how the dock starts a job of
+    several processes. ``config_from_args`` reads it back to the same config, except that with ``init_from`` a
+    field left None (the command line has no way to say None) takes the parent's value."""
+    if not config.image or not config.labels:
+        raise ConfigError("image" if not config.image else "labels", "a file path is needed")
+    args = ["train", "--models-dir", str(Path(models_dir).absolute())]
+    for image, labels in zip((config.image, *config.extra_images), (config.labels, *config.extra_labels)):
+        args += ["--image", str(image), "--labels", str(labels)]
+    if config.pair_weights is not None:
+        args += ["--balance", *(repr(float(w)) for w in config.pair_weights)]
+    if config.touched_only:
+        if not config.auto_labels:
+            raise ConfigError("auto_labels", "the auto-label result the labels were corrected from is needed")
+        args += ["--touched-only", str(config.auto_labels)]
+    if config.init_from is not None:
+        args += ["--init-from", str(config.init_from)]
+    for option, field in FIELD_OPTIONS.items():
+        value, flag = getattr(config, field), "--" + option.replace("_", "-")
+        if value is None or value is False:
+            continue  # not given: the default (False for a switch)
+        if value is True:
+            args.append(flag)
+        elif option == "window":
+            args += [flag, ",".join(str(int(w)) for w in value)]
+        elif isinstance(value, (tuple, list)):
+            args += [flag, *(str(v) for v in value)]
+        else:
+            args += [flag, str(value)]
+    return args
 
 
 def _pairs(args: argparse.Namespace) -> dict[str, Any]:

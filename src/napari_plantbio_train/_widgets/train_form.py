@@ -44,6 +44,9 @@ TIPS = {
     "workers": "CPU threads for training on the CPU; no more than the machine's cores.",
     "data_workers": "Processes drawing training windows; auto: the #CPU field's number on a GPU, none on a CPU "
                     "(there the network needs every core).",
+    "cpu_processes": "On the CPU: train as this many data-parallel processes, each on its own windows with the "
+                     "#CPU threads shared among them. More than 1 runs the job as a separate program that this "
+                     "dock follows; 1 trains inside napari.",
     "lr": "Base learning rate: higher learns faster but less stably (typical 1e-4 to 3e-3).",
     "iteration_step": "Batches accumulated into one optimiser step (a larger effective batch).",
     "iteration_save": "Keep a checkpoint every this many iterations.",
@@ -108,6 +111,7 @@ class TrainForm(QWidget):
         self.gpus = _spin(-1, 64, -1, special="auto")
         self.workers = _spin(1, 1024, min(defaults.workers, 64))
         self.data_workers = _spin(-1, 64, -1, special="auto")
+        self.cpu_processes = _spin(1, 256, defaults.cpu_processes)
         self.lr = QLineEdit(f"{defaults.lr:g}")
         self.iteration_step = _spin(1, 1024, defaults.iteration_step)
         self.iteration_save = _spin(1, 10_000_000, defaults.iteration_save)
@@ -168,6 +172,7 @@ class TrainForm(QWidget):
         advanced = [
             ("Validate every", "validate_every", self.validate_every),
             ("Window processes", "data_workers", self.data_workers),
+            ("CPU processes", "cpu_processes", self.cpu_processes),
             ("Network width", "base_channels", self.base_channels),
             ("Network depth", "depth", self.depth),
             ("Stem stride", "stem_stride", self.stem_stride),
@@ -304,6 +309,7 @@ class TrainForm(QWidget):
             window=window,
             gpus=None if self.gpus.value() < 0 else self.gpus.value(),
             workers=self.workers.value(),
+            cpu_processes=self.cpu_processes.value(),
             data_workers=None if self.data_workers.value() < 0 else self.data_workers.value(),
             lr=lr,
             iteration_step=self.iteration_step.value(),
@@ -339,6 +345,7 @@ class TrainForm(QWidget):
             "gpus": lambda v: self.gpus.setValue(-1 if v is None else int(v)),
             "workers": self.workers.setValue,
             "data_workers": lambda v: self.data_workers.setValue(-1 if v is None else int(v)),
+            "cpu_processes": lambda v: self.cpu_processes.setValue(int(v)),
             "lr": lambda v: self.lr.setText(f"{v:g}" if isinstance(v, float) else str(v)),
             "iteration_step": self.iteration_step.setValue,
             "iteration_save": self.iteration_save.setValue,
@@ -376,8 +383,8 @@ class TrainForm(QWidget):
                 continue
             label.setText(f"{label.text()}\n{error.message}" if label.text() else error.message)
             label.setVisible(True)
-            if error.field in {"validate_every", "base_channels", "depth", "stem_stride", "contour_width",
-                               "painted_slices_only", "ignore_value"}:
+            if error.field in {"validate_every", "data_workers", "cpu_processes", "base_channels", "depth",
+                               "stem_stride", "contour_width", "painted_slices_only", "ignore_value"}:
                 self.advanced_toggle.setChecked(True)
         return elsewhere
 

@@ -1,7 +1,8 @@
 """The dock widget that trains a model on layers open in napari.
 
 It only gathers the form into a ``TrainConfig``, hands a snapshot of the data to the engine's ``train``
-generator in a napari worker thread, and shows what the generator yields. Nothing here computes.
+generator in a napari worker thread, and shows what the generator yields. Nothing here computes. A job of several
+processes runs as a program of its own, followed by ``job_process.train_in_processes`` in the same worker.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..config import ConfigError, TrainConfig
 from ..events import CheckpointSaved, Finished, Preview, Progress, Started, Validation
 from ..train import train
 from .corrections import auto_labels_of, touched_problems
+from .job_process import train_in_processes
 from .loss_plot import REDRAW_INTERVAL_MS, LossPlot
 from .pairs import level0 as _level0
 from .train_form import TrainForm
@@ -166,8 +168,11 @@ class TrainWidget(QWidget):
         self._add_preview_placeholders(image.ndim)
         self.plot.reset("mean IoU" if config.mode == "semantic" else "F1@0.5")
 
+        # Several processes cannot share napari's: the command line runs them and the worker follows its events.
+        processes = config.processes_per_machine()
+        run = train_in_processes if processes > 1 else train
         stop = threading.Event()
-        worker = create_worker(train, config, image, labels, extra_pairs=extra_pairs,
+        worker = create_worker(run, config, image, labels, extra_pairs=extra_pairs,
                                auto_labels=corrected[1] if corrected is not None else None, models_dir=models_dir,
                                stop=stop, _start_thread=False, _ignore_errors=True, _worker_class=TrainingWorker)
         worker.stop_event = stop
@@ -182,7 +187,7 @@ class TrainWidget(QWidget):
         self.progress.setRange(0, config.iterations)
         self.progress.setValue(0)
         self.progress.setFormat("preparing…")
-        self._set_status(f"Preparing {config.name}…")
+        self._set_status(f"Preparing {config.name}" + (f" as {processes} processes…" if processes > 1 else "…"))
         worker.start()
         return True
 
