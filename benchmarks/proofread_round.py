@@ -64,17 +64,23 @@ def main() -> int:
     parser.add_argument("--trust-all", action="store_true", help="train on the whole corrected half")
     parser.add_argument("--balance", type=float, nargs=2, default=(1.0, 1.0), metavar=("CORRECTED", "LEFT"))
     parser.add_argument("--overlap", type=float, default=0.5, help="of the auto-label windows")
+    parser.add_argument("--first-model", type=Path, metavar="FOLDER",
+                        help="a model this script trained on the left half before (its folder): skip that training")
     args = parser.parse_args()
     image = tifffile.imread(DATA / "chloroplast3d" / "image.tif")
     truth = tifffile.imread(DATA / "chloroplast3d" / "labels.tif")
     left, right = (slice(None), slice(None), slice(0, SPLIT_X)), (slice(None), slice(None), slice(SPLIT_X, None))
-    models_dir = Path(tempfile.mkdtemp(prefix="plantbio-proofread-"))
     lines = [f"=== {datetime.datetime.now().isoformat(timespec='seconds')} proofread_round {vars(args)}",
              f"load average before: {os.getloadavg()}"]
     stamp = int(time.time())
-    first = TrainConfig(name=f"round-{stamp}", iterations=100_000, iteration_save=100_000,
-                        time_limit_min=args.train_minutes, workers=os.cpu_count() or 1, **JOBS["chloroplast3d"])
-    run_to_end(train(first, image[left], truth[left], models_dir=models_dir))
+    if args.first_model:
+        models_dir, first = args.first_model.parent, ModelStore(args.first_model.parent).record(args.first_model.name)
+        first = first.config
+    else:
+        models_dir = Path(tempfile.mkdtemp(prefix="plantbio-proofread-"))
+        first = TrainConfig(name=f"round-{stamp}", iterations=100_000, iteration_save=100_000,
+                            time_limit_min=args.train_minutes, workers=os.cpu_count() or 1, **JOBS["chloroplast3d"])
+        run_to_end(train(first, image[left], truth[left], models_dir=models_dir))
 
     round_start = time.perf_counter()
     phases = {}

@@ -133,3 +133,12 @@ def test_continue_on_corrected_and_original_pairs_from_the_command_line(chloropl
                       "--image", str(files["image"])]
     assert main(bad + ["--models-dir", str(models_dir)], out=io.StringIO()) == 2
     assert capsys.readouterr().err.startswith("error: labels: 2 --image but 1 --labels")
+
+
+def test_a_script_gives_extra_pairs_as_arrays_with_their_shares(models_dir):
+    pairs = [_marked_pair(v) for v in (10, 100)]
+    config = TrainConfig(name="arrays", mode="instance", dims="2d", window=(32, 32), pair_weights=(3, 1), **TINY)
+    run_to_end(train(config, *pairs[0], extra_pairs=pairs[1:], models_dir=models_dir))
+    saved = ModelStore(models_dir).record("arrays").config
+    assert saved.extra_images == ("pair 2",) and saved.pair_weights == (3.0, 1.0)
+

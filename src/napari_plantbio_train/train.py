@@ -111,6 +111,9 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
            models_dir: str | Path | None, resume: bool, stop: StopSignal,
            rank: Rank) -> Generator[Event, None, Path]:
     store = ModelStore(models_dir)
+    if extra_pairs and not config.extra_images:  # arrays without names (a script): name them by position
+        config = config.replace(extra_images=tuple(f"pair {i}" for i in range(2, len(extra_pairs) + 2)),
+                                extra_labels=tuple(f"pair {i} labels" for i in range(2, len(extra_pairs) + 2)))
     if config.init_from is not None and store.exists(str(config.init_from)):
         config = inherit(config, store.record(str(config.init_from)))
     config.validate(image_shape=np.shape(image), labels_shape=np.shape(labels), models_dir=store.root,
@@ -127,9 +130,6 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         parent = store.record(config.init_from)
         previous_meta = {"classes": parent.classes, "normalisation": parent.normalisation,
                          "postprocess": parent.postprocess}
-    if extra_pairs and not config.extra_images:  # arrays without names (a script): name them by position
-        config = config.replace(extra_images=tuple(f"pair {i}" for i in range(2, len(extra_pairs) + 2)),
-                                extra_labels=tuple(f"pair {i} labels" for i in range(2, len(extra_pairs) + 2)))
     if len(extra_pairs) != len(config.extra_images):
         raise ConfigError("extra_images", f"{len(config.extra_images)} extra pair(s) named but "
                                           f"{len(extra_pairs)} given")
