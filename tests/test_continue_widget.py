@@ -223,7 +223,8 @@ def test_proofread_and_continue_makes_a_listed_version(make_napari_viewer, model
     assert _snapshot(models / "chl") == parent_files, "the parent is never written to"
 
     box = form.continue_from
-    assert "chl-v2" in box.names() and box.itemText(box.findData("chl-v2")) == "chl-v2 (from chl)"
+    qtbot.waitUntil(lambda: "chl-v2" in box.names(), timeout=10_000)  # re-read just after the job's end
+    assert box.itemText(box.findData("chl-v2")) == "chl-v2 (from chl)"
     assert "Continued from chl" in box.itemData(box.findData("chl-v2"), Qt.ItemDataRole.ToolTipRole)
     assert form.name.text() == "chl-v3", "the next job suggests the next free version"
     qtbot.waitUntil(lambda: "chl-v2" in labeller.model_names(), timeout=10_000)

@@ -362,13 +362,15 @@ class TrainWidget(QWidget):
             self._running_stops.discard(self.worker.stop_event)
         self.worker = None
         self._inputs = None
-        self.plot.redraw()
-        self.form.setEnabled(True)
-        self.form.continue_from.refresh()  # the new model (or version) can be continued from at once
         self.train_button.setText("Train")
         self.train_button.setEnabled(True)
         if self.error is not None:
             self.progress.setFormat("failed")
+        # Re-reading the models folder takes tens of milliseconds: in a later turn of the event loop, so the
+        # viewer answers input in between.
+        self.plot.redraw()
+        self.form.setEnabled(True)
+        QTimer.singleShot(0, self.form.continue_from.refresh)  # the new model can be continued from at once
 
     def _set_status(self, text: str, *, error: bool = False) -> None:
         self.status.setStyleSheet(ERROR_STYLE if error else "")

@@ -133,7 +133,9 @@ class ContinueFromBox(QComboBox):
         return self.names()
 
     def _look_again(self) -> None:
-        if folder_stamp(self.store.root) != self._stamp:
+        # While a job trains the form (and this box) is disabled and its checkpoints keep changing the folder:
+        # re-reading every model then would only take time from the viewer. The job's end refreshes it.
+        if self.isEnabled() and folder_stamp(self.store.root) != self._stamp:
             self.refresh()
 
     def _on_index_changed(self, *_args: object) -> None:
