@@ -190,10 +190,9 @@ class TrainConfig:
         for name in ("workers", "iteration_step", "iteration_save", "iterations", "batch_size", "validate_every",
                      "log_every", "base_channels", "depth", "contour_width"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _whole_number(value, 1):
                 bad(name, f"{value!r} must be a whole number of at least 1")
-        if self.data_workers is not None and (not isinstance(self.data_workers, int)
-                                              or isinstance(self.data_workers, bool) or self.data_workers < 0):
+        if self.data_workers is not None and not _whole_number(self.data_workers, 0):
             bad("data_workers", f"{self.data_workers!r} must be a whole number of processes (0: draw windows in the "
                                 "training thread), or empty for automatic")
         if self.stem_stride not in (1, 2, 4):
@@ -204,8 +203,7 @@ class TrainConfig:
             bad("time_limit_min", f"{self.time_limit_min!r} must be a positive number of minutes, or empty")
         if not (isinstance(self.val_fraction, (int, float)) and 0 < self.val_fraction < 0.5):
             bad("val_fraction", f"{self.val_fraction!r} must lie between 0 and 0.5")
-        if self.ignore_value is not None and (not isinstance(self.ignore_value, int) or isinstance(
-                self.ignore_value, bool) or self.ignore_value < 0):
+        if self.ignore_value is not None and not _whole_number(self.ignore_value, 0):
             bad("ignore_value", f"{self.ignore_value!r} must be a label value (a whole number of at least 0), "
                                 "or empty")
         if not isinstance(self.compile, bool):
@@ -242,14 +240,13 @@ class TrainConfig:
             elif not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
                          for w in weights) or not sum(weights) > 0:
                 bad("pair_weights", f"{weights!r} must be shares of at least 0, not all 0")
-        if not isinstance(self.touched_margin, int) or isinstance(self.touched_margin, bool) \
-                or self.touched_margin < 0:
+        if not _whole_number(self.touched_margin, 0):
             bad("touched_margin", f"{self.touched_margin!r} must be a whole number of pixels, at least 0")
 
     def _check_gpus(self, bad) -> None:
         if self.gpus is None:
             return
-        if not isinstance(self.gpus, int) or isinstance(self.gpus, bool) or self.gpus < 0:
+        if not _whole_number(self.gpus, 0):
             bad("gpus", f"{self.gpus!r} must be a whole number, 0 for the CPU")
             return
         present = cuda_device_count()
@@ -258,7 +255,7 @@ class TrainConfig:
 
     def _check_processes(self, bad) -> None:
         value = self.cpu_processes
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not _whole_number(value, 1):
             bad("cpu_processes", f"{value!r} must be a whole number of at least 1")
         elif value > 1 and self.device() == "cuda":
             bad("cpu_processes", f"{value} CPU processes, but this job trains on the GPU: set GPUs to 0 for CPU "
@@ -327,6 +324,11 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _whole_number(value: Any, minimum: int) -> bool:
+    """An int (not a bool, which Python counts as one) of at least ``minimum``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 def _positive_number(value: Any) -> bool:
