@@ -353,19 +353,15 @@ def _read_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray, list[tuple[
 def _check_before_launch(config: TrainConfig, args: argparse.Namespace) -> None:
     """Bad input is one line before any process starts, not one line per process after they all started."""
     from .arrays import open_stack
-    from .material import inherit
+    from .material import checked
 
-    store = ModelStore(args.models_dir)
-    if config.init_from is not None and store.exists(str(config.init_from)):
-        config = inherit(config, store.record(str(config.init_from)))
     shapes = {}
     for field in ("image", "labels"):
         try:
             shapes[field] = tuple(np.shape(open_stack(getattr(config, field))))
         except (OSError, ValueError) as exc:
             raise ConfigError(field, str(exc)) from None
-    config.validate(image_shape=shapes["image"], labels_shape=shapes["labels"], models_dir=store.root,
-                    resume=args.resume)
+    checked(config, ModelStore(args.models_dir), shapes["image"], shapes["labels"], resume=args.resume)
 
 
 def _reporter(job: dict[str, Any], config: TrainConfig, rank: Rank, out: TextIO) -> Callable[[Any], None]:

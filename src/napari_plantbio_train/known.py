@@ -51,11 +51,7 @@ def touched(corrected: np.ndarray, auto_labels: np.ndarray, margin: int, *, anis
     if margin == 0:
         return changed
     z_step = 1e6 if per_slice else max(float(anisotropy), 1e-6)  # a huge z spacing keeps 2D corrections 2D
-    if changed.shape[0] == 1:
-        distance = ndimage.distance_transform_edt(~changed[0])[np.newaxis]
-    else:
-        distance = ndimage.distance_transform_edt(~changed, sampling=(z_step, 1.0, 1.0))
-    return distance <= margin
+    return ndimage.distance_transform_edt(~changed, sampling=(z_step, 1.0, 1.0)) <= margin
 
 
 def combine(*masks: np.ndarray | None) -> np.ndarray | None:

@@ -19,7 +19,7 @@ from .data import (MixedSampler, Normalisation, Region, WindowSampler, as_stack,
 from .known import combine, painted, touched
 from .loader import Pool
 from .postprocess import params_from_truth
-from .store import ModelRecord
+from .store import ModelRecord, ModelStore
 from .targets import check_label_array, class_values, instance_targets, semantic_target
 
 
@@ -148,6 +148,16 @@ def inherit(config: TrainConfig, parent: ModelRecord) -> TrainConfig:
     """A continued model is the parent's network on new labels: what defines the network and the meaning of its
     outputs comes from the parent, whatever the new job says."""
     return config.replace(**{field: getattr(parent.config, field) for field in INHERITED})
+
+
+def checked(config: TrainConfig, store: ModelStore, image_shape: tuple[int, ...], labels_shape: tuple[int, ...],
+            *, resume: bool) -> TrainConfig:
+    """The job as it will run (a continued model's inherited fields filled in), validated against its data:
+    the training loop and the command line's check before launching processes use the same rules."""
+    if config.init_from is not None and store.exists(str(config.init_from)):
+        config = inherit(config, store.record(str(config.init_from)))
+    return config.validate(image_shape=image_shape, labels_shape=labels_shape, models_dir=store.root,
+                           resume=resume)
 
 
 FINE_TUNE_LR_FACTOR = 0.2

@@ -25,7 +25,7 @@ from .events import (CheckpointSaved, Event, Finished, Preview, Progress, Starte
                      run_to_end, stop_requested)
 from .hardware import autocast_for, resolve_precision
 from .loader import window_batches
-from .material import inherit, prepare
+from .material import checked, prepare
 from .memory import OutOfMemory, largest_fitting, out_of_memory_message, suggest_batch_size, try_step
 from .model import UNet
 from .store import ModelStore, ModelWriter
@@ -114,10 +114,7 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     if extra_pairs and not config.extra_images:  # arrays without names (a script): name them by position
         config = config.replace(extra_images=tuple(f"pair {i}" for i in range(2, len(extra_pairs) + 2)),
                                 extra_labels=tuple(f"pair {i} labels" for i in range(2, len(extra_pairs) + 2)))
-    if config.init_from is not None and store.exists(str(config.init_from)):
-        config = inherit(config, store.record(str(config.init_from)))
-    config.validate(image_shape=np.shape(image), labels_shape=np.shape(labels), models_dir=store.root,
-                    resume=resume)
+    config = checked(config, store, np.shape(image), np.shape(labels), resume=resume)
     previous_state, previous_meta, parent = None, None, None
     if resume:
         record = store.record(config.name)
