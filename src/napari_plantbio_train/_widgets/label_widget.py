@@ -39,7 +39,7 @@ from .layer_picker import LayerPicker
 from .model_info import channel_names, voxel_size_message
 from .model_sharing import ModelSharing
 from .proofread import ProofreadQueue
-from .versions import describe_version, folder_stamp, version_tooltip
+from .versions import describe_version, fill_model_box, folder_stamp
 
 if TYPE_CHECKING:
     import napari
@@ -176,16 +176,8 @@ class AutoLabelWidget(QWidget):
         except OSError as error:
             self._set_status(f"Cannot create the models folder {self.models_dir}: {error}", error=True)
         self._folder_stamp = folder_stamp(self.models_dir)
-        current, before = self.model_box.currentData(), self.record
-        self._records = _records_by_name(self.store)
-        self.model_box.blockSignals(True)
-        self.model_box.clear()
-        for record in self._records.values():
-            self.model_box.addItem(describe_version(record), record.name)
-            self.model_box.setItemData(self.model_box.count() - 1, version_tooltip(record),
-                                       Qt.ItemDataRole.ToolTipRole)
-        self.model_box.setCurrentIndex(max(0, self.model_box.findData(current)))
-        self.model_box.blockSignals(False)
+        before = self.record
+        self._records = fill_model_box(self.model_box, self.store.records(), describe_version)
         if self.record != before:  # another model, or the same one retrained; edits for an unchanged one stay
             self._on_model_changed()
         if not self._records:
@@ -362,7 +354,3 @@ def _row(*widgets: QWidget) -> QWidget:
     for widget in widgets:
         layout.addWidget(widget, stretch=1 if isinstance(widget, QComboBox) else 0)
     return holder
-
-
-def _records_by_name(store: ModelStore) -> dict[str, ModelRecord]:
-    return {record.name: record for record in store.records()}  # damaged folders are skipped there

@@ -4,7 +4,7 @@ dock's "Continue from" list of the models folder."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from qtpy.QtCore import Qt, QTimer, Signal
@@ -68,6 +68,25 @@ def folder_stamp(root: Path) -> tuple:
         return ()
 
 
+def fill_model_box(box: QComboBox, records: Iterable[ModelRecord], text: Callable[[ModelRecord], str],
+                   first: str | None = None) -> dict[str, ModelRecord]:
+    """List the models in ``box`` (item data: the name; tooltip: the version's story), after an optional
+    ``first`` entry whose data is None; the picked model stays picked while it is listed. Signals are held back
+    while the list is rebuilt, so listeners see one change at most. Returns the records by name."""
+    by_name = {record.name: record for record in records}
+    current = box.currentData()
+    box.blockSignals(True)
+    box.clear()
+    if first is not None:
+        box.addItem(first, None)
+    for record in by_name.values():
+        box.addItem(text(record), record.name)
+        box.setItemData(box.count() - 1, version_tooltip(record), Qt.ItemDataRole.ToolTipRole)
+    box.setCurrentIndex(max(0, box.findData(current)) if current is not None else 0)
+    box.blockSignals(False)
+    return by_name
+
+
 class ContinueFromBox(QComboBox):
     """``(new model)`` then every model of the models folder, each shown with its lineage.
 
@@ -118,16 +137,7 @@ class ContinueFromBox(QComboBox):
     def refresh(self) -> list[str]:
         """Re-read the folder; the picked parent stays picked while it exists."""
         self._stamp = folder_stamp(self.store.root)
-        current = self.currentData()
-        self._records = {record.name: record for record in self.store.records()}
-        self.blockSignals(True)
-        self.clear()
-        self.addItem(NEW_MODEL, None)
-        for record in self._records.values():
-            self.addItem(lineage_name(record), record.name)
-            self.setItemData(self.count() - 1, version_tooltip(record), Qt.ItemDataRole.ToolTipRole)
-        self.setCurrentIndex(max(0, self.findData(current)) if current is not None else 0)
-        self.blockSignals(False)
+        self._records = fill_model_box(self, self.store.records(), lineage_name, first=NEW_MODEL)
         self.models_changed.emit()
         self._on_index_changed()
         return self.names()
