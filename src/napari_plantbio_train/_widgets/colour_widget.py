@@ -16,7 +16,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ..colour_labels import labels_from_colours
-from .layer_picker import LayerPicker
+from .layer_picker import LayerPicker, level0
 
 if TYPE_CHECKING:
     import napari
@@ -65,7 +65,7 @@ class ColourLabelsWidget(QWidget):
         image = self.image_picker.value
         if image is None:
             return self._fail("Pick an RGB Image layer: open the colour label image so napari shows it in colour.")
-        data = image.data[0] if image.multiscale else image.data  # the full-resolution level
+        data = level0(image)
         try:
             ids, colour_map = labels_from_colours(np.asarray(data))
         except ValueError as error:

@@ -16,7 +16,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog
                             QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from ..evaluate import evaluate, format_score, object_statistics, write_object_statistics_csv, write_scores_csv
-from .layer_picker import LayerPicker
+from .layer_picker import LayerPicker, level0
 
 if TYPE_CHECKING:
     import napari
@@ -83,7 +83,7 @@ class EvaluateWidget(QWidget):
             return None
         mode, per_slice = self.mode.currentText(), self.per_slice.isChecked() and self.per_slice.isEnabled()
         try:
-            scores = evaluate(_level0(result), _level0(truth), mode, per_slice=per_slice)
+            scores = evaluate(np.asarray(level0(result)), np.asarray(level0(truth)), mode, per_slice=per_slice)
         except ValueError as error:
             self._set_status(f"Cannot score {result.name!r} against {truth.name!r}: {error}", error=True)
             return None
@@ -124,7 +124,7 @@ class EvaluateWidget(QWidget):
         if path is None:
             return None
         try:
-            rows = object_statistics(_level0(layer), voxel_size_nm(layer))
+            rows = object_statistics(np.asarray(level0(layer)), voxel_size_nm(layer))
             write_object_statistics_csv(rows, path)
         except (ValueError, OSError) as error:
             self._set_status(f"Could not export the objects of {layer.name!r}: {error}", error=True)
@@ -172,7 +172,3 @@ def voxel_size_nm(layer: Layer) -> tuple[float, float, float]:
     z = scale[-3] if len(scale) >= 3 else 1.0
     return scale[-1], scale[-2], z
 
-
-def _level0(layer: Layer) -> np.ndarray:
-    """The full-resolution labels as numpy (the first level of a multiscale layer)."""
-    return np.asarray(layer.data[0] if layer.multiscale else layer.data)

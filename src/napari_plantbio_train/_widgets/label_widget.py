@@ -35,7 +35,7 @@ from ..events import LabelFinished, LabelProgress, LabelStarted
 from ..label import POSTPROCESS_DEFAULTS, LabelResult, LabelSettings, label_stack
 from ..store import ModelRecord, ModelStore, default_models_dir
 from .corrections import auto_label_metadata
-from .layer_picker import LayerPicker
+from .layer_picker import LayerPicker, level0
 from .model_info import channel_names, voxel_size_message
 from .model_sharing import ModelSharing
 from .proofread import ProofreadQueue
@@ -238,7 +238,7 @@ class AutoLabelWidget(QWidget):
             return False
         # The worker gets the array (level 0; dask and zarr pass through unread, so a stack larger than memory is
         # read block by block), never the layer. Not copied: napari never edits an Image layer's array in place.
-        data = layer.data[0] if layer.multiscale else layer.data
+        data = level0(layer)
         self._job = _Job(layer, f"{layer.name} [{record.name}]", np.array(layer.scale, float),
                          np.array(layer.translate, float))
         self.result, self.error, self.last_event = None, None, None

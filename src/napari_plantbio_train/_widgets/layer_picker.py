@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from qtpy.QtWidgets import QComboBox, QWidget
 
@@ -71,3 +71,8 @@ class LayerPicker(QComboBox):
         if self.value != current:
             self.currentIndexChanged.emit(self.currentIndex())
 
+
+def level0(layer: Layer) -> Any:
+    """The full-resolution array of a layer (the first level of a multiscale one), as the layer holds it: numpy,
+    dask or zarr pass through unread."""
+    return layer.data[0] if layer.multiscale else layer.data

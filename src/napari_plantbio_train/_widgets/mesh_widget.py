@@ -18,7 +18,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QLab
                             QVBoxLayout, QWidget)
 
 from ..meshes import FORMATS, Mesh, combine, export_meshes, object_meshes
-from .layer_picker import LayerPicker
+from .layer_picker import LayerPicker, level0
 
 if TYPE_CHECKING:
     import napari
@@ -64,7 +64,7 @@ class MeshWidget(QWidget):
         if layer is None:
             self._set_status("Pick a Labels layer (open or paint one first).", error=True)
             return None
-        data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+        data = np.asarray(level0(layer))
         if data.ndim != 3:
             self._set_status(f"{layer.name!r} is {data.ndim}D: surface meshes need a 3D stack (z, y, x).",
                              error=True)

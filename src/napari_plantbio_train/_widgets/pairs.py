@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QDoubleSpinBox, QGridLayout, QLabel, QPushButton, QToolButton, QVBoxLayout, QWidget
@@ -10,7 +10,7 @@ from qtpy.QtWidgets import QDoubleSpinBox, QGridLayout, QLabel, QPushButton, QTo
 from ..config import ConfigError, TrainConfig
 from ..data import check_image
 from ..targets import check_label_array
-from .layer_picker import LayerPicker
+from .layer_picker import LayerPicker, level0
 
 if TYPE_CHECKING:
     import napari
@@ -25,11 +25,6 @@ PAIR_FIELDS = {"image": "image", "labels": "labels", "window": "window", "dims":
 def pair_field(index: int) -> str:
     """The error field of extra pair ``index`` (0 for the second pair of the form)."""
     return f"extra_pairs[{index}]"
-
-
-def level0(layer: Layer) -> Any:
-    """The full-resolution array of a layer (the first level of a multiscale one)."""
-    return layer.data[0] if layer.multiscale else layer.data
 
 
 def pair_problems(config: TrainConfig, index: int, image: Layer | None, labels: Layer | None) -> list[ConfigError]:

@@ -23,8 +23,8 @@ from ..events import CheckpointSaved, Finished, Preview, Progress, Started, Vali
 from ..train import train
 from .corrections import auto_labels_of, touched_problems
 from .job_process import train_in_processes
+from .layer_picker import level0
 from .loss_plot import REDRAW_INTERVAL_MS, LossPlot
-from .pairs import level0 as _level0
 from .train_form import TrainForm
 
 if TYPE_CHECKING:
@@ -140,10 +140,10 @@ class TrainWidget(QWidget):
         colour = [layer.name for layer in self.viewer.layers if getattr(layer, "rgb", False)]
         errors += _layer_problems(image_layer, labels_layer, colour)
         errors += self.form.pairs.problems(config)
-        labels_shape = _level0(labels_layer).shape if labels_layer is not None else None
+        labels_shape = level0(labels_layer).shape if labels_layer is not None else None
         errors += touched_problems(config, labels_layer, labels_shape)
         models_dir = self.form.models_folder()
-        errors += config.problems(image_shape=_level0(image_layer).shape if image_layer is not None else None,
+        errors += config.problems(image_shape=level0(image_layer).shape if image_layer is not None else None,
                                   labels_shape=labels_shape, models_dir=models_dir)
         if errors:
             elsewhere = self.form.show_errors(_unique(errors))
@@ -153,10 +153,10 @@ class TrainWidget(QWidget):
 
         # The worker gets copies: layers may be painted or removed while it trains, and napari objects must
         # not be read from another thread.
-        image = np.array(_level0(image_layer), copy=True)
-        labels = np.array(_level0(labels_layer), copy=True)
+        image = np.array(level0(image_layer), copy=True)
+        labels = np.array(level0(labels_layer), copy=True)
         extra_layers = self.form.pairs.layers()
-        extra_pairs = [(np.array(_level0(i), copy=True), np.array(_level0(lab), copy=True)) for i, lab in extra_layers]
+        extra_pairs = [(np.array(level0(i), copy=True), np.array(level0(lab), copy=True)) for i, lab in extra_layers]
         # The model's own result, kept aside by the auto-label dock; nothing edits it, so it needs no copy.
         corrected = auto_labels_of(labels_layer) if config.touched_only else None
         self._placement = Placement(np.asarray(image_layer.scale, float), np.asarray(image_layer.translate, float),
