@@ -329,8 +329,7 @@ def _launched_rank(job: dict[str, Any]) -> str:
         sys.stderr.write(f"error: {'' if rank == '0' else f'rank {rank}: '}{exc}\n")  # one write: no interleaving
         sys.stderr.flush()
         if rank == "0" and job["events"] == "jsonl":  # the follower learns which field, before the launcher's line
-            print(json.dumps({"event": "error", "field": getattr(exc, "field", None), "message": str(exc)}),
-                  flush=True)
+            _error_event(sys.stdout, str(exc), getattr(exc, "field", None))
         sys.exit(2)
 
 
@@ -594,8 +593,13 @@ def _fail(args: argparse.Namespace, out: TextIO, message: str, status: int, fiel
     """One line on stderr; with --events jsonl also an error event, so a program following stdout sees why."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     if getattr(args, "events", None) == "jsonl":
-        print(json.dumps({"event": "error", "field": field, "message": message}), file=out, flush=True)
+        _error_event(out, message, field)
     return status
+
+
+def _error_event(out: TextIO, message: str, field: str | None) -> None:
+    """The error as ``--events jsonl`` followers read it (distributed.follow): which field, and why."""
+    print(json.dumps({"event": "error", "field": field, "message": message}), file=out, flush=True)
 
 
 if __name__ == "__main__":
