@@ -58,7 +58,7 @@ from napari_plantbio_train.config import TrainConfig
 from napari_plantbio_train.data import Normalisation
 from napari_plantbio_train.model import UNet
 from napari_plantbio_train.predict import gaussian_weights, window_starts
-from napari_plantbio_train.hardware import resolve_precision
+from napari_plantbio_train.hardware import Probe, choose_precision
 from napari_plantbio_train.validate import make_predictor
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -257,9 +257,9 @@ def main() -> int:
     if len(window) == 3 and spatial_dims == 2 and window[0] == 1:
         window = window[1:]
     model = model.to(device).eval()
-    # Ours runs as auto-label runs it (label.resolve_precision: bf16 where the hardware has it natively);
-    # MONAI's sliding_window_inference leaves precision to the caller, who gets fp32 unless they add autocast.
-    precision = resolve_precision(args.precision, device)
+    # Ours runs as auto-label runs it (this machine's precision verdict, see hardware.py); MONAI's
+    # sliding_window_inference leaves precision to the caller, who gets fp32 unless they add autocast.
+    precision = choose_precision(args.precision, device, Probe(model.spec, window, 1, mode)).precision
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     monai_autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.monai_precision == "bf16"
                       else contextlib.nullcontext())

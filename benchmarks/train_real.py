@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from napari_plantbio_train.config import TrainConfig
 from napari_plantbio_train.events import Finished, Progress, Started, Validation
-from napari_plantbio_train.hardware import resolve_precision
+from napari_plantbio_train.hardware import Probe, choose_precision
 from napari_plantbio_train.model import UNet
 from napari_plantbio_train.train import segmentation_loss, train
 
@@ -81,10 +81,14 @@ def run(task: str, minutes: float, models_dir: Path, overrides: dict) -> dict:
     config = TrainConfig(name=f"bench-{task}-{int(time.time())}", iterations=100_000, iteration_save=100_000,
                          time_limit_min=minutes, workers=os.cpu_count() or 1, **job)
     load_before = os.getloadavg()
-    precision = resolve_precision(config.precision, torch.device(config.device()))
+    out_channels = 2 if config.mode == "instance" else len(np.unique(labels))
+    network = {**config.network_kwargs(image.shape), "in_channels": 1, "out_channels": out_channels}
+    # The verdict train() will use (the same cached probe), so the peak is measured in the job's own format.
+    precision = choose_precision(config.precision, torch.device(config.device()),
+                                 Probe(network, config.resolved_window(image.shape), config.batch_size,
+                                       config.mode)).precision
     peak = matmul_peak(config.workers, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
     peak_fp32 = matmul_peak(config.workers) if precision == "bf16" else peak
-    out_channels = 2 if config.mode == "instance" else len(np.unique(labels))
     flops = flops_per_iteration(config, image.shape, out_channels)
 
     seconds = data_seconds = 0.0

@@ -68,8 +68,8 @@ except ModuleNotFoundError:  # a bare checkout (the GPU machine): no editable in
 
 from napari_plantbio_train.config import TrainConfig  # noqa: E402
 from napari_plantbio_train.data import crop  # noqa: E402
-from napari_plantbio_train.events import Progress  # noqa: E402
-from napari_plantbio_train.hardware import native_cpu_bf16, resolve_precision  # noqa: E402
+from napari_plantbio_train.events import Progress, Started  # noqa: E402
+from napari_plantbio_train.hardware import Machine, candidates, native_cpu_bf16  # noqa: E402
 from napari_plantbio_train.model import UNet  # noqa: E402
 from napari_plantbio_train.material import Material, prepare  # noqa: E402
 from napari_plantbio_train.train import train  # noqa: E402
@@ -188,6 +188,8 @@ def run_ours(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, warm
         events = train(config, image, labels, models_dir=models_dir)
         try:
             for event in events:
+                if isinstance(event, Started):
+                    precision = event.precision  # this machine's verdict for "auto" (see hardware.py)
                 if not isinstance(event, Progress):
                     continue
                 if event.iteration == warmup:
@@ -204,7 +206,6 @@ def run_ours(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, warm
             events.close()  # skips the final validation and checkpoint, which are not part of a step
     # Our loop may tune global switches for itself; MONAI's runs get torch's defaults back.
     torch.backends.cudnn.benchmark = benchmark_flag
-    precision = resolve_precision(config.precision, device)
     windows = steps * config.batch_size * config.iteration_step
     return Row(config.dims, "ours", precision, config.precision, None, steps, windows, t1 - t0,
                [e.seconds_per_iteration for e in timed], sum(e.data_seconds for e in timed), timed[-1].loss)
@@ -311,7 +312,7 @@ def run_dims(dims: str, args: argparse.Namespace, device: torch.device, say) -> 
     crop_shape = QUICK[dims]["crop"] if args.quick else JOBS[dims]["crop"]
     image, labels = load_task(dims, args.data, crop_shape)
     precisions = ["fp32"]
-    if resolve_precision("auto", device) == "bf16":
+    if candidates(device, Machine.here(device))[0].precision == "bf16":
         precisions.append("auto")
     else:
         say(f"[{dims}] precision auto resolves to fp32 on {device.type}: the bf16 pairings are skipped")
@@ -329,8 +330,8 @@ def run_dims(dims: str, args: argparse.Namespace, device: torch.device, say) -> 
         say(f"[{dims}] ours, precision {precision} ...")
         rows.append(run_ours(config, image, labels, warmup=args.warmup, steps=args.steps, device=device))
         say(row_line(rows[-1]))
+        monai_precision = rows[-1].precision  # what ours ran in: "auto" as this machine's verdict has it
         for workers in args.workers:
-            monai_precision = resolve_precision(precision, device)
             say(f"[{dims}] MONAI, {monai_precision}, {workers} loader workers ...")
             rows.append(run_monai(config, material, out_channels, image.shape, workers=workers,
                                   precision=monai_precision, warmup=args.warmup, steps=args.steps, device=device,

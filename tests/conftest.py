@@ -88,3 +88,5 @@ def _two_threads():
 
 
 os.environ.setdefault("PLANTBIO_MODELS_DIR", str(REPO / ".pytest_models"))
+# Precision verdicts of this machine (hardware.py): kept for the next test run, never in the user's cache folder.
+os.environ.setdefault("PLANTBIO_CACHE_DIR", str(REPO / ".pytest_cache" / "plantbio"))

@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--depth", type=int, help="downsampling steps of the network")
     add("--stem-stride", type=int, help="in-plane stride of the first layer (1, 2 or 4)")
     add("--contour-width", type=int, help="instance mode: width in pixels of the band between touching objects")
-    add("--precision", choices=PRECISIONS, help="auto (default): bf16 where the hardware runs it natively")
+    add("--precision", choices=PRECISIONS,
+        help="auto (default): bf16 where the hardware runs it natively and a probe saw it work, else fp32")
     add("--painted-slices-only", action="store_true", default=None,
         help="partial labels: slices without any label are unpainted (ignored), not background")
     add("--ignore-value", type=int, help="partial labels: this label value marks voxels to ignore")
@@ -150,7 +151,7 @@ def _add_predict(commands: Any) -> None:
     add("--uncertainty", help="also write a map of the model's doubt (0..1) to this .zarr or .tif path")
     add("--checkpoint", choices=("best", "last"), default="best", help="which weights to use (default best)")
     add("--precision", choices=PRECISIONS, default="auto",
-        help="auto: bf16 where the hardware runs it natively, else fp32")
+        help="auto: bf16 where the hardware runs it natively and a probe saw it work, else fp32")
     add("--device", help="cpu, cuda or cuda:N (default: the first GPU if there is one)")
     for name in ("fg_threshold", "seed_threshold", "min_size", "min_seed_size", "seed_prominence"):
         add(f"--{name.replace('_', '-')}", type=float, help="instance post-processing (default: the model's)")
@@ -322,6 +323,9 @@ def train_rank(job: dict[str, Any], out: TextIO | None = None) -> str:
 
 def _launched_rank(job: dict[str, Any]) -> str:
     """A launched process: bad input ends it with one line and status 2, and the launcher then ends the job."""
+    from .hardware import fresh_process
+
+    fresh_process()  # a spawned interpreter: nothing has computed in it yet
     try:
         return train_rank(job)
     except (ConfigError, ModelError, DistributedError, FileNotFoundError, FileExistsError) as exc:
@@ -409,6 +413,8 @@ def _report(event: Any, config: TrainConfig, bar: "ProgressLine | None", out: Te
     if isinstance(event, Started):
         print(f"training {config.name!r} on {event.device} ({event.precision}) from iteration "
               f"{event.start_iteration} (window {event.window}); model folder {event.model_dir}", file=out, flush=True)
+        if event.precision_reason:
+            print(f"precision {event.precision_reason}", file=out, flush=True)
         if event.batch_hint is not None:
             print(f"the GPU's free memory holds about {event.batch_hint} windows per batch "
                   f"(samples per batch: {config.batch_size})", file=out, flush=True)
@@ -602,5 +608,14 @@ def _error_event(out: TextIO, message: str, field: str | None) -> None:
     print(json.dumps({"event": "error", "field": field, "message": message}), file=out, flush=True)
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The program itself (console script, ``python -m``): a process that has not computed anything yet, so a
+    precision verdict that needs oneDNN held below AMX can still set the limit (see hardware.py)."""
+    from .hardware import fresh_process
+
+    fresh_process()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

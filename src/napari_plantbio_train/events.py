@@ -26,6 +26,7 @@ class Started:
     validation_region: tuple[tuple[int, int], ...]  # (start, stop) per (z, y, x) axis of the given stack
     precision: str = "fp32"  # of the forward pass: "fp32" or "bf16" (see hardware.py)
     batch_hint: int | None = None  # on a GPU: about how many windows per batch its free memory holds
+    precision_reason: str = ""  # why this format: verified here, fallen back from a crash, or asked for
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,53 @@
-"""Which device and which number format a job runs on.
+"""Which device and which number format a job runs on, and a verdict that the format works on this machine.
 
 bf16 halves the memory traffic of every activation and runs on the matrix units of recent hardware, but only
-where it is native: on this project's CPU (AMD EPYC with AVX512-BF16) a training step of the chloroplast job
-took 0.37 s in bf16 autocast against 0.70 s in fp32, and a forward pass 0.31 s against 0.56 s, while CPUs
-that only emulate bf16 run it slower than fp32. So "auto" picks bf16 on CUDA GPUs that support it and on CPUs
-with AVX512-BF16 or AMX, and fp32 elsewhere; weights and optimiser state stay fp32 either way.
+where it is native: on an AMD EPYC with AVX512-BF16 a training step of the chloroplast job took 0.37 s in bf16
+autocast against 0.70 s in fp32, while CPUs that only emulate bf16 run it slower than fp32. So "auto" considers
+bf16 on CUDA GPUs that support it and on CPUs with AVX512-BF16 or AMX, and fp32 everywhere.
+
+Native is not the same as working. On an Intel Sapphire Rapids CPU, oneDNN's AMX kernels crashed the process
+(SIGSEGV) in the backward pass of our U-Net under bf16 autocast, a fault no Python ``try`` can catch; with
+oneDNN held below AMX (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16``) the same step ran in 4.9 s against 8.4 s in
+fp32. So "auto" never picks a format it has not seen work here: once per machine (CPU model and flags, GPU,
+torch version, network family) a child process runs a forward and backward pass of the job's network in each
+candidate format, best first, and the first that survives is the verdict, cached in the user's cache folder.
+A crash in the child costs the child, never the caller (napari, a cluster job, a test run).
+
+oneDNN reads its ISA limit once, at its first primitive, so AMX can only be turned off before a process computes
+anything: the command line (and so the dock's job processes, which run it) declares itself fresh at its start
+(``fresh_process``), and the verdict's limit is set before the first computation. A process that may have
+computed already (a script calling ``train`` directly, napari) gets fp32 instead of a verdict that needs it.
+Weights and optimiser state stay fp32 whatever the verdict.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .config import ConfigError
+from .files import atomic_write_json
 
 PRECISIONS = ("auto", "fp32", "bf16")
+ISA_ENV = "ONEDNN_MAX_CPU_ISA"
+AMX_OFF = "AVX512_CORE_BF16"  # oneDNN's ISA just below AMX: bf16 stays native, AMX's tile kernels are not used
+CACHE_ENV = "PLANTBIO_CACHE_DIR"  # where verdicts are kept (default: the user cache folder)
+FAULT_ENV = "PLANTBIO_PROBE_FAULT"  # test switch: candidates (e.g. "bf16,bf16-amx-off") whose probe crashes
+PROBE_TIMEOUT_S = 600.0
+VERDICTS_FILE = "precision-verdicts.json"
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -31,20 +62,144 @@ def resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
-def native_cpu_bf16() -> bool:
-    cpu = torch.cpu
-    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+@dataclass(frozen=True)
+class Machine:
+    """What decides whether a number format works: the processor, its bf16 and AMX units, the GPU, torch."""
+
+    cpu: str
+    bf16: bool  # AVX512-BF16 (native bf16 dot products)
+    amx: bool  # AMX tiles (Intel Sapphire Rapids and later)
+    gpu: str | None
+    torch: str
+
+    @classmethod
+    def here(cls, device: torch.device) -> "Machine":
+        cpu = torch.cpu
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+        return cls(cpu=_cpu_model(), bf16=bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()),
+                   amx=bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()), gpu=gpu,
+                   torch=torch.__version__)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in PRECISIONS:
-        raise ConfigError("precision", f"must be one of {PRECISIONS}, got {precision!r}")
-    if precision != "auto":
-        return precision
+def native_cpu_bf16(machine: Machine | None = None) -> bool:
+    machine = machine or Machine.here(torch.device("cpu"))
+    return machine.bf16 or machine.amx
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A number format and, for bf16 on AMX CPUs, the oneDNN ISA limit it runs under."""
+
+    precision: str
+    isa_limit: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.precision + ("-amx-off" if self.isa_limit == AMX_OFF else "")
+
+
+def candidates(device: torch.device, machine: Machine) -> list[Candidate]:
+    """Formats worth trying, fastest first; fp32 is always last."""
+    found = []
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if device.type == "cpu" and native_cpu_bf16() else "fp32"
+        if torch.cuda.is_bf16_supported():
+            found.append(Candidate("bf16"))
+    elif native_cpu_bf16(machine):
+        found.append(Candidate("bf16"))
+        if machine.amx and machine.bf16:
+            found.append(Candidate("bf16", AMX_OFF))
+    return [*found, Candidate("fp32")]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The number format a job uses, the ISA limit it needs, and why (shown in the start line, kept in model.json)."""
+
+    precision: str
+    isa_limit: str | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Verdict":
+        return cls(str(data["precision"]), data.get("isa_limit"), str(data["reason"]))
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The step a probe runs: the planned network (its constructor arguments), window, batch and loss."""
+
+    network: dict[str, Any]
+    window: tuple[int, ...]
+    batch: int
+    mode: str
+
+    @property
+    def family(self) -> str:
+        return f"unet-{self.network['spatial_dims']}d"
+
+
+def choose_precision(requested: str, device: torch.device, probe: Probe, *,
+                     machine: Machine | None = None) -> Verdict:
+    """The format a job runs in. An explicit "fp32" or "bf16" is the user's to choose and is used as asked; "auto"
+    is the first candidate seen to work here, from the cache or from probing now."""
+    if requested not in PRECISIONS:
+        raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if requested != "auto":
+        return Verdict(requested, None, f"{requested} as asked (not verified here)")
+    machine = machine or Machine.here(device)
+    key = _key(machine, device, probe.family)
+    cached = _read_cache().get(key)
+    if cached is not None:
+        return Verdict.from_dict(cached)
+    failures: list[str] = []
+    for candidate in candidates(device, machine):
+        works, detail = run_probe(candidate, device, probe)
+        if works:
+            verdict = Verdict(candidate.precision, candidate.isa_limit, _reason(candidate, machine, device, failures,
+                                                                               detail))
+            _write_cache(key, verdict)
+            return verdict
+        failures.append(f"{_describe(candidate)} {detail}")
+    raise ConfigError("precision", "no number format ran a training step on this machine: " + "; ".join(failures))
+
+
+def usable(verdict: Verdict) -> Verdict:
+    """The verdict as this process can run it, called just before its first computation.
+
+    A verdict that needs oneDNN held below AMX gets the limit set now if this process has not computed yet (it
+    was declared fresh by its entry point and nothing ran since); in a process that may have computed already,
+    where the limit would be ignored, it becomes fp32.
+    """
+    global _FRESH
+    fresh, _FRESH = _FRESH, False  # what follows this call computes
+    if verdict.isa_limit is None or os.environ.get(ISA_ENV, "").upper() == verdict.isa_limit:
+        return verdict
+    if fresh and ISA_ENV not in os.environ:
+        os.environ[ISA_ENV] = verdict.isa_limit
+        return verdict
+    return Verdict("fp32", None, f"fp32: {verdict.reason.split(':', 1)[0]} needs {ISA_ENV}={verdict.isa_limit} "
+                                 "before the process first computes, and this one may have (the command line and "
+                                 "the dock's job processes set it themselves)")
+
+
+def fresh_process(device: torch.device | None = None) -> None:
+    """Called by an entry point (the command line, a job process) before anything computes: a verdict chosen
+    later may still set oneDNN's ISA limit, and a cached one that needs it sets it now."""
+    global _FRESH
+    _FRESH = True
+    if ISA_ENV in os.environ:
+        return
+    prefix = json.dumps(dataclasses.asdict(Machine.here(device or torch.device("cpu"))), sort_keys=True)
+    for key, verdict in _read_cache().items():
+        if key.startswith(prefix) and verdict.get("isa_limit"):
+            os.environ[ISA_ENV] = str(verdict["isa_limit"])
+            return
+
+
+_FRESH = False
 
 
 def autocast_for(precision: str, device: torch.device) -> Any:
@@ -52,3 +207,123 @@ def autocast_for(precision: str, device: torch.device) -> Any:
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+# ----- the probe ------------------------------------------------------------------------------------------------
+def run_probe(candidate: Candidate, device: torch.device, probe: Probe) -> tuple[bool, str]:
+    """One training step of ``probe`` in ``candidate``'s format, in a child process: (it ran, what happened)."""
+    env = dict(os.environ)
+    env.pop(ISA_ENV, None)
+    if candidate.isa_limit is not None:
+        env[ISA_ENV] = candidate.isa_limit
+    request = {"candidate": candidate.name, "precision": candidate.precision, "device": str(device),
+               "network": probe.network, "window": list(probe.window), "batch": probe.batch, "mode": probe.mode}
+    try:
+        done = subprocess.run([sys.executable, "-m", __name__, json.dumps(request)], env=env, capture_output=True,
+                              text=True, timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return False, f"did not finish a step within {PROBE_TIMEOUT_S:.0f} s"
+    if done.returncode == 0 and done.stdout.strip().startswith("ok"):
+        return True, done.stdout.strip().splitlines()[-1]
+    if done.returncode < 0:
+        return False, f"crashed ({_signal_name(-done.returncode)})"
+    last = [line for line in (done.stderr or "").splitlines() if line.strip()]
+    return False, f"failed (exit status {done.returncode}{': ' + last[-1][:200] if last else ''})"
+
+
+def _probe_main(request: dict[str, Any]) -> int:
+    """The child's side: build the network, run one forward and backward pass, report ``ok <seconds>``."""
+    if request["candidate"] in {c.strip() for c in os.environ.get(FAULT_ENV, "").split(",")}:
+        os.kill(os.getpid(), signal.SIGSEGV)  # the test switch: this candidate's probe dies as the AMX one did
+    from .model import UNet
+    from .train import segmentation_loss
+
+    device = torch.device(request["device"])
+    model = UNet(**request["network"]).to(device)
+    window, batch = tuple(request["window"]), int(request["batch"])
+    x = torch.randn(batch, 1, *window, device=device)
+    channels = int(request["network"]["out_channels"])
+    if request["mode"] == "semantic":
+        target = torch.randint(0, channels, (batch, *window), device=device)
+    else:
+        target = (torch.rand(batch, channels, *window, device=device) > 0.5).float()
+    start = time.perf_counter()
+    with autocast_for(request["precision"], device):
+        logits = model(x)
+    loss = segmentation_loss(logits.float(), target, request["mode"])
+    loss.backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if not torch.isfinite(loss):
+        print(f"the loss was {float(loss)}", file=sys.stderr)
+        return 3
+    print(f"ok {seconds:.2f} s per step")
+    return 0
+
+
+# ----- verdicts on disk -----------------------------------------------------------------------------------------
+def cache_folder() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("napari-plantbio-train", appauthor=False))
+
+
+def _key(machine: Machine, device: torch.device, family: str) -> str:
+    """Machine first, so ``fresh_process`` finds every verdict of this machine by prefix."""
+    return f"{json.dumps(dataclasses.asdict(machine), sort_keys=True)} {device.type} {family}"
+
+
+def _read_cache() -> dict[str, dict[str, Any]]:
+    path = cache_folder() / VERDICTS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # none yet, or damaged: probing again is the safe answer
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(key: str, verdict: Verdict) -> None:
+    data = _read_cache()
+    data[key] = verdict.to_dict()
+    with contextlib.suppress(OSError):  # a read-only cache costs a probe next time, nothing else
+        atomic_write_json(cache_folder() / VERDICTS_FILE, data)
+
+
+def _reason(chosen: Candidate, machine: Machine, device: torch.device, failures: list[str], detail: str) -> str:
+    where = device.type.upper() if device.type == "cuda" else "CPU"
+    if chosen.precision == "bf16":
+        why = f"native bf16 on this {where}"
+    elif device.type == "cuda":
+        why = "this GPU has no bf16"
+    else:
+        why = "no native bf16 on this CPU" if not native_cpu_bf16(machine) else "bf16 did not work here"
+    tried = f"; {'; '.join(failures)}" if failures else ""
+    day = datetime.date.today().isoformat()
+    return f"{_describe(chosen)}: {why}{tried}; a training step ran in a probe ({detail.removeprefix('ok ')}, {day})"
+
+
+def _describe(candidate: Candidate) -> str:
+    return f"{candidate.precision} with AMX off" if candidate.isa_limit == AMX_OFF else candidate.precision
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+if __name__ == "__main__":
+    sys.exit(_probe_main(json.loads(sys.argv[1])))

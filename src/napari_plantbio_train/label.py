@@ -29,7 +29,7 @@ from .config import ConfigError
 from .data import Normalisation
 from .events import (LabelEvent, LabelFinished, LabelProgress, LabelStarted, StopSignal, run_to_end,
                      stop_requested)
-from .hardware import PRECISIONS, autocast_for, resolve_device, resolve_precision
+from .hardware import PRECISIONS, Probe, Verdict, autocast_for, choose_precision, resolve_device, usable
 from .predict import TTA_CHOICES, predict_stack, with_tta
 from .store import ModelRecord, ModelStore
 from .uncertainty import entropy_map
@@ -50,7 +50,7 @@ class LabelSettings:
     overlap: float = 0.5
     tta: int = 0  # test-time variants averaged: 0 (none), 4 (flips) or 8 (flips and transposes)
     batch_size: int | None = None  # windows per forward pass; None: the model's samples per batch
-    precision: str = "auto"  # bf16 where the hardware runs it natively (CUDA, CPUs with AVX512-BF16), else fp32
+    precision: str = "auto"  # bf16 where native and seen to work here (hardware.py), else fp32
     device: str | None = None  # "cpu", "cuda" or "cuda:N"; None: the first GPU when there is one
     which: str = "best"  # checkpoint: "best" (best validation score) or "last"
     postprocess: dict[str, float] = field(default_factory=dict)  # overrides of the model's watershed settings
@@ -114,6 +114,7 @@ class _Job:
     tta: int
     device: str
     precision: str
+    isa_limit: str | None  # oneDNN's ISA limit the precision verdict needs (bf16 with AMX off), if any
     normalisation: dict[str, float]
     classes: list[int] | None
     postprocess: dict[str, float]
@@ -206,10 +207,12 @@ def _make_job(record: ModelRecord, store: ModelStore, settings: LabelSettings, s
     device = resolve_device(settings.device)
     window3 = window if len(window) == 3 else (1, *window)
     postprocess = {**POSTPROCESS_DEFAULTS, **(record.postprocess or {}), **settings.postprocess}
+    batch = int(settings.batch_size or config.batch_size)
+    verdict = usable(choose_precision(settings.precision, device, Probe(record.network, window, batch, config.mode)))
     return _Job(models_root=str(store.root), name=record.name, which=settings.which, mode=config.mode,
                 dims=config.dims, window=window, window3=window3,  # type: ignore[arg-type]
-                overlap=float(settings.overlap), batch_size=int(settings.batch_size or config.batch_size),
-                tta=settings.tta, device=str(device), precision=resolve_precision(settings.precision, device),
+                overlap=float(settings.overlap), batch_size=batch, tta=settings.tta, device=str(device),
+                precision=verdict.precision, isa_limit=verdict.isa_limit,
                 normalisation=dict(record.normalisation), classes=record.classes, postprocess=postprocess,
                 model_stamp=(record.folder / "model.json").stat().st_mtime)
 
@@ -334,7 +337,9 @@ def _predictor(job: _Job) -> Callable[[torch.Tensor], torch.Tensor]:
             model, _record = ModelStore(job.models_root).load_model(job.name, job.which)
             device = torch.device(job.device)
             model = model.to(device)
-            autocast = autocast_for(job.precision, device)
+            # A cluster worker is a process of its own: the verdict's ISA limit may not hold there.
+            precision = usable(Verdict(job.precision, job.isa_limit, job.precision)).precision
+            autocast = autocast_for(precision, device)
             _CACHE.clear()  # one model at a time: a session labels with one model, then maybe another
             _CACHE[key] = with_tta(make_predictor(model, job.mode, device, autocast), job.tta, job.window)
         return _CACHE[key]

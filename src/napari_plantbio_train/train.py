@@ -23,7 +23,7 @@ from .config import ConfigError, TrainConfig
 from .distributed import Rank, agree, gather, mean, weights_digest
 from .events import (CheckpointSaved, Event, Finished, Preview, Progress, Started, StopSignal, Validation,
                      run_to_end, stop_requested)
-from .hardware import autocast_for, resolve_precision
+from .hardware import Probe, autocast_for, choose_precision, usable
 from .loader import window_batches
 from .material import checked, prepare
 from .memory import OutOfMemory, largest_fitting, out_of_memory_message, suggest_batch_size, try_step
@@ -150,6 +150,13 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         optimizer.load_state_dict(previous_state["optimizer"])
         start = int(previous_state["iteration"])
     net = _data_parallel(model, rank)
+    # bf16 autocast where the hardware runs it natively and a probe saw it work here, fp32 elsewhere; rank 0
+    # decides for every rank (one probe, one format for the whole job), before anything is written.
+    verdict = (choose_precision(config.precision, device, Probe(model.spec, material.window, config.batch_size,
+                                                                config.mode))
+               if rank.is_main else None)
+    verdict = usable(gather(rank, verdict)[0])
+    precision = verdict.precision
     folder, writer, best_score = store.folder(config.name), None, None
     if rank.is_main:
         writer = ModelWriter(store, config, resume=resume)
@@ -160,15 +167,14 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         if parent is not None:
             writer.describe(parent=parent.name, lineage=[*parent.lineage, parent.name],
                             parent_iterations=parent.iterations_done, parent_best_score=parent.best_score)
-        writer.describe(runs=[*writer.meta.get("runs", []), _run_record(config, rank, start)])
+        writer.describe(runs=[*writer.meta.get("runs", []), _run_record(config, rank, start)],
+                        precision=verdict.to_dict())
         best_score = writer.meta.get("best_score")
 
     # A resumed job draws new windows, not the same ones; on a GPU, worker processes keep batches ready.
     processes = config.data_processes(device.type)
     batches = window_batches(material.pool(), config.batch_size, (config.seed, start), processes,
                              pin_memory=device.type == "cuda", first_stream=_first_stream(rank, processes))
-    # bf16 autocast where the hardware runs it natively (GPUs, CPUs with AVX512-BF16), fp32 elsewhere.
-    precision = resolve_precision(config.precision, device)
     autocast = autocast_for(precision, device)
     target_dtype = torch.long if config.mode == "semantic" else torch.float32
     forward = net
@@ -180,7 +186,7 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
             forward = torch.compile(net)  # optional: minutes of compiling first, then faster steps
 
     yield Started(folder, config.iterations, start, material.window, device.type, material.val_region,
-                  precision, batch_hint)
+                  precision, batch_hint, verdict.reason)
     began, limit = time.perf_counter(), (config.time_limit_min or 0) * 60.0
     seconds_ema: float | None = None
     iteration, last_saved, last_validated, reason = start, start, start, "completed"
