@@ -7,7 +7,8 @@ import pytest
 
 from napari.layers import Labels
 
-from napari_plantbio_train.colour_labels import colours_from_labels, labels_from_colours, looks_like_colour
+from napari_plantbio_train.checks import looks_rgb as looks_like_colour
+from napari_plantbio_train.colour_labels import colours_from_labels, labels_from_colours
 
 ColourLabelsWidget = pytest.importorskip("napari_plantbio_train._widgets.colour_widget").ColourLabelsWidget
 
@@ -93,9 +94,11 @@ def test_ids_missing_from_the_map_are_refused():
 
 
 def test_looks_like_colour():
-    assert looks_like_colour(np.zeros((5, 5, 3), np.uint8)) and looks_like_colour(np.zeros((2, 5, 5, 4), np.uint8))
-    assert not looks_like_colour(np.zeros((5, 5, 3), np.uint16))
-    assert not looks_like_colour(np.zeros((5, 5), np.uint8)) and not looks_like_colour(np.zeros((3, 5, 5), np.uint8))
+    # The package's one RGB rule (napari's: two axes longer than 30 before 3 or 4 channels), kept to uint8.
+    assert looks_like_colour(np.zeros((31, 31, 3), np.uint8)) and looks_like_colour(np.zeros((2, 31, 31, 4), np.uint8))
+    assert not looks_like_colour(np.zeros((31, 31, 3), np.uint16))
+    assert not looks_like_colour(np.zeros((5, 5, 3), np.uint8))  # five slices of 5 x 3, not a colour image
+    assert not looks_like_colour(np.zeros((31, 31), np.uint8)) and not looks_like_colour(np.zeros((3, 31, 31), np.uint8))
     assert not looks_like_colour([1, 2, 3])
 
 

@@ -16,12 +16,6 @@ _ALL_COLOURS = 1 << 24
 Colour = tuple[int, int, int]
 
 
-def looks_like_colour(array) -> bool:
-    """True for a uint8 array whose last axis holds 3 (RGB) or 4 (RGBA) channels; reads no pixels."""
-    shape, dtype = getattr(array, "shape", ()), getattr(array, "dtype", None)
-    return len(shape) >= 3 and shape[-1] in (3, 4) and dtype == np.uint8
-
-
 def _pack(rgb: np.ndarray) -> np.ndarray:
     """One uint32 per pixel, built in place to keep a single full-size temporary."""
     packed = rgb[..., 0].astype(np.uint32)

@@ -34,26 +34,6 @@ def read_array(path: str | Path) -> np.ndarray:
     raise ValueError(f"{path}: unsupported file type {suffix!r} (use .tif, .tiff or .npy)")
 
 
-def as_stack(array: np.ndarray, *, field: str) -> np.ndarray:
-    """A (Z, Y, X) view of a 2D image or a 3D stack; anything else is refused with the field's name."""
-    array = np.asarray(array)
-    if array.ndim == 2:
-        return array[np.newaxis]
-    if array.ndim == 3 and not (array.shape[-1] in (3, 4) and array.dtype == np.uint8 and array.shape[0] > 4):
-        return array
-    raise ConfigError(field, f"shape {array.shape} is not a single-channel 2D image or 3D stack "
-                             "(colour or multi-channel images are not supported)")
-
-
-def check_image(array: np.ndarray, *, field: str = "image") -> None:
-    if array.dtype == bool or not np.issubdtype(array.dtype, np.number):
-        raise ConfigError(field, f"dtype {array.dtype} is not a numeric image type")
-    if np.issubdtype(array.dtype, np.complexfloating):
-        raise ConfigError(field, "complex images are not supported")
-    if array.size == 0:
-        raise ConfigError(field, "the image is empty")
-
-
 @dataclass(frozen=True)
 class Normalisation:
     """Maps raw intensities so that the 0.5th and 99.5th percentiles of the training stack become 0 and 1.

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from .checks import check_labels as _check_labels
+from .config import ConfigError
 from .files import atomic_write
 from .metrics import foreground_iou, match_instances, match_instances_per_slice, semantic_scores
 
@@ -116,21 +118,12 @@ def check_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def check_labels(array: np.ndarray, name: str) -> np.ndarray:
-    """One label map as a numpy integer array (a boolean mask becomes 0/1); ``name`` is used in the errors."""
-    array = np.asarray(array)
-    if array.dtype == bool:
-        array = array.view(np.uint8)
-    if _looks_rgb(array.shape):
-        raise ValueError(f"{name} looks like an RGB(A) image, shape {array.shape}; expected one label value "
-                         "per pixel")
-    if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{name} has dtype {array.dtype}; expected integer labels (convert or threshold a "
-                         "probability map first)")
-    if array.ndim not in (2, 3):
-        raise ValueError(f"{name} has shape {array.shape}; expected a 2D image (Y, X) or a 3D stack (Z, Y, X)")
-    if np.issubdtype(array.dtype, np.signedinteger) and array.size and array.min() < 0:
-        raise ValueError(f"{name} holds negative values; labels must be 0 (background) or positive")
-    return array
+    """One label map by the package's one rule (``checks.check_labels``), its problem worded for a score table:
+    "truth holds negative values", not "truth: holds negative values"."""
+    try:
+        return _check_labels(array, field=name)
+    except ConfigError as error:
+        raise ValueError(f"{name} {error.message}") from None
 
 
 def scores_table(scores: Mapping[str, float]) -> str:
@@ -223,11 +216,6 @@ def _write_csv(path: str | Path, columns: list[str], rows: Iterable[Mapping[str,
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(Path(path), lambda handle: handle.write(text.getvalue().encode()))
-
-
-def _looks_rgb(shape: tuple[int, ...]) -> bool:
-    """napari's guess: a last axis of 3 or 4 behind two larger axes is colour, not a 3- or 4-pixel-wide stack."""
-    return len(shape) in (3, 4) and shape[-1] in (3, 4) and min(shape[-3:-1]) > 30
 
 
 def _threshold_suffixes(thresholds: Sequence[float]) -> list[str]:

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import ConfigError, TrainConfig
-from .data import (MixedSampler, Normalisation, Region, WindowSampler, as_stack, check_image, crop,
-                   split_validation)
+from .checks import as_stack, check_image, check_labels
+from .data import MixedSampler, Normalisation, Region, WindowSampler, crop, split_validation
 from .known import combine, painted, touched
 from .loader import Pool
 from .postprocess import params_from_truth
 from .store import ModelRecord, ModelStore
-from .targets import check_label_array, class_values, instance_targets, semantic_target
+from .targets import class_values, instance_targets, semantic_target
 
 
 @dataclass
@@ -109,7 +109,7 @@ def _checked_pair(config: TrainConfig, image: np.ndarray, labels: np.ndarray, im
     try:
         stack, truth = as_stack(image, field=image_field), as_stack(labels, field=labels_field)
         check_image(stack, field=image_field)
-        check_label_array(truth, field=labels_field)
+        check_labels(truth, field=labels_field)
         if stack.shape != truth.shape:
             raise ConfigError(labels_field, f"shape {np.shape(labels)} differs from the image's {np.shape(image)}")
         truth, known = painted(config, truth)

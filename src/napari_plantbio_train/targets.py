@@ -14,40 +14,16 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
-from .config import ConfigError
+from .checks import check_labels
 
 # Label dtypes small enough to count every possible value with one bincount instead of sorting the stack.
 _COUNTABLE = (np.bool_, np.uint8, np.uint16)
 _LOOKUP_LIMIT = 1 << 24
 
 
-def check_label_array(labels: np.ndarray, *, field: str = "labels") -> None:
-    """Reject the usual wrong layers (an image, a colour rendering) before they become nonsense targets.
-
-    Raises ``ConfigError`` (a ``ValueError``) whose field lets a form show the message beside the input.
-    """
-    labels = np.asarray(labels)
-    if labels.dtype == np.bool_:
-        return
-    if labels.dtype.kind == "f":
-        if labels.size and np.all(np.isfinite(labels)) and np.array_equal(labels, np.round(labels)):
-            raise ConfigError(field, f"holds whole numbers but as {labels.dtype}; a label array must have an "
-                                     "integer type (convert it with .astype(np.uint16) or pick a labels layer)")
-        raise ConfigError(field, f"is a {labels.dtype} array with fractional values, which looks like an "
-                                 "image; pick a labels layer with one integer id per pixel")
-    if labels.dtype.kind not in "iu":
-        raise ConfigError(field, f"has dtype {labels.dtype}; a label array must hold integers")
-    if (labels.ndim >= 3 and labels.dtype == np.uint8 and labels.shape[-1] in (3, 4)
-            and min(labels.shape[-3], labels.shape[-2]) > 4):
-        raise ConfigError(field, f"looks like an RGB{'A' if labels.shape[-1] == 4 else ''} colour image (uint8, "
-                                 f"shape {labels.shape}); a label array holds one integer id per pixel, not "
-                                 "one colour")
-
-
 def class_values(labels: np.ndarray) -> list[int]:
     """Sorted unique label values (0 = background included if present) -> the class list of a semantic model."""
-    labels = np.asarray(labels)
-    check_label_array(labels)
+    labels = check_labels(labels)
     if labels.dtype.type in _COUNTABLE:
         return np.flatnonzero(np.bincount(labels.ravel().astype(np.intp, copy=False))).tolist()
     return [int(v) for v in np.unique(labels)]
@@ -59,10 +35,7 @@ def semantic_target(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
     ``values`` comes from training (``class_values`` of the training labels), so a value outside it means the
     labels and the model disagree about the classes; that is an error rather than a silent background.
     """
-    labels = np.asarray(labels)
-    check_label_array(labels)
-    if labels.dtype == np.bool_:
-        labels = labels.view(np.uint8)
+    labels = check_labels(labels)
     table = np.asarray([int(v) for v in values], dtype=np.int64)
     if len(np.unique(table)) != len(table):
         raise ValueError(f"class values must be distinct, got {list(values)}")
@@ -94,14 +67,9 @@ def instance_targets(labels: np.ndarray, *, per_slice: bool, contour_width: int 
     their seeds never touch, not even diagonally. Contours never cover background. With ``per_slice=False``
     the ids are 3D objects, so voxels stacked on a different object along z are contour too.
     """
-    labels = np.asarray(labels)
-    check_label_array(labels)
-    if labels.ndim not in (2, 3):
-        raise ValueError(f"labels must be (Z, Y, X) or (Y, X), got shape {labels.shape}")
+    labels = check_labels(labels)
     if contour_width < 1:
         raise ValueError(f"contour_width must be at least 1, got {contour_width}")
-    if labels.dtype == np.bool_:
-        labels = labels.view(np.uint8)
     stack = labels if labels.ndim == 3 else labels[None]
     foreground = stack > 0
     contour = np.empty(stack.shape, dtype=bool)

@@ -8,8 +8,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QDoubleSpinBox, QGridLayout, QLabel, QPushButton, QToolButton, QVBoxLayout, QWidget
 
 from ..config import ConfigError, TrainConfig
-from ..data import check_image
-from ..targets import check_label_array
+from ..checks import check_image, check_labels
 from .layer_picker import LayerPicker, level0
 
 if TYPE_CHECKING:
@@ -42,7 +41,7 @@ def pair_problems(config: TrainConfig, index: int, image: Layer | None, labels: 
         found.append(ConfigError(field, f"{pair}: pick a Labels layer matching its image"))
     if found:
         return found
-    for check, layer, part in ((check_image, image, "image"), (check_label_array, labels, "labels")):
+    for check, layer, part in ((check_image, image, "image"), (check_labels, labels, "labels")):
         try:
             check(level0(layer), field=part)
         except ConfigError as error:
