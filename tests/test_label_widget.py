@@ -17,7 +17,7 @@ from napari.layers import Labels
 
 from napari_plantbio_train.config import ConfigError
 from napari_plantbio_train.events import LabelProgress
-from napari_plantbio_train.label import POSTPROCESS_DEFAULTS
+from napari_plantbio_train.kinds import POSTPROCESS_DEFAULTS
 
 AutoLabelWidget = pytest.importorskip("napari_plantbio_train._widgets.label_widget").AutoLabelWidget
 

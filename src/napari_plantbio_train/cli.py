@@ -26,11 +26,11 @@ from typing import Any, TextIO
 import numpy as np
 
 from . import distributed
-from .config import MODES, ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig
 from .distributed import DistributedError, Rank, RankFailed
 from .events import (CheckpointSaved, Finished, LabelFinished, LabelProgress, LabelStarted, Progress, Started,
                      Validation)
-from .hardware import PRECISIONS
+from .kinds import DIMS, MODES, PRECISIONS
 from .label import LabelSettings
 from .store import ModelError, ModelStore
 
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
              "they were corrected from), plus --touched-margin pixels around them; the rest is ignored")
     add("--touched-margin", type=int, help="pixels of context around each correction (default 16)")
     add("--mode", choices=MODES, help="semantic (classes) or instance (touching objects apart)")
-    add("--dims", choices=("2d", "3d"), help="2d: every slice on its own; 3d: the stack is one volume")
+    add("--dims", choices=DIMS, help="2d: every slice on its own; 3d: the stack is one volume")
     add("--name", required=True, help="unique model name (a safe folder name)")
     add("--voxel-size", nargs=3, type=float, metavar=("X", "Y", "Z"), help="nm per pixel along x, y, z")
     add("--window", type=_window, help="window size Z,Y,X (3d) or Y,X (2d)")

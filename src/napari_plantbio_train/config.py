@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .kinds import DIMS, MODES, PRECISIONS
+
 Mode = Literal["semantic", "instance"]
 Dims = Literal["2d", "3d"]
 
-MODES: tuple[str, ...] = ("semantic", "instance")
-DIMS: tuple[str, ...] = ("2d", "3d")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_WINDOW_XY = 256
 DEFAULT_WINDOW_Z = 8
@@ -211,8 +211,8 @@ class TrainConfig:
         if not isinstance(self.painted_slices_only, bool):
             bad("painted_slices_only", f"{self.painted_slices_only!r} must be true or false")
         self._check_pairs(bad)
-        if self.precision not in ("auto", "fp32", "bf16"):
-            bad("precision", f"{self.precision!r} must be auto, fp32 or bf16")
+        if self.precision not in PRECISIONS:
+            bad("precision", f"{self.precision!r} must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}")
         self._check_gpus(bad)
         if not any(problem.field == "gpus" for problem in found):
             self._check_processes(bad)

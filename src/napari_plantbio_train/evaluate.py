@@ -20,9 +20,9 @@ from scipy import ndimage
 from .checks import check_labels as _check_labels
 from .config import ConfigError
 from .files import atomic_write
+from .kinds import MODES
 from .metrics import foreground_iou, match_instances, match_instances_per_slice, semantic_scores
 
-MODES = ("semantic", "instance")
 # Past this many distinct values a "semantic" map is almost surely an instance map, and the class-by-class
 # confusion table (its square) would no longer be small.
 MAX_SEMANTIC_CLASSES = 256

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .config import NAME_PATTERN
+from .kinds import activation, channel_id, channel_names
 from .model import UNet
 from .store import ModelError, ModelRecord, ModelStore
 
@@ -67,13 +68,11 @@ class ProbabilityUNet(UNet):
 
 
 def _activation(record: ModelRecord) -> str:
-    return "sigmoid" if record.config.mode == "instance" else "softmax"
+    return activation(record.config.mode)
 
 
 def _channel_names(record: ModelRecord) -> list[str]:
-    if record.config.mode == "instance":
-        return ["foreground", "contour"]
-    return [f"class_{value}" for value in record.classes or []]
+    return [channel_id(name) for name in channel_names(record.config.mode, record.classes)]
 
 
 def _spatial_axes(record: ModelRecord) -> str:

@@ -40,8 +40,8 @@ import torch
 
 from .config import ConfigError
 from .files import atomic_write_json
+from .kinds import PRECISIONS
 
-PRECISIONS = ("auto", "fp32", "bf16")
 ISA_ENV = "ONEDNN_MAX_CPU_ISA"
 AMX_OFF = "AVX512_CORE_BF16"  # oneDNN's ISA just below AMX: bf16 stays native, AMX's tile kernels are not used
 CACHE_ENV = "PLANTBIO_CACHE_DIR"  # where verdicts are kept (default: the user cache folder)

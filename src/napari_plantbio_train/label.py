@@ -29,14 +29,13 @@ from .config import ConfigError
 from .data import Normalisation
 from .events import (LabelEvent, LabelFinished, LabelProgress, LabelStarted, StopSignal, run_to_end,
                      stop_requested)
-from .hardware import PRECISIONS, Probe, Verdict, autocast_for, choose_precision, resolve_device, usable
+from .kinds import POSTPROCESS_DEFAULTS, PRECISIONS
+from .hardware import Probe, Verdict, autocast_for, choose_precision, resolve_device, usable
 from .predict import TTA_CHOICES, predict_stack, with_tta
 from .store import ModelRecord, ModelStore
 from .uncertainty import entropy_map
 from .validate import labels_from_probabilities, make_predictor
 
-POSTPROCESS_DEFAULTS: dict[str, float] = {"fg_threshold": 0.5, "seed_threshold": 0.5, "min_seed_size": 16,
-                                          "min_size": 64, "seed_prominence": 4.0, "anisotropy": 1.0}
 
 
 class LabelCancelled(RuntimeError):
@@ -372,4 +371,4 @@ def _executor(settings: LabelSettings) -> tuple[cf.Executor, Callable[[], None],
     return executor, close, share
 
 
-__all__ = ["LabelSettings", "LabelResult", "label_stack", "run_to_end", "POSTPROCESS_DEFAULTS"]
+__all__ = ["LabelSettings", "LabelResult", "label_stack", "run_to_end"]

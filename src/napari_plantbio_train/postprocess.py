@@ -17,11 +17,17 @@ from scipy import ndimage
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
+from .kinds import POSTPROCESS_DEFAULTS
+
+
+_D = POSTPROCESS_DEFAULTS
+
 
 def instances_from_maps(foreground: np.ndarray, contour: np.ndarray, *, per_slice: bool,
-                        fg_threshold: float = 0.5, seed_threshold: float = 0.5, min_seed_size: int = 16,
-                        min_size: int = 64, seed_prominence: float = 4.0,
-                        anisotropy: float = 1.0) -> np.ndarray:
+                        fg_threshold: float = _D["fg_threshold"], seed_threshold: float = _D["seed_threshold"],
+                        min_seed_size: int = int(_D["min_seed_size"]), min_size: int = int(_D["min_size"]),
+                        seed_prominence: float = _D["seed_prominence"],
+                        anisotropy: float = _D["anisotropy"]) -> np.ndarray:
     """Label objects in (Z, Y, X) probability maps; uint32 ids are consecutive from 1, 0 is background.
 
     The flooded relief is the inverted distance of the cores to their border, so two seeds meet at the waist
@@ -118,7 +124,8 @@ def params_from_truth(labels: np.ndarray, *, per_slice: bool, anisotropy: float 
     sizes = areas if per_slice else np.bincount(stack[stack > 0].ravel().astype(np.int64))
     sizes = sizes[sizes > 0]
     if not len(areas):
-        return {"seed_prominence": 4.0, "min_size": 64, "anisotropy": float(anisotropy)}
+        return {"seed_prominence": _D["seed_prominence"], "min_size": int(_D["min_size"]),
+                "anisotropy": float(anisotropy)}
     radius = float(np.sqrt(np.median(areas) / np.pi))
     return {"seed_prominence": float(np.clip(0.12 * radius, 1.0, 12.0)),
             "min_size": int(max(16, 0.1 * np.percentile(sizes, 5))),

@@ -22,6 +22,7 @@ import torch
 
 from .config import NAME_PATTERN, TrainConfig
 from .files import atomic_write, atomic_write_json
+from .kinds import score_name
 
 ENV_VAR = "PLANTBIO_MODELS_DIR"
 FORMAT_VERSION = 1
@@ -64,7 +65,7 @@ class ModelRecord:
 
     @property
     def score_name(self) -> str:
-        return "mean IoU" if self.config.mode == "semantic" else "F1@0.5"
+        return score_name(self.config.mode)
 
 
 class ModelStore:

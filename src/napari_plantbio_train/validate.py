@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .data import crop
+from .kinds import POSTPROCESS_DEFAULTS, activation, channel_names
 from .metrics import foreground_iou, match_instances, match_instances_per_slice, semantic_scores
 from .postprocess import instances_from_maps
 from .predict import predict_stack
@@ -37,10 +38,12 @@ class RegionScore:
 def make_predictor(model: torch.nn.Module, mode: str, device: torch.device, autocast: Any):
     """Network outputs to probabilities: sigmoid per map for instance models, softmax for semantic ones."""
 
+    sigmoid = activation(mode) == "sigmoid"
+
     def predictor(x: torch.Tensor) -> torch.Tensor:
         with autocast:
             logits = model(x.to(device)).float()
-        return (logits.sigmoid() if mode == "instance" else logits.softmax(1)).cpu()
+        return (logits.sigmoid() if sigmoid else logits.softmax(1)).cpu()
 
     return predictor
 
@@ -50,7 +53,7 @@ def labels_from_probabilities(probabilities: np.ndarray, mode: str, dims: str, c
     """Instance: seeded watershed to one id per object. Semantic: the most likely class, as its label value."""
     if mode == "instance":
         return instances_from_maps(probabilities[0], probabilities[1], per_slice=dims == "2d",
-                                   **(postprocess or {}))
+                                   **{**POSTPROCESS_DEFAULTS, **(postprocess or {})})
     index = probabilities.argmax(0)
     values = np.asarray(classes)
     return values[index].astype(np.min_scalar_type(int(values.max())), copy=False)
@@ -68,8 +71,7 @@ def score_region(model: torch.nn.Module, material: "Material", config: "TrainCon
     known = None if material.known is None else crop(material.known, material.val_region)
     args = (probabilities, truth, config.mode, config.dims, material.classes, material.postprocess, known)
     score, metrics, labels = judge(*args)
-    names = ("foreground", "contour") if config.mode == "instance" else tuple(f"class {v}" for v in material.classes)
-    return RegionScore(score, metrics, probabilities, labels, names)
+    return RegionScore(score, metrics, probabilities, labels, channel_names(config.mode, material.classes))
 
 
 def judge(probabilities: np.ndarray, truth: np.ndarray, mode: str, dims: str, classes: list[int] | None,

@@ -32,7 +32,8 @@ from qtpy.QtWidgets import (
 
 from ..config import ConfigError
 from ..events import LabelFinished, LabelProgress, LabelStarted
-from ..label import POSTPROCESS_DEFAULTS, LabelResult, LabelSettings, label_stack
+from ..kinds import POSTPROCESS_DEFAULTS
+from ..label import LabelResult, LabelSettings, label_stack
 from ..store import ModelRecord, ModelStore, default_models_dir
 from .corrections import auto_label_metadata
 from .layer_picker import LayerPicker, level0

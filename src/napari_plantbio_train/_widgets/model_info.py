@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .. import kinds
 from ..store import ModelRecord
 
 if TYPE_CHECKING:
@@ -24,9 +25,10 @@ def describe(record: ModelRecord) -> str:
 
 def channel_names(record: ModelRecord) -> list[tuple[str, bool]]:
     """(name, shown at first) per probability channel; a semantic model's background (class 0) starts hidden."""
+    names = kinds.channel_names(record.config.mode, record.classes)
     if record.config.mode == "instance":
-        return [("foreground", True), ("contour", True)]
-    return [(f"class {value}", value != 0) for value in record.classes or []]
+        return [(name, True) for name in names]
+    return [(name, value != 0) for name, value in zip(names, record.classes or [])]
 
 
 def voxel_size_message(layer: Layer, record: ModelRecord) -> tuple[str, bool]:

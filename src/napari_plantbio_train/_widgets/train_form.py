@@ -22,7 +22,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..config import DIMS, MODES, ConfigError, TrainConfig
+from ..config import ConfigError, TrainConfig
+from ..kinds import DIMS, MODES
 from ..store import ModelRecord, default_models_dir
 from ..material import INHERITED, continuation
 from .corrections import TouchedOption, auto_labels_of

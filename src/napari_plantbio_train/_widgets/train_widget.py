@@ -19,6 +19,7 @@ from qtpy.QtCore import QEvent, Qt, QTimer
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from ..config import ConfigError, TrainConfig
+from ..kinds import score_name
 from ..events import CheckpointSaved, Finished, Preview, Progress, Started, Validation
 from ..train import train
 from .corrections import auto_labels_of, touched_problems
@@ -166,7 +167,7 @@ class TrainWidget(QWidget):
             self.preview_layers = {}
         self.config, self.last_event, self.last_preview, self.model_dir, self.error = config, None, None, None, None
         self._add_preview_placeholders(image.ndim)
-        self.plot.reset("mean IoU" if config.mode == "semantic" else "F1@0.5")
+        self.plot.reset(score_name(config.mode))
 
         # Several processes cannot share napari's: the command line runs them and the worker follows its events.
         processes = config.processes_per_machine()
@@ -258,7 +259,7 @@ class TrainWidget(QWidget):
 
     def _on_validation(self, event: Validation) -> None:
         self.plot.add_score(event.iteration, event.score)
-        name = "mean IoU" if self.config is not None and self.config.mode == "semantic" else "F1@0.5"
+        name = score_name(self.config.mode) if self.config is not None else "score"
         self._set_status(f"Iteration {event.iteration}: {name} {event.score:.3f}"
                          f"{' (best so far)' if event.is_best else ''} on the held-out block.")
 
