@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .files import atomic_write
+
 Region = tuple[slice, slice, slice]  # (z, y, x) of the (Z, Y, X) view of a stack
 
 
@@ -105,14 +107,13 @@ def _create_zarr(path: Path, shape: tuple[int, ...], dtype: np.dtype, chunks: tu
 
 
 def _zarr_to_tiff(array: Any, path: Path, voxel_size: tuple[float, float, float] | None) -> None:
-    """Copy slice by slice into a zlib-compressed TIFF written under a temporary name.
+    """Copy slice by slice into a zlib-compressed TIFF, written whole or not at all.
 
     The voxel size goes into ImageJ metadata (Fiji reads it) where ImageJ supports the dtype, and into the
     JSON description otherwise (ImageJ has no 32-bit integer type, which instance labels need).
     """
     import tifffile
 
-    tmp = path.with_name(f".{path.name}.partial-tif-{os.getpid()}")
     shape, dtype = tuple(array.shape), np.dtype(array.dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     axes = "ZYX" if len(shape) == 3 else "YX"
@@ -128,13 +129,11 @@ def _zarr_to_tiff(array: Any, path: Path, voxel_size: tuple[float, float, float]
         for z in range(shape[0] if len(shape) == 3 else 1):
             yield np.asarray(array[z] if len(shape) == 3 else array[...])
 
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=nbytes >= 2**31, imagej=imagej) as tif:
+    def write(handle: Any) -> None:
+        with tifffile.TiffWriter(handle, bigtiff=nbytes >= 2**31, imagej=imagej) as tif:
             tif.write(pages(), shape=shape, dtype=dtype, photometric="minisblack", compression="zlib", **kwargs)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(path, write)
 
 
 def _remove(path: Path) -> None:

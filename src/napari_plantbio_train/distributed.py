@@ -63,6 +63,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .files import atomic_write
 from .events import CheckpointSaved, Event, Finished, Preview, Progress, Started, Validation
 
 TIMEOUT_ENV = "PLANTBIO_DIST_TIMEOUT"
@@ -465,13 +466,11 @@ def _tuples(value: list[Any]) -> tuple[Any, ...]:
 
 
 def _write_preview(folder: Path, iteration: int, name: str, array: np.ndarray) -> Path:
-    """Written under a temporary name and moved into place, so a follower never reads half a file."""
+    """Written whole or not at all (files.atomic_write), so a follower never reads half a file."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"iter_{iteration:07d}_{name}.npy"
-    partial = path.with_name(path.stem + ".partial.npy")
-    np.save(partial, np.ascontiguousarray(array), allow_pickle=False)
-    os.replace(partial, path)
-    iterations = sorted({p.name.split("_")[1] for p in folder.glob("iter_*.npy") if ".partial" not in p.name})
+    atomic_write(path, lambda handle: np.save(handle, np.ascontiguousarray(array), allow_pickle=False))
+    iterations = sorted({p.name.split("_")[1] for p in folder.glob("iter_*.npy")})
     for old in iterations[:-PREVIEWS_KEPT]:
         for stale in folder.glob(f"iter_{old}_*.npy"):
             stale.unlink(missing_ok=True)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .config import NAME_PATTERN
+from .files import atomic_write
 from .kinds import activation, channel_id, channel_names
 from .model import UNet
 from .store import ModelError, ModelRecord, ModelStore
@@ -91,7 +92,8 @@ def export_model(store: ModelStore, name: str, output_zip: str | Path, *, test_i
     for 2D ones; without one a deterministic random window is used. bioimage.io applies a package's
     preprocessing to its test input, so the test input is stored in raw intensities and the normalisation is
     the package's ``scale_linear`` step. The zip is written under a temporary name, validated with
-    bioimageio.spec and only then moved to ``output_zip``; a package that fails validation is an error.
+    bioimageio.spec and only then moved to ``output_zip`` (files.atomic_write); a package that fails
+    validation is an error.
     """
     try:
         from bioimageio.spec.model.v0_5 import ModelDescr
@@ -134,19 +136,14 @@ def export_model(store: ModelStore, name: str, output_zip: str | Path, *, test_i
                authors or [DEFAULT_AUTHOR], description)
     files[RDF_NAME] = _yaml(rdf).encode()
 
-    output_zip.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_zip.with_name(f".{output_zip.stem}.tmp-{os.getpid()}.zip")
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    def write(handle: Any) -> None:
+        with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for arcname, data in files.items():
                 archive.writestr(arcname, data)
             for arcname, path in attachments.items():
                 archive.write(path, arcname)
-        validate_package(tmp)
-        os.replace(tmp, output_zip)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(output_zip, write, verify=validate_package)
     return output_zip
 
 

@@ -12,8 +12,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through a temporary sibling, fsync, then rename: readers see the old file or the new one."""
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None],
+                 verify: Callable[[Path], None] | None = None) -> None:
+    """Write through a temporary sibling, fsync, then rename: readers see the old file or the new one.
+
+    ``verify(temporary path)``, where given, checks the complete file before it takes the final name; if it
+    raises, the old file (or none) stays.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -22,6 +27,8 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if verify is not None:
+            verify(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
