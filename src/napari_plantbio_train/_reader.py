@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .voxels import scale_from_voxel_size
 from .stacks import HDF5_SUFFIXES, TIFF_SUFFIXES, read_stack, slice_files
 
 LABEL_WORDS = ("label", "mask", "seg", "truth", "annotation")
@@ -34,8 +35,7 @@ def read(path: str | list[str]) -> list[tuple[Any, dict[str, Any], str]]:
     meta: dict[str, Any] = {"name": name, "metadata": {"source": str(stack.source)}}
     ndim = len(stack.data.shape)
     if stack.voxel_size is not None and ndim in (2, 3):
-        x, y, z = stack.voxel_size
-        meta["scale"] = (z, y, x)[-ndim:]
+        meta["scale"] = scale_from_voxel_size(stack.voxel_size, ndim)
         meta["metadata"]["voxel_size_nm"] = list(stack.voxel_size)
     is_labels = np.issubdtype(np.dtype(stack.data.dtype), np.integer) and any(
         word in name.lower() for word in LABEL_WORDS)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from .synthetic import KINDS, make_stack
+from .voxels import scale_from_voxel_size
 
 
 def organelles() -> list[tuple[Any, dict[str, Any], str]]:
     stack = make_stack()
-    x, y, z = stack.voxel_size
-    scale = (z, y, x)  # napari orders axes (z, y, x); the voxel size is in nm
+    scale = scale_from_voxel_size(stack.voxel_size, 3)
     return [
         (stack.image, {"name": "organelles EM", "scale": scale}, "image"),
         (stack.semantic, {"name": "organelles classes", "scale": scale, "opacity": 0.5,

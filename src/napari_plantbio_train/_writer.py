@@ -7,14 +7,12 @@ from typing import Any
 import numpy as np
 
 from .arrays import Output
+from .voxels import voxel_size_from_scale
 
 
 def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     scale = meta.get("scale")
-    voxel = None
-    if scale is not None and len(scale) in (2, 3):
-        z, y, x = (1.0, *scale) if len(scale) == 2 else scale
-        voxel = (float(x), float(y), float(z))
+    voxel = voxel_size_from_scale(scale) if scale is not None and len(scale) in (2, 3) else None
     data = np.asarray(data)
     out = Output(path, data.shape, data.dtype, tuple(min(s, 512) for s in data.shape), overwrite=True,
                  voxel_size=voxel)

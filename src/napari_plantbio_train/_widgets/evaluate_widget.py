@@ -15,6 +15,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QFormLayout, QHeaderView, QLabel,
                             QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from ..voxels import voxel_size_from_scale
 from ..evaluate import evaluate, format_score, object_statistics, write_object_statistics_csv, write_scores_csv
 from .layer_picker import LayerPicker, level0
 
@@ -168,7 +169,5 @@ class EvaluateWidget(QWidget):
 
 def voxel_size_nm(layer: Layer) -> tuple[float, float, float]:
     """(x, y, z) from napari's (…, z, y, x) scale, which this package takes to be nm; a 2D layer gets z = 1."""
-    scale = [float(s) for s in layer.scale]
-    z = scale[-3] if len(scale) >= 3 else 1.0
-    return scale[-1], scale[-2], z
+    return voxel_size_from_scale(layer.scale)
 

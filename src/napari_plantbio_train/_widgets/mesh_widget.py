@@ -17,6 +17,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QLabel, QPushButton, QSpinBox,
                             QVBoxLayout, QWidget)
 
+from ..voxels import voxel_size_from_scale
 from ..meshes import FORMATS, Mesh, combine, export_meshes, object_meshes
 from .layer_picker import LayerPicker, level0
 
@@ -76,9 +77,8 @@ class MeshWidget(QWidget):
         if (picked := self._stack()) is None:
             return None
         layer, data = picked
-        z, y, x = (float(s) for s in layer.scale[-3:])
         try:
-            meshes = object_meshes(data, (x, y, z), self.smoothing.value())
+            meshes = object_meshes(data, voxel_size_from_scale(layer.scale), self.smoothing.value())
         except (ValueError, RuntimeError, MemoryError) as error:
             self._set_status(f"Could not mesh {layer.name!r}: {error}", error=True)
             return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..voxels import voxel_size_from_scale
 from .. import kinds
 from ..store import ModelRecord
 
@@ -35,7 +36,7 @@ def voxel_size_message(layer: Layer, record: ModelRecord) -> tuple[str, bool]:
     """(text, is a warning): the layer's scale, read as nm, against the voxel size the model was trained at.
     A scale of 1 on every axis (napari's default) or a model voxel size of 1 means "not known": only a hint."""
     axes = "xyz"[:min(layer.ndim, 3)]
-    image = {axis: float(s) for axis, s in zip(axes, layer.scale[::-1])}
+    image = dict(zip(axes, voxel_size_from_scale(layer.scale)))
     model = {axis: float(v) for axis, v in zip("xyz", record.config.voxel_size)}
     trained = "/".join(f"{model[axis]:g}" for axis in axes)
     if all(v == 1.0 for v in model.values()):

@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..voxels import voxel_size_from_scale
 from ..config import ConfigError, TrainConfig
 from ..kinds import DIMS, MODES
 from ..store import ModelRecord, default_models_dir
@@ -233,12 +234,11 @@ class TrainForm(QWidget):
         layer = self.image.value
         if layer is None or self.continue_from.record is not None:
             return
-        scale = [float(s) for s in layer.scale]
-        if len(scale) >= 2:
-            self.voxel[0].setValue(scale[-1])
-            self.voxel[1].setValue(scale[-2])
+        x, y, z = voxel_size_from_scale(layer.scale)
+        self.voxel[0].setValue(x)
+        self.voxel[1].setValue(y)
         if layer.ndim >= 3 and not getattr(layer, "rgb", False):
-            self.voxel[2].setValue(scale[-3])
+            self.voxel[2].setValue(z)
             self.dims.setCurrentText("3d")
         elif layer.ndim == 2:
             self.dims.setCurrentText("2d")
