@@ -12,17 +12,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 from napari.layers import Image
 from napari.utils.colormaps import DirectLabelColormap
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFormLayout, QPushButton, QVBoxLayout, QWidget
 
 from ..colour_labels import labels_from_colours
 from .layer_picker import LayerPicker, level0
+from .common import StatusLine
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Labels
 
-ERROR_STYLE = "color: #ff5c5c;"
 TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
 
 
@@ -48,9 +47,7 @@ class ColourLabelsWidget(QWidget):
                                      "background black")
         self.convert_button = QPushButton("Convert to labels")
         self.convert_button.clicked.connect(lambda: self.convert())
-        self.status = QLabel()
-        self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status = StatusLine()
 
         form = QFormLayout()
         form.addRow("Colour image", self.image_picker)
@@ -75,13 +72,11 @@ class ColourLabelsWidget(QWidget):
             ids, name=f"{image.name} labels", scale=image.scale, translate=image.translate,
             colormap=label_colormap(colour_map), metadata={"colour_map": colour_map},
         )
-        self.status.setStyleSheet("")
         count = len(colour_map) - 1
         found = f"{count} colours as ids 1..{count} ({ids.dtype})" if count else "no colour other than black"
-        self.status.setText(f"Added '{labels.name}': {found}, black as background 0.")
+        self.status.say(f"Added '{labels.name}': {found}, black as background 0.")
         return labels
 
     def _fail(self, message: str) -> None:
-        self.status.setStyleSheet(ERROR_STYLE)
-        self.status.setText(message)
+        self.status.say(message, error=True)
         return None

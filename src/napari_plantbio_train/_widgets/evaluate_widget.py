@@ -18,12 +18,12 @@ from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog
 from ..voxels import voxel_size_from_scale
 from ..evaluate import evaluate, format_score, object_statistics, write_object_statistics_csv, write_scores_csv
 from .layer_picker import LayerPicker, level0
+from .common import StatusLine
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Layer
 
-ERROR_STYLE = "color: #ff5c5c;"
 
 
 class EvaluateWidget(QWidget):
@@ -54,9 +54,7 @@ class EvaluateWidget(QWidget):
         self.export_objects_button = QPushButton("Export object statistics CSV…")
         self.export_objects_button.setToolTip("Size, bounding box and centroid of each object of the result layer")
         self.export_objects_button.clicked.connect(lambda: self.export_object_statistics())
-        self.status = QLabel()
-        self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status = StatusLine()
 
         form = QFormLayout()
         form.addRow("Result", self.result_picker)
@@ -163,8 +161,7 @@ class EvaluateWidget(QWidget):
         return path if path.suffix else path.with_suffix(".csv")
 
     def _set_status(self, text: str, *, error: bool = False) -> None:
-        self.status.setStyleSheet(ERROR_STYLE if error else "")
-        self.status.setText(text)
+        self.status.say(text, error=error)
 
 
 def voxel_size_nm(layer: Layer) -> tuple[float, float, float]:

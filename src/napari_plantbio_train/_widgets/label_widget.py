@@ -14,15 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image
-from napari.qt.threading import GeneratorWorker, create_worker
-from qtpy.QtCore import QEvent, Qt, QTimer
+from napari.qt.threading import create_worker
+from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
@@ -41,27 +40,17 @@ from .model_info import channel_names, voxel_size_message
 from .model_sharing import ModelSharing
 from .proofread import ProofreadQueue
 from .versions import describe_version, fill_model_box, folder_stamp
+from .common import WARNING_STYLE, StatusLine, StoppableWorker, row
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Layer
 
-ERROR_STYLE, WARNING_STYLE = "color: #ff5c5c;", "color: #f0b429;"
 TTA = (("none", 0), ("4 (flips)", 4), ("8 (flips and transposes)", 8))
 # (setting, label, decimals, maximum): the seeded watershed that splits an instance model's maps into objects.
 POSTPROCESS_FIELDS = (("fg_threshold", "Foreground threshold", 3, 1.0), ("seed_threshold", "Seed threshold", 3, 1.0),
                       ("min_size", "Min object size (voxels)", 0, 1e9), ("seed_prominence", "Seed prominence", 3, 1e3))
 MAP_COLOURS = ("magenta", "green", "cyan", "yellow", "red", "blue")
-
-
-class LabelWorker(GeneratorWorker):
-    """napari's task manager calls ``quit`` (its cancel button, closing the viewer): let the engine cancel
-    cleanly, shutting its block pool down, rather than dropping the generator between two events."""
-
-    stop_event: threading.Event
-
-    def quit(self) -> None:
-        self.stop_event.set()
 
 
 @dataclass(frozen=True)
@@ -103,12 +92,11 @@ class AutoLabelWidget(QWidget):
         self.proofread = ProofreadQueue(napari_viewer)
         self.label_button, self.cancel_button = QPushButton("Label"), QPushButton("Cancel", enabled=False)
         self.progress = QProgressBar(format="idle", value=0)
-        self.warning, self.status = QLabel(wordWrap=True), QLabel(wordWrap=True)
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.warning, self.status = QLabel(wordWrap=True), StatusLine()
 
         layout = QFormLayout(self)
         layout.addRow("Image", self.image_picker)
-        layout.addRow("Model", _row(self.model_box, self.refresh_button))
+        layout.addRow("Model", row(self.model_box, self.refresh_button))
         self.sharing = ModelSharing(self.store, lambda: self.model_box.currentData(), self.refresh_models,
                                     self._set_status)
         layout.addRow("", self.sharing)
@@ -116,10 +104,10 @@ class AutoLabelWidget(QWidget):
         layout.addRow("Test-time augmentation", self.tta)
         layout.addRow("Samples per batch", self.batch_size)
         for widget in (self.post_group, self.show_maps, self.show_doubt, self.warning,
-                       _row(self.label_button, self.cancel_button), self.progress, self.status, self.proofread):
+                       row(self.label_button, self.cancel_button), self.progress, self.status, self.proofread):
             layout.addRow(widget)
 
-        self.worker: LabelWorker | None = None
+        self.worker: StoppableWorker | None = None
         self.result: LabelResult | None = None
         self.error: BaseException | None = None
         self.last_event: Any = None
@@ -247,7 +235,7 @@ class AutoLabelWidget(QWidget):
         worker = create_worker(label_stack, record.name, data, models_dir=self.models_dir,
                                probabilities=True if self.show_maps.isChecked() else None,
                                uncertainty=True if self.show_doubt.isChecked() else None, settings=self.settings(),
-                               stop=stop, _start_thread=False, _ignore_errors=True, _worker_class=LabelWorker)
+                               stop=stop, _start_thread=False, _ignore_errors=True, _worker_class=StoppableWorker)
         worker.stop_event = stop
         worker.yielded.connect(self._on_event)
         worker.returned.connect(self._on_returned)
@@ -344,14 +332,5 @@ class AutoLabelWidget(QWidget):
         return self.worker is not None and self.worker.stop_event.is_set()
 
     def _set_status(self, text: str, *, error: bool = False) -> None:
-        self.status.setStyleSheet(ERROR_STYLE if error else "")
-        self.status.setText(text)
+        self.status.say(text, error=error)
 
-
-def _row(*widgets: QWidget) -> QWidget:
-    holder = QWidget()
-    layout = QHBoxLayout(holder)
-    layout.setContentsMargins(0, 0, 0, 0)
-    for widget in widgets:
-        layout.addWidget(widget, stretch=1 if isinstance(widget, QComboBox) else 0)
-    return holder

@@ -13,18 +13,25 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.layers import Labels, Surface
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QLabel, QPushButton, QSpinBox,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..voxels import voxel_size_from_scale
 from ..meshes import FORMATS, Mesh, combine, export_meshes, object_meshes
 from .layer_picker import LayerPicker, level0
+from .common import StatusLine
 
 if TYPE_CHECKING:
     import napari
 
-ERROR_STYLE = "color: #ff5c5c;"
 
 
 class MeshWidget(QWidget):
@@ -44,9 +51,7 @@ class MeshWidget(QWidget):
         self.per_object.setChecked(True)
         self.export_button = QPushButton("Export…")
         self.export_button.clicked.connect(lambda: self.export())
-        self.status = QLabel()
-        self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status = StatusLine()
 
         form = QFormLayout()
         form.addRow("Labels", self.labels_picker)
@@ -143,5 +148,4 @@ class MeshWidget(QWidget):
         return Path(chosen) if chosen else None
 
     def _set_status(self, text: str, *, error: bool = False) -> None:
-        self.status.setStyleSheet(ERROR_STYLE if error else "")
-        self.status.setText(text)
+        self.status.say(text, error=error)

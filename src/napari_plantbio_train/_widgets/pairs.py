@@ -10,12 +10,12 @@ from qtpy.QtWidgets import QDoubleSpinBox, QGridLayout, QLabel, QPushButton, QTo
 from ..config import ConfigError, TrainConfig
 from ..checks import check_image, check_labels
 from .layer_picker import LayerPicker, level0
+from .common import error_label
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Layer
 
-ERROR_STYLE = "color: #ff5c5c;"
 WEIGHT_TIP = "Share of the training windows drawn from this pair, relative to the other pairs' weights"
 # What the engine's own checks of the first pair are called, and what they mean for an extra pair.
 PAIR_FIELDS = {"image": "image", "labels": "labels", "window": "window", "dims": "image"}
@@ -53,14 +53,6 @@ def pair_problems(config: TrainConfig, index: int, image: Layer | None, labels: 
     return found
 
 
-def _error_label() -> QLabel:
-    label = QLabel()
-    label.setWordWrap(True)
-    label.setStyleSheet(ERROR_STYLE)
-    label.setVisible(False)
-    return label
-
-
 def _weight_box() -> QDoubleSpinBox:
     box = QDoubleSpinBox()
     box.setRange(0.0, 1000.0)
@@ -85,7 +77,7 @@ class PairRow(QWidget):
         self.remove_button = QToolButton()
         self.remove_button.setText("✕")
         self.remove_button.setToolTip("Remove this pair")
-        self.error = _error_label()
+        self.error = error_label()
         grid = QGridLayout(self)
         grid.setContentsMargins(0, 4, 0, 0)
         grid.setVerticalSpacing(1)
@@ -124,7 +116,7 @@ class ExtraPairs(QWidget):
         self.add_button.setToolTip("Train on several stacks at once, e.g. the corrected stack and the stack the "
                                    "model was first trained on")
         self.add_button.clicked.connect(lambda: self.add())
-        self.error = _error_label()  # about the pairs as a whole: their weights, their count
+        self.error = error_label()  # about the pairs as a whole: their weights, their count
         self._layout = QVBoxLayout(self)
         self._layout.setContentsMargins(0, 0, 0, 0)
         self._layout.setSpacing(2)

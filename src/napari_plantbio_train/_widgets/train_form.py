@@ -12,7 +12,6 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -31,6 +30,7 @@ from .corrections import TouchedOption, auto_labels_of
 from .layer_picker import LayerPicker
 from .pairs import ExtraPairs
 from .versions import ContinueFromBox, next_version_name
+from .common import column, error_label, row
 
 if TYPE_CHECKING:
     import napari
@@ -169,7 +169,7 @@ class TrainForm(QWidget):
             ("Samples per batch", "batch_size", self.batch_size),
             ("Name model as", "name", self.name),
             ("Time limit (min)", "time_limit_min", self.time_limit),
-            ("Models folder", "models_dir", _row(self.models_dir, browse)),
+            ("Models folder", "models_dir", row(self.models_dir, browse)),
         ]
         advanced = [
             ("Validate every", "validate_every", self.validate_every),
@@ -183,13 +183,13 @@ class TrainForm(QWidget):
             ("Ignore label value", "ignore_value", self.ignore_value),
         ]
         for label, field, widget in rows:
-            self._add_row(self._form, label, field, widget)
+            self._addrow(self._form, label, field, widget)
         self._errors["touched_margin"] = self._errors["auto_labels"] = self._errors["touched_only"]
         self.advanced = QWidget()
         advanced_form = QFormLayout(self.advanced)
         advanced_form.setContentsMargins(0, 0, 0, 0)
         for label, field, widget in advanced:
-            self._add_row(advanced_form, label, field, widget)
+            self._addrow(advanced_form, label, field, widget)
         self.advanced.setVisible(False)
         toggle = QToolButton()
         toggle.setText("Advanced")
@@ -212,7 +212,7 @@ class TrainForm(QWidget):
         self.continue_from.parent_changed.connect(self._on_parent_changed)
         self.continue_from.models_changed.connect(self._on_models_changed)
 
-    def _add_row(self, form: QFormLayout, label: str, field: str, widget: QWidget) -> None:
+    def _addrow(self, form: QFormLayout, label: str, field: str, widget: QWidget) -> None:
         """The field and, under it, a red message that stays hidden until the field is wrong."""
         if not field:
             form.addRow(label, widget)
@@ -220,12 +220,9 @@ class TrainForm(QWidget):
         tip = TIPS.get(field)
         if tip:
             widget.setToolTip(tip)
-        error = QLabel()
-        error.setWordWrap(True)
-        error.setStyleSheet("color: #ff5c5c;")
-        error.setVisible(False)
+        error = error_label()
         self._errors[field] = error
-        form.addRow(label, _column(widget, error))
+        form.addRow(label, column(widget, error))
 
     # ----- defaults from the data -----------------------------------------------------------------------------
     def _defaults_from_image(self, *_args: Any) -> None:
@@ -420,21 +417,3 @@ def _parse_window(text: str, errors: list[ConfigError]) -> tuple[int, ...] | Non
         errors.append(ConfigError("window", f"{text!r} is not whole numbers separated by commas, e.g. 8,256,256"))
         return None
 
-
-def _row(*widgets: QWidget) -> QWidget:
-    holder = QWidget()
-    layout = QHBoxLayout(holder)
-    layout.setContentsMargins(0, 0, 0, 0)
-    for widget in widgets:
-        layout.addWidget(widget)
-    return holder
-
-
-def _column(*widgets: QWidget) -> QWidget:
-    holder = QWidget()
-    layout = QVBoxLayout(holder)
-    layout.setContentsMargins(0, 0, 0, 0)
-    layout.setSpacing(1)
-    for widget in widgets:
-        layout.addWidget(widget)
-    return holder

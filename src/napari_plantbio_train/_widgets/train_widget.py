@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.qt.threading import GeneratorWorker, create_worker
-from qtpy.QtCore import QEvent, Qt, QTimer
+from napari.qt.threading import create_worker
+from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from ..config import ConfigError, TrainConfig
@@ -27,22 +27,12 @@ from .job_process import train_in_processes
 from .layer_picker import level0
 from .loss_plot import REDRAW_INTERVAL_MS, LossPlot
 from .train_form import TrainForm
+from .common import StatusLine, StoppableWorker
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Layer
 
-ERROR_STYLE = "color: #ff5c5c;"
-
-
-class TrainingWorker(GeneratorWorker):
-    """napari's task manager calls ``quit`` (its cancel button, closing the viewer); for training that must
-    mean "stop at the next iteration and save a checkpoint", not dropping the generator mid-iteration."""
-
-    stop_event: threading.Event
-
-    def quit(self) -> None:
-        self.stop_event.set()
 
 
 @dataclass(frozen=True)
@@ -71,9 +61,7 @@ class TrainWidget(QWidget):
         self.rate_label = QLabel()
         # Its text changes every iteration; a size hint that followed the text would re-lay out the window.
         self.rate_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-        self.status = QLabel()
-        self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status = StatusLine()
         background, foreground = _theme_colours(napari_viewer)
         self.plot = LossPlot(background=background, foreground=foreground)
 
@@ -85,7 +73,7 @@ class TrainWidget(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(self.plot, stretch=1)
 
-        self.worker: TrainingWorker | None = None
+        self.worker: StoppableWorker | None = None
         self.config: TrainConfig | None = None
         self.last_event: Any = None
         self.last_preview: Preview | None = None
@@ -175,7 +163,7 @@ class TrainWidget(QWidget):
         stop = threading.Event()
         worker = create_worker(run, config, image, labels, extra_pairs=extra_pairs,
                                auto_labels=corrected[1] if corrected is not None else None, models_dir=models_dir,
-                               stop=stop, _start_thread=False, _ignore_errors=True, _worker_class=TrainingWorker)
+                               stop=stop, _start_thread=False, _ignore_errors=True, _worker_class=StoppableWorker)
         worker.stop_event = stop
         worker.yielded.connect(self._on_event)
         worker.errored.connect(self._on_error)
@@ -374,8 +362,7 @@ class TrainWidget(QWidget):
         QTimer.singleShot(0, self.form.continue_from.refresh)  # the new model can be continued from at once
 
     def _set_status(self, text: str, *, error: bool = False) -> None:
-        self.status.setStyleSheet(ERROR_STYLE if error else "")
-        self.status.setText(text)
+        self.status.say(text, error=error)
 
 
 def _set_all(events: set[threading.Event]) -> None:
