@@ -54,6 +54,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append  # noqa: E402
 
+from napari_plantbio_train.planning import network_for, window_for  # noqa: E402
 from napari_plantbio_train.config import TrainConfig
 from napari_plantbio_train.data import Normalisation
 from napari_plantbio_train.model import UNet
@@ -243,13 +244,13 @@ def main() -> int:
     else:
         config = TrainConfig(name="bench-predict", **{k: v for k, v in job.items() if k != "folder"})
         mode, spatial_dims = config.mode, config.spatial_dims
-        window = config.resolved_window(raw.shape)
+        window = window_for(config, raw.shape)
         if mode == "instance":
             out_channels = 2
         else:
             labels_path = DATA / job["folder"] / "labels.tif"  # the task's classes, whatever --image is
             out_channels = len(np.unique(tifffile.imread(labels_path))) if labels_path.exists() else 2
-        model = UNet(in_channels=1, out_channels=out_channels, **config.network_kwargs(raw.shape))
+        model = UNet(in_channels=1, out_channels=out_channels, **network_for(config, raw.shape))
         normalisation = Normalisation.fit(raw)  # on the whole stack, as training does
         network = f"fresh UNet (seed {args.seed}) like train_real's {job['folder']} job"
     if args.window:

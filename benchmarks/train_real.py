@@ -28,6 +28,8 @@ import tifffile
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from napari_plantbio_train.planning import network_for, window_for  # noqa: E402
+from napari_plantbio_train.hardware import job_device  # noqa: E402
 from napari_plantbio_train.config import TrainConfig
 from napari_plantbio_train.events import Finished, Progress, Started, Validation
 from napari_plantbio_train.hardware import Probe, choose_precision
@@ -62,8 +64,8 @@ def matmul_peak(threads: int, size: int = 2048, repeats: int = 10, dtype: torch.
 
 def flops_per_iteration(config: TrainConfig, image_shape: tuple[int, ...], out_channels: int) -> float:
     """Forward + backward FLOPs of one training iteration, counted by PyTorch on the job's own network."""
-    model = UNet(in_channels=1, out_channels=out_channels, **config.network_kwargs(image_shape))
-    window = config.resolved_window(image_shape)
+    model = UNet(in_channels=1, out_channels=out_channels, **network_for(config, image_shape))
+    window = window_for(config, image_shape)
     x = torch.randn(config.batch_size * config.iteration_step, 1, *window)
     if config.mode == "instance":
         y = (torch.rand(x.shape[0], 2, *window) > 0.5).float()
@@ -82,10 +84,10 @@ def run(task: str, minutes: float, models_dir: Path, overrides: dict) -> dict:
                          time_limit_min=minutes, workers=os.cpu_count() or 1, **job)
     load_before = os.getloadavg()
     out_channels = 2 if config.mode == "instance" else len(np.unique(labels))
-    network = {**config.network_kwargs(image.shape), "in_channels": 1, "out_channels": out_channels}
+    network = {**network_for(config, image.shape), "in_channels": 1, "out_channels": out_channels}
     # The verdict train() will use (the same cached probe), so the peak is measured in the job's own format.
-    precision = choose_precision(config.precision, torch.device(config.device()),
-                                 Probe(network, config.resolved_window(image.shape), config.batch_size,
+    precision = choose_precision(config.precision, torch.device(job_device(config)),
+                                 Probe(network, window_for(config, image.shape), config.batch_size,
                                        config.mode)).precision
     peak = matmul_peak(config.workers, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
     peak_fp32 = matmul_peak(config.workers) if precision == "bf16" else peak
@@ -114,7 +116,7 @@ def run(task: str, minutes: float, models_dir: Path, overrides: dict) -> dict:
     wall = time.perf_counter() - started
     best = max(scores, key=lambda s: s[1]) if scores else (0, float("nan"), {})
     result = {
-        "task": task, "mode": config.mode, "dims": config.dims, "window": list(config.resolved_window(image.shape)),
+        "task": task, "mode": config.mode, "dims": config.dims, "window": list(window_for(config, image.shape)),
         "minutes": minutes, "wall_seconds": round(wall, 1), "iterations": finished.iteration,
         "best_score": round(best[1], 4), "best_iteration": best[0], "best_metrics": best[2],
         "final_score": round(scores[-1][1], 4) if scores else None,

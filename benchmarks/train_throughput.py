@@ -66,6 +66,7 @@ try:
 except ModuleNotFoundError:  # a bare checkout (the GPU machine): no editable install, import from the tree
     sys.path.insert(0, str(HERE.parent / "src"))
 
+from napari_plantbio_train.planning import network_for  # noqa: E402
 from napari_plantbio_train.config import TrainConfig  # noqa: E402
 from napari_plantbio_train.data import crop  # noqa: E402
 from napari_plantbio_train.events import Progress, Started  # noqa: E402
@@ -268,7 +269,7 @@ def run_monai(config: TrainConfig, material: Material, out_channels: int, image_
     sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=warmup + steps)
     loader = DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=workers,
                         pin_memory=device.type == "cuda")
-    model = UNet(in_channels=1, out_channels=out_channels, **config.network_kwargs(image_shape)).to(device)
+    model = UNet(in_channels=1, out_channels=out_channels, **network_for(config, image_shape)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     loss_function = monai_loss(config.mode)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
@@ -322,7 +323,7 @@ def run_dims(dims: str, args: argparse.Namespace, device: torch.device, say) -> 
     out_channels = 2 if config.mode == "instance" else len(material.classes)
     say(f"[{dims}] {JOBS[dims]['folder']} {tuple(image.shape)}, {config.mode}, window {material.window}, "
         f"batch {config.batch_size}, training region z{material.train_region[0]} y{material.train_region[1]} "
-        f"x{material.train_region[2]}, network {json.dumps(config.network_kwargs(image.shape))}, "
+        f"x{material.train_region[2]}, network {json.dumps(network_for(config, image.shape))}, "
         f"{out_channels} outputs")
     rows: list[Row] = []
     for precision in precisions:

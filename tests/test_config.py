@@ -7,19 +7,20 @@ import json
 import pytest
 import torch
 
+from napari_plantbio_train import planning
 from napari_plantbio_train.config import ConfigError, TrainConfig
 from napari_plantbio_train.store import ModelStore
 
 
 def _errors(config: TrainConfig, **context) -> dict[str, str]:
-    return {e.field: e.message for e in config.problems(**context)}
+    return {e.field: e.message for e in planning.problems(config, **context)}
 
 
 def test_defaults_need_only_a_name_and_work_on_a_stack():
     config = TrainConfig(name="chloroplasts")
-    assert config.problems(image_shape=(10, 600, 600), labels_shape=(10, 600, 600)) == []
-    window = config.resolved_window((10, 600, 600))
-    divisor = config.network_divisor((10, 600, 600))
+    assert planning.problems(config, image_shape=(10, 600, 600), labels_shape=(10, 600, 600)) == []
+    window = planning.window_for(config, (10, 600, 600))
+    divisor = planning.divisor_for(config, (10, 600, 600))
     assert len(window) == 3 and all(w % d == 0 for w, d in zip(window, divisor))
 
 
@@ -28,8 +29,8 @@ def test_default_window_fits_thin_stacks(slices):
     """Isotropic voxels (the guide's default of 1 nm everywhere) on a stack of a few sections still work."""
     config = TrainConfig(name="m", dims="3d")
     shape = (slices, 300, 300)
-    assert config.problems(image_shape=shape) == []
-    assert config.resolved_window(shape)[0] <= slices
+    assert planning.problems(config, image_shape=shape) == []
+    assert planning.window_for(config, shape)[0] <= slices
 
 
 def test_round_trip_through_json():
@@ -58,7 +59,7 @@ def test_window_not_fitting_downsampling_names_nearest_size():
 
 def test_anisotropic_3d_network_does_not_pool_z():
     config = TrainConfig(name="m", dims="3d", voxel_size=(5, 5, 50), depth=3)
-    assert config.network_divisor()[0] == 1
+    assert planning.divisor_for(config)[0] == 1
     assert _errors(config.replace(window=(3, 64, 64)), image_shape=(5, 200, 200)) == {}
 
 
@@ -106,4 +107,4 @@ def test_bad_values_name_their_field(field, value):
 
 def test_validate_raises_the_first_problem():
     with pytest.raises(ConfigError, match="^batch_size: "):
-        TrainConfig(name="m", batch_size=0).validate()
+        planning.validate(TrainConfig(name="m", batch_size=0))

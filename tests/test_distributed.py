@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+from napari_plantbio_train import planning
+from napari_plantbio_train.hardware import processes_per_machine
 from napari_plantbio_train import distributed
 from napari_plantbio_train.cli import main
 from napari_plantbio_train.config import TrainConfig
@@ -320,10 +322,10 @@ def test_events_travel_as_json_lines(tmp_path):
 
 def test_cpu_processes_is_checked_with_its_name(monkeypatch):
     assert [p.field for p in TrainConfig(name="m", cpu_processes=0).problems()] == ["cpu_processes"]
-    monkeypatch.setattr("napari_plantbio_train.config.cuda_device_count", lambda: 4)
-    assert TrainConfig(name="m", gpus=4).problems() == []
-    assert TrainConfig(name="m", gpus=4).processes_per_machine() == 4
-    problems = TrainConfig(name="m", gpus=2, cpu_processes=2).problems()
+    monkeypatch.setattr("napari_plantbio_train.hardware.cuda_device_count", lambda: 4)
+    assert planning.problems(TrainConfig(name="m", gpus=4)) == []
+    assert processes_per_machine(TrainConfig(name="m", gpus=4)) == 4
+    problems = planning.problems(TrainConfig(name="m", gpus=2, cpu_processes=2))
     assert [p.field for p in problems] == ["cpu_processes"]
 
 

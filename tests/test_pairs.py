@@ -10,6 +10,7 @@ import tifffile
 import torch
 from scipy import ndimage
 
+from napari_plantbio_train import planning
 from napari_plantbio_train.cli import main
 from napari_plantbio_train.config import ConfigError, TrainConfig
 from napari_plantbio_train.known import touched
@@ -54,7 +55,7 @@ def test_extra_pairs_are_checked_by_field():
     with pytest.raises(ConfigError, match=r"extra_images: pair 2: .* larger than the image"):
         prepare(config, image, labels, previous=None, extra_pairs=[(image[:, 20:44, 20:44], labels[:, 20:44, 20:44])])
     with pytest.raises(ConfigError, match="pair_weights"):
-        config.replace(pair_weights=(1.0,), extra_images=("b",), extra_labels=("b",)).validate()
+        planning.validate(config.replace(pair_weights=(1.0,), extra_images=("b",), extra_labels=("b",)))
 
 
 def test_touched_mask_reaches_margin_in_plane_and_scaled_in_z():

@@ -7,6 +7,7 @@ import pytest
 import tifffile
 import torch
 
+from napari_plantbio_train import planning
 from napari_plantbio_train.config import ConfigError, TrainConfig
 from napari_plantbio_train.data import Normalisation, WindowSampler
 from napari_plantbio_train.events import Validation
@@ -84,4 +85,4 @@ def test_ignore_value_is_not_a_class(plate_crop, models_dir):
     assert not material.known[:, :, :60].any() and material.known[:, :, 60:].all()
     run_to_end(train(config, image, marked, models_dir=models_dir))
     with pytest.raises(ConfigError, match="ignore_value"):
-        TrainConfig(name="bad", ignore_value=-2).validate()
+        planning.validate(TrainConfig(name="bad", ignore_value=-2))

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_plantbio_train.hardware import processes_per_machine
 from napari_plantbio_train import distributed
 from napari_plantbio_train._widgets import job_process
 from napari_plantbio_train._widgets.job_process import TEMP_PREFIX, follow_command
@@ -52,7 +53,7 @@ def test_two_process_job_shows_live_losses_and_stops_with_a_checkpoint(dock, qtb
     viewer.add_labels(labels, name="truth")
     widget.form.set_values(name="pair", mode="semantic", dims="2d", window=(64, 64),
                            **{**TWO, "iterations": 100_000})
-    assert widget.build_config().processes_per_machine() == 2
+    assert processes_per_machine(widget.build_config()) == 2
     assert widget.start(), widget.status.text()
     assert "2 processes" in widget.status.text()
     qtbot.waitUntil(lambda: len(widget.loss_points) >= 1, timeout=JOB_TIMEOUT_MS)

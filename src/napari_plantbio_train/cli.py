@@ -30,6 +30,7 @@ from .config import ConfigError, TrainConfig
 from .distributed import DistributedError, Rank, RankFailed
 from .events import (CheckpointSaved, Finished, LabelFinished, LabelProgress, LabelStarted, Progress, Started,
                      Validation)
+from .hardware import job_device, processes_per_machine
 from .kinds import DIMS, MODES, PRECISIONS
 from .label import LabelSettings
 from .store import ModelError, ModelStore
@@ -279,7 +280,7 @@ def _run_train(args: argparse.Namespace, out: TextIO) -> int:
         raise ConfigError("image" if not config.image else "labels", "a file path is needed")
     job = {"config": config.to_dict(), "models_dir": args.models_dir, "resume": args.resume, "events": args.events,
            "quiet": args.quiet}
-    processes, joined = config.processes_per_machine(), distributed.environment()
+    processes, joined = processes_per_machine(config), distributed.environment()
     if (joined is not None and int(joined["WORLD_SIZE"]) > 1) or (processes == 1 and args.nodes == 1):
         train_rank(job, out)  # one process of a torchrun / srun job, or a job of one process
         return 0
@@ -297,7 +298,7 @@ def train_rank(job: dict[str, Any], out: TextIO | None = None) -> str:
 
     config, out = TrainConfig.from_dict(job["config"]), out or sys.stdout
     stop = threading.Event()
-    with _signals_set(stop), distributed.process_group(config.device()) as rank:
+    with _signals_set(stop), distributed.process_group(job_device(config)) as rank:
         image, labels, extra, auto_labels = _read_data(config)
         # Rank 0 alone polls the STOP file: the ranks agree on stopping anyway, and only it may delete the file.
         stop_path = distributed.stop_file(ModelStore(job["models_dir"]).folder(config.name)) if rank.is_main else None

@@ -12,7 +12,6 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from .kinds import DIMS, MODES, PRECISIONS
@@ -21,8 +20,6 @@ Mode = Literal["semantic", "instance"]
 Dims = Literal["2d", "3d"]
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-DEFAULT_WINDOW_XY = 256
-DEFAULT_WINDOW_Z = 8
 
 
 class ConfigError(ValueError):
@@ -36,12 +33,6 @@ class ConfigError(ValueError):
 
 def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
-
-
-def cuda_device_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 @dataclass
@@ -104,62 +95,10 @@ class TrainConfig:
             return self.data_workers
         return self.workers if device_type == "cuda" else 0
 
-    def device(self) -> str:
-        gpus = self.gpus if self.gpus is not None else min(1, cuda_device_count())
-        return "cuda" if gpus >= 1 else "cpu"
-
-    def processes_per_machine(self) -> int:
-        """Data-parallel processes this job runs on each machine: one per GPU, or ``cpu_processes`` on the CPU."""
-        if self.device() == "cuda":
-            return max(1, self.gpus or 1)
-        return self.cpu_processes
-
-    def network_kwargs(self, image_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
-        """Constructor arguments of the network this job trains (input and output channels aside).
-
-        In 3D, z is halved at most as often as the window's z size allows: a stack of a few serial sections
-        cannot be pooled along z as often as in-plane, whatever the voxel size says.
-        """
-        kwargs: dict[str, Any] = dict(spatial_dims=self.spatial_dims, base_channels=self.base_channels,
-                                      depth=self.depth, anisotropy=self.anisotropy, stem_stride=self.stem_stride)
-        if self.spatial_dims == 3:
-            z = None
-            if self.window is not None and len(self.window) == 3:
-                z = int(self.window[0])
-            elif image_shape is not None and _stack_shape(image_shape) is not None:
-                z = min(DEFAULT_WINDOW_Z, _stack_shape(image_shape)[0])
-            if z is not None and z >= 1:
-                kwargs["max_z_pools"] = int(math.log2(z))
-        return kwargs
-
-    def network_divisor(self, image_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
-        """What every window axis must be divisible by, from the network this job builds."""
-        from .model import UNet
-
-        net = UNet(in_channels=1, out_channels=1, max_channels=1,
-                   **{**self.network_kwargs(image_shape), "base_channels": 1})
-        return tuple(net.divisor)
-
-    def resolved_window(self, image_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
-        """The window the job trains with: the given one, or a default that fits the image and the network."""
-        if self.window is not None:
-            window = tuple(int(w) for w in self.window)
-            if self.spatial_dims == 2 and len(window) == 3 and window[0] == 1:
-                window = window[1:]
-            return window
-        divisor = self.network_divisor(image_shape)
-        xy = [DEFAULT_WINDOW_XY] * 2
-        z = [DEFAULT_WINDOW_Z] if self.spatial_dims == 3 else []
-        window = list(z + xy)
-        if image_shape is not None:
-            spatial = _stack_shape(image_shape)[-len(window):]
-            window = [min(w, (s // d) * d) if s >= d else w for w, s, d in zip(window, spatial, divisor)]
-        return tuple(max(d, (w // d) * d) for w, d in zip(window, divisor))
-
     # ----- validation -----------------------------------------------------------------------------------------
-    def problems(self, *, image_shape: tuple[int, ...] | None = None, labels_shape: tuple[int, ...] | None = None,
-                 models_dir: str | Path | None = None, resume: bool = False) -> list[ConfigError]:
-        """Every rule the job breaks, so a form can mark all wrong fields at once."""
+    def problems(self) -> list[ConfigError]:
+        """Every rule the job's fields break on their own, so a form can mark all wrong fields at once. Rules that
+        need the data, the machine or the models folder are planning.problems'."""
         found: list[ConfigError] = []
 
         def bad(name: str, message: str) -> None:
@@ -168,19 +107,6 @@ class TrainConfig:
         if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
             bad("name", f"{self.name!r} is not a safe folder name: use 1-64 letters, digits, '.', '_' or '-', "
                         "starting with a letter or digit")
-        elif models_dir is not None:
-            from .store import ModelStore
-
-            taken = ModelStore(models_dir).exists(self.name)
-            if taken and not resume:
-                bad("name", f"a model named {self.name!r} already exists in {models_dir}; pick another name "
-                            "or resume it")
-            if resume and not taken:
-                bad("name", f"there is no model named {self.name!r} in {models_dir} to resume")
-            if self.init_from is not None and not ModelStore(models_dir).exists(str(self.init_from)):
-                bad("init_from", f"there is no model named {self.init_from!r} in {models_dir} to continue from")
-            elif self.init_from is not None and self.init_from == self.name:
-                bad("init_from", "a continued model is a new version: give it a new name (or use resume)")
         if self.mode not in MODES:
             bad("mode", f"{self.mode!r} is not one of {', '.join(MODES)}")
         if self.dims not in DIMS:
@@ -213,20 +139,14 @@ class TrainConfig:
         self._check_pairs(bad)
         if self.precision not in PRECISIONS:
             bad("precision", f"{self.precision!r} must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}")
-        self._check_gpus(bad)
-        if not any(problem.field == "gpus" for problem in found):
-            self._check_processes(bad)
-        if found:
-            return found  # window rules need a sane network description
-        self._check_window(bad, image_shape, labels_shape)
+        if self.gpus is not None and not _whole_number(self.gpus, 0):
+            bad("gpus", f"{self.gpus!r} must be a whole number, 0 for the CPU")
+        if not _whole_number(self.cpu_processes, 1):
+            bad("cpu_processes", f"{self.cpu_processes!r} must be a whole number of at least 1")
+        if self.window is not None and not (isinstance(self.window, (tuple, list))
+                                            and all(_whole_number(w, 1) for w in self.window)):
+            bad("window", f"{self.window!r} must be whole numbers of pixels, each at least 1")
         return found
-
-    def validate(self, **context: Any) -> "TrainConfig":
-        """Raise the first problem (the CLI prints one line); return self so calls chain."""
-        found = self.problems(**context)
-        if found:
-            raise found[0]
-        return self
 
     def _check_pairs(self, bad) -> None:
         pairs = 1 + len(self.extra_images)
@@ -242,58 +162,6 @@ class TrainConfig:
                 bad("pair_weights", f"{weights!r} must be shares of at least 0, not all 0")
         if not _whole_number(self.touched_margin, 0):
             bad("touched_margin", f"{self.touched_margin!r} must be a whole number of pixels, at least 0")
-
-    def _check_gpus(self, bad) -> None:
-        if self.gpus is None:
-            return
-        if not _whole_number(self.gpus, 0):
-            bad("gpus", f"{self.gpus!r} must be a whole number, 0 for the CPU")
-            return
-        present = cuda_device_count()
-        if self.gpus > present:
-            bad("gpus", f"{self.gpus} requested but this machine has {present} CUDA GPU(s); use {present}")
-
-    def _check_processes(self, bad) -> None:
-        value = self.cpu_processes
-        if not _whole_number(value, 1):
-            bad("cpu_processes", f"{value!r} must be a whole number of at least 1")
-        elif value > 1 and self.device() == "cuda":
-            bad("cpu_processes", f"{value} CPU processes, but this job trains on the GPU: set GPUs to 0 for CPU "
-                                 "processes, or use several GPUs instead")
-
-    def _check_window(self, bad, image_shape, labels_shape) -> None:
-        if image_shape is not None:
-            stack = _stack_shape(image_shape)
-            if stack is None:
-                bad("image", f"shape {tuple(image_shape)} is not a 2D image or a 3D stack of one channel")
-                return
-            if self.spatial_dims == 3 and stack[0] < 2:
-                bad("dims", "3d needs a stack of several slices; this image is a single 2D slice, use 2d")
-                return
-            if labels_shape is not None and _stack_shape(labels_shape) != stack:
-                bad("labels", f"shape {tuple(labels_shape)} differs from the image's {tuple(image_shape)}")
-        window = self.resolved_window(image_shape)
-        if len(window) != self.spatial_dims:
-            want = "(z, y, x)" if self.spatial_dims == 3 else "(y, x)"
-            bad("window", f"{window!r} must have {self.spatial_dims} sizes {want} in {self.dims} mode")
-            return
-        if not all(isinstance(w, int) and w >= 1 for w in window):
-            bad("window", f"{window!r} must be whole numbers of pixels")
-            return
-        divisor = self.network_divisor(image_shape)
-        for axis, w, d in zip("zyx"[-len(window):], window, divisor):
-            if w % d:
-                from .model import nearest_valid_size
-
-                bad("window", f"{axis} size {w} does not fit the network's downsampling by {d}: "
-                              f"the nearest valid size is {nearest_valid_size(w, d)}")
-                return
-        if image_shape is not None:
-            spatial = _stack_shape(image_shape)[-len(window):]
-            for axis, w, s in zip("zyx"[-len(window):], window, spatial):
-                if w > s:
-                    bad("window", f"{axis} size {w} is larger than the image ({s} pixels along {axis})")
-                    return
 
     # ----- serialisation --------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -333,13 +201,3 @@ def _whole_number(value: Any, minimum: int) -> bool:
 
 def _positive_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
-def _stack_shape(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
-    """Every array is handled as (Z, Y, X); a 2D image is a stack of one slice."""
-    shape = tuple(int(s) for s in shape)
-    if len(shape) == 2:
-        return (1, *shape)
-    if len(shape) == 3:
-        return shape  # type: ignore[return-value]
-    return None

@@ -34,13 +34,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .config import ConfigError
 from .files import atomic_write_json
 from .kinds import PRECISIONS
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 ISA_ENV = "ONEDNN_MAX_CPU_ISA"
 AMX_OFF = "AVX512_CORE_BF16"  # oneDNN's ISA just below AMX: bf16 stays native, AMX's tile kernels are not used
@@ -60,6 +63,23 @@ def resolve_device(device: str | None) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "no CUDA GPU is available here")
     return resolved
+
+
+def cuda_device_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def job_device(config: "TrainConfig") -> str:
+    """Where a job trains: "cuda" when it asks for GPUs (or leaves #GPU on auto and CUDA is present), else "cpu"."""
+    gpus = config.gpus if config.gpus is not None else min(1, cuda_device_count())
+    return "cuda" if gpus >= 1 else "cpu"
+
+
+def processes_per_machine(config: "TrainConfig") -> int:
+    """Data-parallel processes a job runs on each machine: one per GPU, or ``cpu_processes`` on the CPU."""
+    if job_device(config) == "cuda":
+        return max(1, config.gpus or 1)
+    return config.cpu_processes
 
 
 @dataclass(frozen=True)

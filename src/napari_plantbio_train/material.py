@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import ConfigError, TrainConfig
+from . import planning
 from .checks import as_stack, check_image, check_labels
 from .data import MixedSampler, Normalisation, Region, WindowSampler, crop, split_validation
 from .known import combine, painted, touched
@@ -85,7 +86,7 @@ def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previ
     if config.mode == "semantic" and len(classes) < 2:
         raise ConfigError("labels", "semantic training needs at least two label values (background and one class)")
     sources = [_source(config, stack, truth, known, classes) for stack, truth, known in pairs]
-    window = config.resolved_window(pairs[0][0].shape)
+    window = planning.window_for(config, pairs[0][0].shape)
     for index, source in enumerate(sources[1:], start=2):
         _check_fits(source.stack.shape, _window3(window), index)
     stack, truth, _ = pairs[0]
@@ -156,7 +157,7 @@ def checked(config: TrainConfig, store: ModelStore, image_shape: tuple[int, ...]
     the training loop and the command line's check before launching processes use the same rules."""
     if config.init_from is not None and store.exists(str(config.init_from)):
         config = inherit(config, store.record(str(config.init_from)))
-    return config.validate(image_shape=image_shape, labels_shape=labels_shape, models_dir=store.root,
+    return planning.validate(config, image_shape=image_shape, labels_shape=labels_shape, models_dir=store.root,
                            resume=resume)
 
 

@@ -8,6 +8,7 @@ Skip connections concatenate (the decoder sees encoder features unchanged, not b
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -119,6 +120,51 @@ class ResBlock(nn.Module):
         return self.act(self.body(x) + self.shortcut(x))
 
 
+@dataclass(frozen=True)
+class Levels:
+    """The shape of a U-Net, without building it: kernels per level, pooling per step, and what every window axis
+    must be divisible by."""
+
+    kernels: tuple[tuple[int, ...], ...]  # depth + 1 levels
+    pools: tuple[tuple[int, ...], ...]  # depth steps
+    divisor: tuple[int, ...]
+    stem_kernel_z: int  # the stem's kernel along z (3D): 1 while z is much coarser than x/y
+
+
+def levels(spatial_dims: int, *, depth: int = 4, anisotropy: float = 1.0, stem_stride: int = 1,
+           max_z_pools: int | None = None) -> Levels:
+    """nnU-Net's rule, level by level: while z is still much coarser than x/y (more than twice the in-plane
+    spacing), convolve and pool in-plane only; once in-plane pooling has caught up, go isotropic. A thin stack
+    (a few serial sections) is halved along z at most ``max_z_pools`` times."""
+    d = spatial_dims
+    # Spacing per axis in units of the input's in-plane voxel; in 2D only the in-plane rule applies.
+    spacing = [float(anisotropy), 1.0, 1.0] if d == 3 else [1.0, 1.0]
+
+    def flat() -> bool:
+        return d == 3 and spacing[0] > 2 * spacing[1]
+
+    def kernel() -> tuple[int, ...]:
+        return (1, 3, 3) if flat() else (3,) * d
+
+    stem_kernel_z = kernel()[0]
+    if stem_stride > 1:
+        spacing[-2:] = [spacing[-1] * stem_stride] * 2
+    kernels, pools = [], []
+    z_pools_left = depth if max_z_pools is None else max_z_pools
+    for _ in range(depth):
+        kernels.append(kernel())
+        pool_z = d == 3 and not flat() and z_pools_left > 0
+        pools.append((2,) * d if pool_z or d == 2 else (1, 2, 2))
+        z_pools_left -= int(pool_z)
+        spacing = [sp * p for sp, p in zip(spacing, pools[-1])]
+    kernels.append(kernel())
+    divisor = [1] * d
+    for p in pools:
+        divisor = [a * b for a, b in zip(divisor, p)]
+    divisor[-2:] = [divisor[-2] * stem_stride, divisor[-1] * stem_stride]
+    return Levels(tuple(kernels), tuple(pools), tuple(divisor), stem_kernel_z)
+
+
 class UNet(nn.Module):
     """Encoder-decoder with ``depth`` downsampling steps; returns per-pixel logits at the input's resolution.
 
@@ -145,22 +191,16 @@ class UNet(nn.Module):
             stem_stride=int(stem_stride), max_channels=int(max_channels),
             max_z_pools=None if max_z_pools is None else int(max_z_pools))
         d, s = spatial_dims, stem_stride
-
-        # Spacing per axis in units of the input's in-plane voxel; in 2D only the in-plane rule applies.
-        spacing = [float(anisotropy), 1.0, 1.0] if d == 3 else [1.0, 1.0]
-
-        def flat() -> bool:
-            return d == 3 and spacing[0] > 2 * spacing[1]
-
-        def kernel() -> tuple[int, ...]:
-            return (1, 3, 3) if flat() else (3,) * d
+        plan = levels(spatial_dims, depth=depth, anisotropy=anisotropy, stem_stride=stem_stride,
+                      max_z_pools=max_z_pools)
+        kernels, pools = list(plan.kernels), list(plan.pools)
 
         self.stem: nn.Module = nn.Identity()
         self.stem_up: nn.Module = nn.Identity()
         in_ch = in_channels
         if s > 1:
             # Overlapping (2s-1) in-plane kernel so no input pixel is skipped; z keeps full resolution.
-            k = (kernel()[0], 2 * s - 1, 2 * s - 1) if d == 3 else (2 * s - 1,) * 2
+            k = (plan.stem_kernel_z, 2 * s - 1, 2 * s - 1) if d == 3 else (2 * s - 1,) * 2
             stride = (1, s, s) if d == 3 else (s, s)
             pad = tuple(kk // 2 for kk in k)
             self.stem = nn.Sequential(_layer("conv", d, in_channels, base_channels, kernel=k, stride=stride,
@@ -169,20 +209,8 @@ class UNet(nn.Module):
             self.stem_up = nn.Sequential(_layer("up", d, base_channels, base_channels, kernel=stride, stride=stride),
                                          _norm(base_channels), nn.ReLU(inplace=True))
             in_ch = base_channels
-            spacing[-2:] = [spacing[-1] * s] * 2
 
         widths = [min(base_channels * 2**i, max_channels) for i in range(depth + 1)]
-        kernels, pools = [], []
-        z_pools_left = depth if max_z_pools is None else max_z_pools
-        for _ in range(depth):
-            kernels.append(kernel())
-            # A thin stack (a few serial sections) cannot be halved along z as often as in-plane.
-            pool_z = d == 3 and not flat() and z_pools_left > 0
-            pools.append((2,) * d if pool_z or d == 2 else (1, 2, 2))
-            z_pools_left -= int(pool_z)
-            spacing = [sp * p for sp, p in zip(spacing, pools[-1])]
-        kernels.append(kernel())
-
         self.encoders = nn.ModuleList()
         for width, k in zip(widths, kernels):
             self.encoders.append(ResBlock(d, in_ch, width, k))
@@ -193,11 +221,7 @@ class UNet(nn.Module):
         self.decoders = nn.ModuleList(ResBlock(d, 2 * widths[i], widths[i], kernels[i]) for i in range(depth))
         self.head = _layer("conv", d, widths[0], out_channels, kernel=1)
 
-        divisor = [1] * d
-        for p in pools:
-            divisor = [a * b for a, b in zip(divisor, p)]
-        divisor[-2:] = [divisor[-2] * s, divisor[-1] * s]
-        self.divisor: tuple[int, ...] = tuple(divisor)
+        self.divisor: tuple[int, ...] = plan.divisor
         self.kernels: tuple[tuple[int, ...], ...] = tuple(kernels)
         self.pool_factors: tuple[tuple[int, ...], ...] = tuple(pools)
 

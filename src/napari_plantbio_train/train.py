@@ -23,11 +23,12 @@ from .config import ConfigError, TrainConfig
 from .distributed import Rank, agree, gather, mean, weights_digest
 from .events import (CheckpointSaved, Event, Finished, Preview, Progress, Started, StopSignal, Validation,
                      run_to_end, stop_requested)
-from .hardware import Probe, autocast_for, choose_precision, usable
+from .hardware import Probe, autocast_for, choose_precision, job_device, processes_per_machine, usable
 from .loader import window_batches
 from .material import checked, prepare
 from .memory import OutOfMemory, largest_fitting, out_of_memory_message, suggest_batch_size, try_step
 from .model import UNet
+from .planning import network_for
 from .store import ModelStore, ModelWriter
 from .validate import score_region
 
@@ -89,12 +90,12 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     `rank` places this process in a data-parallel job (see distributed.py; its process group already joined):
     every rank runs the whole loop on its own windows, rank 0 alone writes the model folder and yields events.
     """
-    if rank is None and config.processes_per_machine() > 1:
+    if rank is None and processes_per_machine(config) > 1:
         # Several processes cannot live in this one: a silent one-device job would not be what was asked for.
-        field = "gpus" if config.device() == "cuda" else "cpu_processes"
-        raise ConfigError(field, f"{config.processes_per_machine()} processes train as a job of their own: start it "
+        field = "gpus" if job_device(config) == "cuda" else "cpu_processes"
+        raise ConfigError(field, f"{processes_per_machine(config)} processes train as a job of their own: start it "
                                  "with the command line (napari-plantbio-train train), which launches them")
-    rank = rank if rank is not None else Rank(device=config.device())
+    rank = rank if rank is not None else Rank(device=job_device(config))
     events = _train(config, image, labels, extra_pairs=extra_pairs, auto_labels=auto_labels, models_dir=models_dir,
                     resume=resume, stop=stop, rank=rank)
     if rank.is_main:
@@ -142,7 +143,7 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         model = UNet.from_spec(parent.network).to(device)
         model.load_state_dict(store.load_checkpoint(parent, "best")["model"])
     else:
-        model = UNet(in_channels=1, out_channels=out_channels, **config.network_kwargs(np.shape(image))).to(device)
+        model = UNet(in_channels=1, out_channels=out_channels, **network_for(config, np.shape(image))).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     start = 0
     if previous_state is not None:

@@ -32,6 +32,7 @@ from ..cli import train_arguments
 from ..config import ConfigError, TrainConfig
 from ..distributed import JobFailed, follow, stop_file
 from ..events import Event, Started
+from ..hardware import job_device
 
 TEMP_PREFIX = "plantbio-dock-job-"
 POLL_S = 0.2
@@ -44,7 +45,7 @@ def train_in_processes(config: TrainConfig, image: np.ndarray, labels: np.ndarra
                        extra_pairs: Sequence[tuple[np.ndarray, np.ndarray]] = (),
                        auto_labels: np.ndarray | None = None, models_dir: str | Path | None = None,
                        stop: threading.Event | None = None) -> Generator[Event, None, Path]:
-    """``train`` for a job of ``config.processes_per_machine()`` processes: the data goes to a temporary folder,
+    """``train`` for a job of ``processes_per_machine(config)`` processes: the data goes to a temporary folder,
     the command line trains, and its events come back here. Bad input the processes find is a ``ConfigError``
     naming the field, as from ``train``; a job that ends any other way without finishing is a ``JobFailed``."""
     if models_dir is None:
@@ -153,7 +154,7 @@ def _saved(config: TrainConfig, folder: Path, image: np.ndarray, labels: np.ndar
         extra_images=tuple(i for i, _ in extra), extra_labels=tuple(lab for _, lab in extra),
         auto_labels=save("auto_labels", auto_labels) if config.touched_only and auto_labels is not None else None,
         # "auto" GPUs on a CPU job would let a continued model take its parent's GPU count (see train_arguments).
-        gpus=config.gpus if config.device() == "cuda" else 0)
+        gpus=config.gpus if job_device(config) == "cuda" else 0)
 
 
 def _config_error(failed: JobFailed) -> Exception:

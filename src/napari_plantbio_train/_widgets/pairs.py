@@ -8,6 +8,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QDoubleSpinBox, QGridLayout, QLabel, QPushButton, QToolButton, QVBoxLayout, QWidget
 
 from ..config import ConfigError, TrainConfig
+from .. import planning
 from ..checks import check_image, check_labels
 from .layer_picker import LayerPicker, level0
 from .common import error_label
@@ -47,7 +48,7 @@ def pair_problems(config: TrainConfig, index: int, image: Layer | None, labels: 
         except ConfigError as error:
             found.append(ConfigError(field, f"{pair} {part} {layer.name!r}: {error.message}"))
     alone = config.replace(extra_images=(), extra_labels=(), pair_weights=None)
-    for error in alone.problems(image_shape=level0(image).shape, labels_shape=level0(labels).shape):
+    for error in planning.problems(alone, image_shape=level0(image).shape, labels_shape=level0(labels).shape):
         if error.field in PAIR_FIELDS:
             found.append(ConfigError(field, f"{pair} {PAIR_FIELDS[error.field]}: {error.message}"))
     return found

@@ -19,6 +19,8 @@ from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from ..config import ConfigError, TrainConfig
+from .. import planning
+from ..hardware import processes_per_machine
 from ..kinds import score_name
 from ..events import CheckpointSaved, Finished, Preview, Progress, Started, Validation
 from ..train import train
@@ -132,7 +134,7 @@ class TrainWidget(QWidget):
         labels_shape = level0(labels_layer).shape if labels_layer is not None else None
         errors += touched_problems(config, labels_layer, labels_shape)
         models_dir = self.form.models_folder()
-        errors += config.problems(image_shape=level0(image_layer).shape if image_layer is not None else None,
+        errors += planning.problems(config, image_shape=level0(image_layer).shape if image_layer is not None else None,
                                   labels_shape=labels_shape, models_dir=models_dir)
         if errors:
             elsewhere = self.form.show_errors(_unique(errors))
@@ -158,7 +160,7 @@ class TrainWidget(QWidget):
         self.plot.reset(score_name(config.mode))
 
         # Several processes cannot share napari's: the command line runs them and the worker follows its events.
-        processes = config.processes_per_machine()
+        processes = processes_per_machine(config)
         run = train_in_processes if processes > 1 else train
         stop = threading.Event()
         worker = create_worker(run, config, image, labels, extra_pairs=extra_pairs,
