@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
+from napari_plantbio_train.config import unsaved_layer
 from napari_plantbio_train.config import TrainConfig
 from napari_plantbio_train.events import Finished
 from napari_plantbio_train.store import ModelRecord, ModelStore
@@ -130,7 +131,9 @@ def test_extra_pairs_carry_weights_and_are_checked_like_the_first(dock, chloropl
     pairs.first_weight.setValue(2.0)
     config = widget.build_config()
     assert config.pair_weights == (2.0, 0.5, 3.0)
-    assert (config.extra_images, config.extra_labels) == (("raw", "raw"), ("small", "truth"))
+    # Layers without a file are recorded as such (a layer opened from a file records its path).
+    assert (config.extra_images, config.extra_labels) == ((unsaved_layer("raw"), unsaved_layer("raw")),
+                                                           (unsaved_layer("small"), unsaved_layer("truth")))
     assert not pairs.first_row.isHidden()
 
     assert not widget.start() and widget.worker is None
@@ -217,8 +220,9 @@ def test_proofread_and_continue_makes_a_listed_version(make_napari_viewer, model
     assert (version.parent, version.lineage) == ("chl", ("chl",))
     config = version.config
     assert (config.init_from, config.touched_only, config.touched_margin) == ("chl", True, 8)
-    assert config.auto_labels == "new [chl]"
-    assert (config.extra_images, config.extra_labels, config.pair_weights) == (("trained on",), ("its labels",),
+    assert config.auto_labels == unsaved_layer("new [chl]")
+    assert (config.extra_images, config.extra_labels, config.pair_weights) == ((unsaved_layer("trained on"),),
+                                                                               (unsaved_layer("its labels"),),
                                                                                (2.0, 1.0))
     assert _snapshot(models / "chl") == parent_files, "the parent is never written to"
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_plantbio_train.config import unsaved_layer
 from napari_plantbio_train.config import TrainConfig
 from napari_plantbio_train.events import Finished, Progress
 from napari_plantbio_train.store import ModelStore
@@ -234,7 +235,8 @@ def test_training_runs_to_the_end_with_curve_previews_and_a_saved_model(dock, qt
     assert list((folder / "checkpoints").glob("*.pt"))
     assert name in ModelStore(models).names()
     saved = TrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
-    assert (saved.mode, saved.dims, saved.image, saved.labels) == (spec["mode"], spec["dims"], "raw", "truth")
+    assert (saved.mode, saved.dims, saved.image, saved.labels) == (spec["mode"], spec["dims"], unsaved_layer("raw"),
+                                                                   unsaved_layer("truth"))
     assert saved.voxel_size == (scale[-1], scale[-2], scale[0] if spec["layer_dims"] == 3 else 1.0)
 
 
@@ -362,3 +364,24 @@ def test_engine_errors_at_run_time_show_in_the_dock(dock, qtbot, plate):
     assert "empty" in widget.form.error_text("labels")
     assert widget.train_button.text() == "Train" and widget.form.isEnabled()
     assert "empty" not in ModelStore(models).names()
+
+
+def test_a_dock_job_on_layers_from_files_reruns_headless_from_its_config(dock, qtbot, tmp_path):
+    """The model folder's config.json names the files the layers came from, so the command line re-runs it."""
+    from napari_plantbio_train.cli import main
+    from napari_plantbio_train.synthetic import make_stack
+
+    viewer, widget, models = dock
+    stack = make_stack((1, 96, 96), seed=2)
+    tifffile.imwrite(tmp_path / "em.tif", stack.image[0])
+    tifffile.imwrite(tmp_path / "em_labels.tif", stack.semantic[0])
+    image = viewer.open(str(tmp_path / "em.tif"), plugin="napari-plantbio-train")[0]
+    labels = viewer.open(str(tmp_path / "em_labels.tif"), plugin="napari-plantbio-train")[0]
+    widget.form.set_values(name="from-files", mode="semantic", dims="2d", window=(32, 32), image=image,
+                           labels=labels, **{**TINY, "iterations": 4, "validate_every": 4, "iteration_save": 4})
+    _train(qtbot, widget)
+    saved = models / "from-files" / "config.json"
+    recorded = TrainConfig.from_dict(json.loads(saved.read_text()))
+    assert (recorded.image, recorded.labels) == (str(tmp_path / "em.tif"), str(tmp_path / "em_labels.tif"))
+    assert main(["train", "--config", str(saved), "--name", "again", "--models-dir", str(models), "--quiet"]) == 0
+    assert ModelStore(models).record("again").config.image == recorded.image

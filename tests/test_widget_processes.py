@@ -21,7 +21,8 @@ from napari_plantbio_train.hardware import processes_per_machine
 from napari_plantbio_train import distributed
 from napari_plantbio_train._widgets import job_process
 from napari_plantbio_train._widgets.job_process import TEMP_PREFIX, follow_command
-from napari_plantbio_train.cli import build_parser, config_from_args, train_arguments
+from napari_plantbio_train.cli import build_parser, config_from_args, job_from_args
+from napari_plantbio_train.config import job_document, unsaved_layer
 from napari_plantbio_train.config import ConfigError, TrainConfig
 from napari_plantbio_train.distributed import JobFailed
 from napari_plantbio_train.events import Finished, Started
@@ -140,17 +141,22 @@ def test_cpu_processes_field_round_trips_and_is_checked(dock):  # noqa: F811
 
 
 # ----- the follower without a viewer --------------------------------------------------------------------------
-def test_the_command_line_reads_the_dock_job_back():
+def test_the_command_line_reads_the_dock_job_back(tmp_path):
     config = TrainConfig(name="m", mode="instance", dims="2d", image="/d/i.npy", labels="/d/l.npy",
                          extra_images=("/d/i2.npy",), extra_labels=("/d/l2.npy",), pair_weights=(1.0, 0.5),
                          touched_only=True, auto_labels="/d/auto.npy", window=(64, 64), gpus=0, cpu_processes=2,
                          voxel_size=(4.0, 5.0, 30.0), lr=3e-4, time_limit_min=2.5, painted_slices_only=True,
                          ignore_value=7, seed=3, val_fraction=0.2, precision="fp32")
-    args = train_arguments(config, "/models")
-    assert config_from_args(build_parser().parse_args(args)) == config
-    assert args[args.index("--models-dir") + 1] == str(Path("/models").absolute())
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps(job_document(config)))
+    assert config_from_args(build_parser().parse_args(["train", "--config", str(job)])) == config
+    # The dock's job records the layers' sources and reads temporary copies: both come back.
+    recorded = config.replace(image=unsaved_layer("EM"), labels="/lab/labels.tif")
+    job.write_text(json.dumps(job_document(recorded, {"image": "/tmp/i.npy", "labels": "/tmp/l.npy"})))
+    again, data = job_from_args(build_parser().parse_args(["train", "--config", str(job)]))
+    assert again == recorded and (data["image"], data["labels"]) == ("/tmp/i.npy", "/tmp/l.npy")
     with pytest.raises(ConfigError) as error:
-        train_arguments(config.replace(auto_labels=None), "/models")
+        job_document(config.replace(auto_labels=None))
     assert error.value.field == "auto_labels"
 
 

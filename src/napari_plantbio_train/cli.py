@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from . import distributed
-from .config import ConfigError, TrainConfig
+from .config import DATA_FIELDS, ConfigError, TrainConfig, is_unsaved_layer, read_job_document
 from .distributed import DistributedError, Rank, RankFailed
 from .events import (CheckpointSaved, Finished, LabelFinished, LabelProgress, LabelStarted, Progress, Started,
                      Validation)
@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--touched-margin", type=int, help="pixels of context around each correction (default 16)")
     add("--mode", choices=MODES, help="semantic (classes) or instance (touching objects apart)")
     add("--dims", choices=DIMS, help="2d: every slice on its own; 3d: the stack is one volume")
-    add("--name", required=True, help="unique model name (a safe folder name)")
+    add("--name", help="unique model name (a safe folder name); required unless --config gives it")
+    add("--config", metavar="JOB.json",
+        help="a job file: a model folder's config.json (re-run a job, e.g. one the dock started) or a job the dock "
+             "wrote; options given beside it change its fields")
     add("--voxel-size", nargs=3, type=float, metavar=("X", "Y", "Z"), help="nm per pixel along x, y, z")
     add("--window", type=_window, help="window size Z,Y,X (3d) or Y,X (2d)")
     add("--gpus", type=int, help="number of GPUs (0: CPU; default: 1 if CUDA is present); N > 1 trains on N GPUs "
@@ -188,9 +191,33 @@ def _add_exchange(commands: Any) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return job_from_args(args)[0]
+
+
+def job_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
+    """The job the options describe, and where its data is read from (its own data fields, unless a job file
+    says otherwise)."""
     given = {field: getattr(args, option) for option, field in FIELD_OPTIONS.items()
              if getattr(args, option) is not None}
     given.update(_pairs(args))
+    if "voxel_size" in given:
+        given["voxel_size"] = tuple(given["voxel_size"])
+    if args.config:
+        try:
+            document = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError("config", f"{args.config}: {exc}") from None
+        config, data = read_job_document(document)
+        config = config.replace(**given)
+        data.update({k: v for k, v in given.items() if k in DATA_FIELDS})
+        return config, data
+    if not args.name:
+        raise ConfigError("name", "--name is required (or a job file with --config)")
+    config = _config_from_options(args, given)
+    return config, {k: getattr(config, k) for k in DATA_FIELDS}
+
+
+def _config_from_options(args: argparse.Namespace, given: dict[str, Any]) -> TrainConfig:
     if args.resume:
         record = ModelStore(args.models_dir).record(args.name)
         return record.config.replace(**given)
@@ -207,41 +234,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     for required in ("image", "labels", "mode", "dims"):
         if required not in given:
             raise ConfigError(required, f"--{required} is required for a new model")
-    if "voxel_size" in given:
-        given["voxel_size"] = tuple(given["voxel_size"])
     return TrainConfig(**given)
-
-
-def train_arguments(config: TrainConfig, models_dir: str | Path) -> list[str]:
-    """The ``train`` command line of ``config``, whose data fields hold file paths: how the dock starts a job of
-    several processes. ``config_from_args`` reads it back to the same config, except that with ``init_from`` a
-    field left None (the command line has no way to say None) takes the parent's value."""
-    if not config.image or not config.labels:
-        raise ConfigError("image" if not config.image else "labels", "a file path is needed")
-    args = ["train", "--models-dir", str(Path(models_dir).absolute())]
-    for image, labels in zip((config.image, *config.extra_images), (config.labels, *config.extra_labels)):
-        args += ["--image", str(image), "--labels", str(labels)]
-    if config.pair_weights is not None:
-        args += ["--balance", *(repr(float(w)) for w in config.pair_weights)]
-    if config.touched_only:
-        if not config.auto_labels:
-            raise ConfigError("auto_labels", "the auto-label result the labels were corrected from is needed")
-        args += ["--touched-only", str(config.auto_labels)]
-    if config.init_from is not None:
-        args += ["--init-from", str(config.init_from)]
-    for option, field in FIELD_OPTIONS.items():
-        value, flag = getattr(config, field), "--" + option.replace("_", "-")
-        if value is None or value is False:
-            continue  # not given: the default (False for a switch)
-        if value is True:
-            args.append(flag)
-        elif option == "window":
-            args += [flag, ",".join(str(int(w)) for w in value)]
-        elif isinstance(value, (tuple, list)):
-            args += [flag, *(str(v) for v in value)]
-        else:
-            args += [flag, str(value)]
-    return args
 
 
 def _pairs(args: argparse.Namespace) -> dict[str, Any]:
@@ -263,28 +256,35 @@ def _pairs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _read_pair(image: str, labels: str, image_field: str, labels_field: str) -> tuple[np.ndarray, np.ndarray]:
+    return _read(image, image_field), _read(labels, labels_field)
+
+
+def _read(path: str | None, field: str) -> np.ndarray:
     from .data import read_array
 
-    arrays = []
-    for path, name in ((image, image_field), (labels, labels_field)):
-        try:
-            arrays.append(read_array(path))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(name, str(exc)) from None
-    return arrays[0], arrays[1]
+    if not path:
+        raise ConfigError(field, "a file path is needed")
+    if is_unsaved_layer(path):
+        raise ConfigError(field, f"the job was trained on a {path}: save that layer (File > Save Selected Layers) "
+                                 f"and give its path (--{field.replace('_', '-')} FILE)")
+    try:
+        return read_array(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(field, str(exc)) from None
 
 
 def _run_train(args: argparse.Namespace, out: TextIO) -> int:
-    config = config_from_args(args)
-    if not config.image or not config.labels:
-        raise ConfigError("image" if not config.image else "labels", "a file path is needed")
-    job = {"config": config.to_dict(), "models_dir": args.models_dir, "resume": args.resume, "events": args.events,
-           "quiet": args.quiet}
+    config, data = job_from_args(args)
+    for field in ("image", "labels"):
+        if not data.get(field):
+            raise ConfigError(field, "a file path is needed")
+    job = {"config": config.to_dict(), "data": data, "models_dir": args.models_dir, "resume": args.resume,
+           "events": args.events, "quiet": args.quiet}
     processes, joined = processes_per_machine(config), distributed.environment()
     if (joined is not None and int(joined["WORLD_SIZE"]) > 1) or (processes == 1 and args.nodes == 1):
         train_rank(job, out)  # one process of a torchrun / srun job, or a job of one process
         return 0
-    _check_before_launch(config, args)
+    _check_before_launch(config, data, args)
     distributed.launch(_launched_rank, (job,), processes=processes, nodes=args.nodes, node_rank=args.node_rank,
                        master_addr=args.master_addr, master_port=args.master_port, run_id=f"plantbio-{config.name}")
     return 0
@@ -292,14 +292,14 @@ def _run_train(args: argparse.Namespace, out: TextIO) -> int:
 
 def train_rank(job: dict[str, Any], out: TextIO | None = None) -> str:
     """One process's share of a training job: join the job (if there is one), read the data, train; rank 0
-    reports. ``job`` holds plain values only (the config as a dict, models_dir, resume, events, quiet), so it
-    travels to spawned processes; each process reads the arrays itself."""
+    reports. ``job`` holds plain values only (the config as a dict, where to read its data, models_dir, resume,
+    events, quiet), so it travels to spawned processes; each process reads the arrays itself."""
     from .train import train
 
     config, out = TrainConfig.from_dict(job["config"]), out or sys.stdout
     stop = threading.Event()
     with _signals_set(stop), distributed.process_group(job_device(config)) as rank:
-        image, labels, extra, auto_labels = _read_data(config)
+        image, labels, extra, auto_labels = _read_data(config, job["data"])
         # Rank 0 alone polls the STOP file: the ranks agree on stopping anyway, and only it may delete the file.
         stop_path = distributed.stop_file(ModelStore(job["models_dir"]).folder(config.name)) if rank.is_main else None
         if stop_path is not None:
@@ -338,23 +338,19 @@ def _launched_rank(job: dict[str, Any]) -> str:
         sys.exit(2)
 
 
-def _read_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]],
-                                               np.ndarray | None]:
-    from .data import read_array
-
-    image, labels = _read_pair(config.image, config.labels, "image", "labels")
+def _read_data(config: TrainConfig, data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray,
+                                                                    list[tuple[np.ndarray, np.ndarray]],
+                                                                    np.ndarray | None]:
+    image, labels = _read_pair(data["image"], data["labels"], "image", "labels")
     extra = [_read_pair(i, lab, "extra_images", "extra_labels")
-             for i, lab in zip(config.extra_images, config.extra_labels)]
+             for i, lab in zip(data.get("extra_images") or (), data.get("extra_labels") or ())]
     auto_labels = None
-    if config.touched_only and config.auto_labels:
-        try:
-            auto_labels = read_array(config.auto_labels)
-        except (OSError, ValueError) as exc:
-            raise ConfigError("auto_labels", str(exc)) from None
+    if config.touched_only and data.get("auto_labels"):
+        auto_labels = _read(data["auto_labels"], "auto_labels")
     return image, labels, extra, auto_labels
 
 
-def _check_before_launch(config: TrainConfig, args: argparse.Namespace) -> None:
+def _check_before_launch(config: TrainConfig, data: dict[str, Any], args: argparse.Namespace) -> None:
     """Bad input is one line before any process starts, not one line per process after they all started."""
     from .arrays import open_stack
     from .material import checked
@@ -362,7 +358,7 @@ def _check_before_launch(config: TrainConfig, args: argparse.Namespace) -> None:
     shapes = {}
     for field in ("image", "labels"):
         try:
-            shapes[field] = tuple(np.shape(open_stack(getattr(config, field))))
+            shapes[field] = tuple(np.shape(open_stack(data[field])))
         except (OSError, ValueError) as exc:
             raise ConfigError(field, str(exc)) from None
     checked(config, ModelStore(args.models_dir), shapes["image"], shapes["labels"], resume=args.resume)

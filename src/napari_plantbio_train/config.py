@@ -194,6 +194,56 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+# ----- the job file -------------------------------------------------------------------------------------------
+JOB_KIND = "napari-plantbio-train job"
+DATA_FIELDS = ("image", "labels", "extra_images", "extra_labels", "auto_labels")
+
+
+def job_document(config: TrainConfig, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What ``train --config FILE`` runs: the job as it is recorded (``config.json`` of its model folder) and, where
+    its process reads the data from elsewhere (the dock's layers saved to a temporary folder), those paths.
+
+    A JSON document rather than a command line: every field, None included, comes back exactly.
+    """
+    if config.touched_only and not (data or {}).get("auto_labels", config.auto_labels):
+        raise ConfigError("auto_labels", "the auto-label result the labels were corrected from is needed")
+    unknown = sorted(set(data or {}) - set(DATA_FIELDS))
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is not a data field ({', '.join(DATA_FIELDS)})")
+    document: dict[str, Any] = {"kind": JOB_KIND, "config": config.to_dict()}
+    if data:
+        document["data"] = {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+    return document
+
+
+def read_job_document(document: Any) -> tuple[TrainConfig, dict[str, Any]]:
+    """(the job, where to read its data) from a job document, or from a model folder's ``config.json`` (a bare
+    job, whose data fields are the paths to read)."""
+    if not isinstance(document, dict):
+        raise ConfigError("config", "a job file holds one JSON object (a model folder's config.json, or a job)")
+    if document.get("kind") == JOB_KIND:
+        config = TrainConfig.from_dict(document.get("config") or {})
+        data = dict(document.get("data") or {})
+    else:
+        config, data = TrainConfig.from_dict(document), {}
+    where = {"image": config.image, "labels": config.labels, "extra_images": config.extra_images,
+             "extra_labels": config.extra_labels, "auto_labels": config.auto_labels}
+    where.update({k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in DATA_FIELDS})
+    return config, where
+
+
+UNSAVED = "napari layer {name!r}, not saved to a file"
+
+
+def unsaved_layer(name: str) -> str:
+    """How a job records a layer it trained on that no file holds: the job says so instead of naming a file."""
+    return UNSAVED.format(name=name)
+
+
+def is_unsaved_layer(value: str | None) -> bool:
+    return isinstance(value, str) and value.startswith("napari layer ") and value.endswith(", not saved to a file")
+
+
 def _whole_number(value: Any, minimum: int) -> bool:
     """An int (not a bool, which Python counts as one) of at least ``minimum``."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum

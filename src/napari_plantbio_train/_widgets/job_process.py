@@ -1,8 +1,9 @@
 """A training job of several processes, run by the command line as a subprocess and followed from the dock.
 
 Several data-parallel processes cannot live in napari's process (each needs its own interpreter), so the dock
-saves the data to ``.npy`` files, starts ``napari-plantbio-train train ... --events jsonl`` and reads its JSON
-lines back into the events ``train`` yields (``distributed.follow``). ``train_in_processes`` has ``train``'s
+saves the data to ``.npy`` files and the job to a job file (``config.job_document``: the job as recorded, and
+where the data is), starts ``napari-plantbio-train train --config JOB --events jsonl`` and reads its JSON lines
+back into the events ``train`` yields (``distributed.follow``). ``train_in_processes`` has ``train``'s
 signature, so the dock runs it in the same napari worker and shows its events with the same handlers.
 
 Stopping: once the job has said where its model folder is (its ``started`` line), the STOP file there asks every
@@ -14,6 +15,7 @@ Nothing here uses Qt.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -28,11 +30,9 @@ from typing import IO
 
 import numpy as np
 
-from ..cli import train_arguments
-from ..config import ConfigError, TrainConfig
+from ..config import ConfigError, TrainConfig, job_document
 from ..distributed import JobFailed, follow, stop_file
 from ..events import Event, Started
-from ..hardware import job_device
 
 TEMP_PREFIX = "plantbio-dock-job-"
 POLL_S = 0.2
@@ -53,9 +53,10 @@ def train_in_processes(config: TrainConfig, image: np.ndarray, labels: np.ndarra
 
         models_dir = default_models_dir()
     with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as folder:
-        job = _saved(config, Path(folder), image, labels, extra_pairs, auto_labels)
-        command = [sys.executable, "-m", "napari_plantbio_train.cli", *train_arguments(job, models_dir),
-                   "--events", "jsonl", "--quiet"]
+        job_file = Path(folder) / "job.json"
+        job_file.write_text(json.dumps(_saved(config, Path(folder), image, labels, extra_pairs, auto_labels)))
+        command = [sys.executable, "-m", "napari_plantbio_train.cli", "train", "--config", str(job_file),
+                   "--models-dir", str(Path(models_dir).absolute()), "--events", "jsonl", "--quiet"]
         return (yield from follow_command(command, Path(folder) / "stderr.txt", stop or threading.Event()))
 
 
@@ -141,20 +142,20 @@ def _signal_group(process: subprocess.Popen, signum: int) -> None:
 
 
 def _saved(config: TrainConfig, folder: Path, image: np.ndarray, labels: np.ndarray,
-           extra_pairs: Sequence[tuple[np.ndarray, np.ndarray]], auto_labels: np.ndarray | None) -> TrainConfig:
-    """The job with its data as ``.npy`` files in ``folder`` (each process reads them itself)."""
+           extra_pairs: Sequence[tuple[np.ndarray, np.ndarray]], auto_labels: np.ndarray | None) -> dict:
+    """The job file: the job as recorded, with its data as ``.npy`` files in ``folder`` (each process reads them
+    itself)."""
     def save(name: str, array: np.ndarray) -> str:
         path = folder / f"{name}.npy"
         np.save(path, np.ascontiguousarray(array), allow_pickle=False)
         return str(path)
 
     extra = [(save(f"image_{i + 2}", i_), save(f"labels_{i + 2}", lab)) for i, (i_, lab) in enumerate(extra_pairs)]
-    return config.replace(
-        image=save("image", image), labels=save("labels", labels),
-        extra_images=tuple(i for i, _ in extra), extra_labels=tuple(lab for _, lab in extra),
-        auto_labels=save("auto_labels", auto_labels) if config.touched_only and auto_labels is not None else None,
-        # "auto" GPUs on a CPU job would let a continued model take its parent's GPU count (see train_arguments).
-        gpus=config.gpus if job_device(config) == "cuda" else 0)
+    data = {"image": save("image", image), "labels": save("labels", labels),
+            "extra_images": [i for i, _ in extra], "extra_labels": [lab for _, lab in extra]}
+    if config.touched_only and auto_labels is not None:
+        data["auto_labels"] = save("auto_labels", auto_labels)
+    return job_document(config, data)
 
 
 def _config_error(failed: JobFailed) -> Exception:

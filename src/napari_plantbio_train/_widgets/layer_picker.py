@@ -76,3 +76,12 @@ def level0(layer: Layer) -> Any:
     """The full-resolution array of a layer (the first level of a multiscale one), as the layer holds it: numpy,
     dask or zarr pass through unread."""
     return layer.data[0] if layer.multiscale else layer.data
+
+
+def source_of(layer: Layer) -> str:
+    """What a job records for a layer: the file napari opened it from, so ``train --config`` can re-run the job
+    headless, or a note that no file holds it (a layer painted or computed in this session)."""
+    from ..config import unsaved_layer
+
+    path = getattr(getattr(layer, "source", None), "path", None)
+    return str(path) if path else unsaved_layer(layer.name)

@@ -10,7 +10,7 @@ from qtpy.QtWidgets import QDoubleSpinBox, QGridLayout, QLabel, QPushButton, QTo
 from ..config import ConfigError, TrainConfig
 from .. import planning
 from ..checks import check_image, check_labels
-from .layer_picker import LayerPicker, level0
+from .layer_picker import LayerPicker, level0, source_of
 from .common import error_label
 
 if TYPE_CHECKING:
@@ -156,10 +156,11 @@ class ExtraPairs(QWidget):
         return [(row.image.value, row.labels.value) for row in self.rows]
 
     def names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """Layer names of the extra images and labels, for the job's record ('' where nothing is picked)."""
+        """Where the extra images and labels come from, for the job's record: their files, or a note that a
+        layer has none ('' where nothing is picked)."""
         pairs = self.layers()
-        return (tuple(i.name if i is not None else "" for i, _ in pairs),
-                tuple(lab.name if lab is not None else "" for _, lab in pairs))
+        return (tuple(source_of(i) if i is not None else "" for i, _ in pairs),
+                tuple(source_of(lab) if lab is not None else "" for _, lab in pairs))
 
     def weights(self) -> tuple[float, ...] | None:
         """Every pair's weight, the first pair's first; None with a single pair (nothing to balance)."""

@@ -22,12 +22,12 @@ from qtpy.QtWidgets import (
 )
 
 from ..voxels import voxel_size_from_scale
-from ..config import ConfigError, TrainConfig
+from ..config import ConfigError, TrainConfig, unsaved_layer
 from ..kinds import DIMS, MODES
 from ..store import ModelRecord, default_models_dir
 from ..material import INHERITED, continuation
 from .corrections import TouchedOption, auto_labels_of
-from .layer_picker import LayerPicker
+from .layer_picker import LayerPicker, source_of
 from .pairs import ExtraPairs
 from .versions import ContinueFromBox, next_version_name
 from .common import column, error_label, row
@@ -301,8 +301,8 @@ class TrainForm(QWidget):
             name=self.name.text().strip(),
             mode=self.mode.currentText(),  # type: ignore[arg-type]
             dims=self.dims.currentText(),  # type: ignore[arg-type]
-            image=image.name if image is not None else None,
-            labels=labels.name if labels is not None else None,
+            image=source_of(image) if image is not None else None,
+            labels=source_of(labels) if labels is not None else None,
             voxel_size=tuple(box.value() for box in self.voxel),  # type: ignore[arg-type]
             window=window,
             gpus=None if self.gpus.value() < 0 else self.gpus.value(),
@@ -328,7 +328,7 @@ class TrainForm(QWidget):
             pair_weights=self.pairs.weights(),
             touched_only=self.touched.checkbox.isChecked(),
             touched_margin=self.touched.margin.value(),
-            auto_labels=corrected[0] if corrected is not None else None,
+            auto_labels=unsaved_layer(corrected[0]) if corrected is not None else None,
         )
         return config, errors
 
