@@ -221,3 +221,28 @@ def test_continue_from_a_model_makes_a_new_version(chloroplast_crop, models_dir)
     assert {p: p.stat().st_mtime_ns for p in parent.folder.rglob("*") if p.is_file()} == parent_files
     with pytest.raises(ConfigError, match="init_from"):
         run_to_end(train(child_config.replace(name="v3", init_from="nobody"), image, labels, models_dir=models_dir))
+
+
+def test_every_checkpoint_rebuilds_its_model_alone(models_dir, tmp_path):
+    """A checkpoint carries its network, normalisation and classes as plain data: copied out of its folder, it
+    still makes the same predictions, and it is still read with weights_only=True."""
+    from napari_plantbio_train.store import load_checkpoint_file
+    from napari_plantbio_train.synthetic import make_stack
+
+    stack = make_stack((1, 64, 64), seed=1)
+    config = TrainConfig(name="alone", mode="semantic", dims="2d", window=(32, 32), **TINY)
+    run_to_end(train(config, stack.image[0], stack.semantic[0], models_dir=models_dir))
+    model, record = ModelStore(models_dir).load_model("alone")
+    for name in ("best.pt", "iter_0000012.pt"):
+        copied = tmp_path / name
+        copied.write_bytes((record.folder / "checkpoints" / name).read_bytes())
+        again, description = load_checkpoint_file(copied)
+        assert description["network"] == record.network and description["classes"] == record.classes
+        assert description["normalisation"] == record.normalisation and description["mode"] == "semantic"
+        x = torch.randn(1, 1, 32, 32)
+        if name == "best.pt":
+            with torch.no_grad():
+                torch.testing.assert_close(again(x), model(x))
+    torch.save({"model": model.state_dict()}, tmp_path / "bare.pt")
+    with pytest.raises(ModelError, match="does not describe its network"):
+        load_checkpoint_file(tmp_path / "bare.pt")

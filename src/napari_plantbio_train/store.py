@@ -26,6 +26,9 @@ from .kinds import score_name
 
 ENV_VAR = "PLANTBIO_MODELS_DIR"
 FORMAT_VERSION = 1
+# What every checkpoint repeats from model.json, so that one file rebuilds the model (load_checkpoint_file).
+DESCRIBED = ("network", "normalisation", "classes", "window", "mode", "dims", "voxel_size", "postprocess",
+             "precision")
 METRIC_FIELDS = ("iteration", "loss", "lr", "seconds_per_iteration", "data_seconds", "validation_score",
                  "elapsed_seconds")
 
@@ -140,6 +143,28 @@ class ModelStore:
         return model, record
 
 
+def load_checkpoint_file(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """A model rebuilt from one checkpoint file alone (its weights and its own description), for a file that has
+    travelled without its folder; (network in eval mode, description). Only plain data is read from the file."""
+    from .model import UNet
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise ModelError(f"checkpoint {path} is missing") from exc
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError) as exc:
+        raise ModelError(f"{path} is not a checkpoint this plugin can read safely: {exc}") from exc
+    description = state.get("description") if isinstance(state, dict) else None
+    if not isinstance(description, dict) or "network" not in description:
+        raise ModelError(f"{path} does not describe its network (a checkpoint from before self-describing "
+                         "checkpoints): load it through its model folder")
+    model = UNet.from_spec(description["network"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, description
+
+
 class ModelWriter:
     """Owns one model folder while a job trains it."""
 
@@ -171,6 +196,11 @@ class ModelWriter:
         with open(self.metrics_path, "a", newline="") as handle:
             csv.writer(handle).writerow([_fmt(row.get(k)) for k in METRIC_FIELDS])
 
+    def description(self) -> dict[str, Any]:
+        """What a checkpoint carries beside its weights, as plain data: enough to rebuild and use the model from the
+        file alone (nanoGPT's checkpoints carry their model arguments the same way)."""
+        return {"format": FORMAT_VERSION, **{key: self.meta[key] for key in DESCRIBED if key in self.meta}}
+
     def save(self, iteration: int, state: dict[str, Any], *, keep: bool = True) -> Path:
         """Write a full checkpoint (weights, optimiser, counters), then the pointer file naming it as last.
 
@@ -179,6 +209,7 @@ class ModelWriter:
         """
         relative = f"checkpoints/iter_{iteration:07d}.pt" if keep else "checkpoints/last.pt"
         path = self.folder / relative
+        state = {**state, "description": self.description()}
         atomic_write(path, lambda h: torch.save(state, h))
         self.meta.update(format=FORMAT_VERSION, last=relative, iterations_done=iteration)
         self._commit()
@@ -186,7 +217,8 @@ class ModelWriter:
 
     def save_best(self, iteration: int, weights: dict[str, Any], score: float) -> Path:
         path = self.folder / "checkpoints/best.pt"
-        atomic_write(path, lambda h: torch.save({"model": weights, "iteration": iteration}, h))
+        state = {"model": weights, "iteration": iteration, "description": self.description()}
+        atomic_write(path, lambda h: torch.save(state, h))
         self.meta.update(best="checkpoints/best.pt", best_score=score, best_iteration=iteration)
         self._commit()
         return path
