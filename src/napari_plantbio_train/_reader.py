@@ -8,7 +8,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .voxels import scale_from_voxel_size
-from .stacks import HDF5_SUFFIXES, TIFF_SUFFIXES, read_stack, slice_files
+from .stacks import HDF5_SUFFIXES, TIFF_SUFFIXES, slice_files
+from .stacks import read as read_stack
 
 LABEL_WORDS = ("label", "mask", "seg", "truth", "annotation")
 

@@ -141,27 +141,3 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
-
-
-def open_stack(path: str | Path) -> Any:
-    """A stack on disk as an array that reads only what is indexed: zarr directly, TIFF through tifffile's zarr
-    view (falling back to reading it whole where a file's layout has none), .npy memory-mapped."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".zarr":
-        import zarr
-
-        return zarr.open_array(store=str(path), mode="r")
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-        import zarr
-
-        try:
-            return zarr.open_array(store=tifffile.imread(path, aszarr=True), mode="r")
-        except (ValueError, TypeError, KeyError, NotImplementedError):
-            return tifffile.imread(path)
-    if suffix == ".npy":
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    raise ValueError(f"{path}: unsupported file type {suffix!r} (use .tif, .tiff, .zarr or .npy)")

@@ -33,6 +33,7 @@ from .events import (CheckpointSaved, Finished, LabelFinished, LabelProgress, La
 from .hardware import job_device, processes_per_machine
 from .kinds import DIMS, MODES, PRECISIONS
 from .label import LabelSettings
+from .stacks import read, read_array
 from .store import ModelError, ModelStore
 
 # option -> TrainConfig field, for every option that maps one-to-one (the pairs are read by _pairs)
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a named model (or resume one)")
     # Every default is None: "not given", so --resume can keep the stored job's values.
     add = train.add_argument
-    add("--image", action="append", help="raw image stack (TIFF or .npy); give it again for more pairs")
+    add("--image", action="append", help="raw image stack (TIFF, a folder of TIFF slices, HDF5, zarr or .npy); give it again for more pairs")
     add("--labels", action="append",
         help="label stack of the same shape (integer ids or classes); one per --image, in the same order")
     add("--balance", nargs="+", type=float, metavar="W",
@@ -145,7 +146,7 @@ def _add_predict(commands: Any) -> None:
     predict = commands.add_parser("predict", help="label a stack with a named model")
     add = predict.add_argument
     add("--model", required=True, help="name of the model (see `models`)")
-    add("--image", required=True, help="stack to label (TIFF, .zarr or .npy; read block by block)")
+    add("--image", required=True, help="stack to label (TIFF, a folder of TIFF slices, HDF5, zarr or .npy; read block by block)")
     add("--output", required=True, help="labels to write: O.tif or O.zarr")
     add("--overlap", type=float, default=0.5, help="share of a window overlapping its neighbour (default 0.5)")
     add("--tta", type=int, default=0, choices=(0, 4, 8), help="test-time variants averaged (default 0)")
@@ -169,7 +170,7 @@ def _add_predict(commands: Any) -> None:
 def _add_evaluate(commands: Any) -> None:
     evaluate = commands.add_parser("evaluate", help="score a labels result against ground truth (JSON)")
     add = evaluate.add_argument
-    add("--prediction", required=True, help="labels to judge (TIFF, .zarr or .npy)")
+    add("--prediction", required=True, help="labels to judge (TIFF, a folder of TIFF slices, HDF5, zarr or .npy)")
     add("--truth", required=True, help="ground-truth labels of the same shape")
     add("--mode", choices=MODES, default="instance", help="instance (objects, default) or semantic (classes)")
     add("--per-slice", action="store_true", help="instance: match objects within each slice (2D models)")
@@ -260,8 +261,6 @@ def _read_pair(image: str, labels: str, image_field: str, labels_field: str) -> 
 
 
 def _read(path: str | None, field: str) -> np.ndarray:
-    from .data import read_array
-
     if not path:
         raise ConfigError(field, "a file path is needed")
     if is_unsaved_layer(path):
@@ -269,7 +268,7 @@ def _read(path: str | None, field: str) -> np.ndarray:
                                  f"and give its path (--{field.replace('_', '-')} FILE)")
     try:
         return read_array(path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # StackError is a ValueError
         raise ConfigError(field, str(exc)) from None
 
 
@@ -352,13 +351,12 @@ def _read_data(config: TrainConfig, data: dict[str, Any]) -> tuple[np.ndarray, n
 
 def _check_before_launch(config: TrainConfig, data: dict[str, Any], args: argparse.Namespace) -> None:
     """Bad input is one line before any process starts, not one line per process after they all started."""
-    from .arrays import open_stack
     from .material import checked
 
     shapes = {}
     for field in ("image", "labels"):
         try:
-            shapes[field] = tuple(np.shape(open_stack(data[field])))
+            shapes[field] = tuple(read(data[field]).data.shape)
         except (OSError, ValueError) as exc:
             raise ConfigError(field, str(exc)) from None
     checked(config, ModelStore(args.models_dir), shapes["image"], shapes["labels"], resume=args.resume)
@@ -469,11 +467,10 @@ def _duration(seconds: float) -> str:
 
 
 def _run_predict(args: argparse.Namespace, out: TextIO) -> int:
-    from .arrays import open_stack
     from .label import label_stack
 
     try:
-        image = open_stack(args.image)
+        image = read(args.image).data
     except (OSError, ValueError) as exc:
         raise ConfigError("image", str(exc)) from None
     postprocess = {name: getattr(args, name) for name in ("fg_threshold", "seed_threshold", "min_size",
@@ -505,13 +502,12 @@ def _run_predict(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace, out: TextIO) -> int:
-    from .arrays import open_stack
     from .evaluate import evaluate, object_statistics, write_object_statistics_csv, write_scores_csv
 
     arrays = {}
     for field in ("prediction", "truth"):
         try:
-            arrays[field] = np.asarray(open_stack(getattr(args, field)))
+            arrays[field] = read_array(getattr(args, field))
         except (OSError, ValueError) as exc:
             raise ConfigError(field, str(exc)) from None
     try:

@@ -10,28 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from .config import ConfigError
 
 Region = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # (start, stop) for z, y, x
-
-
-def read_array(path: str | Path) -> np.ndarray:
-    """Read a stack from TIFF (including LZW/zlib-compressed lab files) or .npy."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        return tifffile.imread(path)
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    raise ValueError(f"{path}: unsupported file type {suffix!r} (use .tif, .tiff or .npy)")
 
 
 @dataclass(frozen=True)
