@@ -39,7 +39,7 @@ def child(request: dict) -> None:
     """One trial: a whole network (``network``) or one plain layer (``layer``), forward and backward in bf16."""
     torch.manual_seed(0)
     if "network" in request:
-        from napari_plantbio_train.model import UNet
+        from napari_plantbio_train.models.network import UNet
 
         module = UNet(**request["network"])
     else:
@@ -97,7 +97,7 @@ def smaller_network(case: dict) -> dict:
 
 def layers_of(case: dict) -> list[tuple[str, dict, list[int]]]:
     """Every leaf layer of the network as (torch.nn class, constructor arguments, input shape), traced in fp32."""
-    from napari_plantbio_train.model import UNet
+    from napari_plantbio_train.models.network import UNet
 
     model = UNet(**case["network"])
     seen: list[tuple[str, dict, list[int]]] = []

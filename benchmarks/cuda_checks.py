@@ -20,10 +20,10 @@ import numpy as np
 import tifffile
 import torch
 
-from napari_plantbio_train.config import ConfigError, TrainConfig
-from napari_plantbio_train.events import Progress, Started, run_to_end
-from napari_plantbio_train.store import ModelStore
-from napari_plantbio_train.train import train
+from napari_plantbio_train.job.config import ConfigError, TrainConfig
+from napari_plantbio_train.job.events import Progress, Started, run_to_end
+from napari_plantbio_train.models.store import ModelStore
+from napari_plantbio_train.training.loop import train
 
 
 def main() -> int:

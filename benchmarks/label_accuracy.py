@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append  # noqa: E402
 from train_real import DATA, JOBS  # noqa: E402
 
-from napari_plantbio_train.config import TrainConfig  # noqa: E402
-from napari_plantbio_train.evaluate import evaluate  # noqa: E402
-from napari_plantbio_train.events import Finished, Validation  # noqa: E402
-from napari_plantbio_train.label import LabelSettings, label_stack, run_to_end  # noqa: E402
-from napari_plantbio_train.train import train  # noqa: E402
+from napari_plantbio_train.job.config import TrainConfig  # noqa: E402
+from napari_plantbio_train.evaluation.evaluate import evaluate  # noqa: E402
+from napari_plantbio_train.job.events import Finished, Validation  # noqa: E402
+from napari_plantbio_train.inference.label import LabelSettings, label_stack, run_to_end  # noqa: E402
+from napari_plantbio_train.training.loop import train  # noqa: E402
 
 SPLITS = {  # (training part, labelled part) as numpy index expressions on (Z, Y, X) / (Y, X)
     "chloroplast3d": ((slice(None), slice(None), slice(0, 1600)), (slice(None), slice(None), slice(1600, None))),

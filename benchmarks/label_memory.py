@@ -45,8 +45,8 @@ def rss_mb() -> float:
 def child(args: argparse.Namespace) -> int:
     import zarr
 
-    from napari_plantbio_train.label import LabelSettings, _predictor, _make_job, label_stack, run_to_end
-    from napari_plantbio_train.store import ModelStore
+    from napari_plantbio_train.inference.label import LabelSettings, _predictor, _make_job, label_stack, run_to_end
+    from napari_plantbio_train.models.store import ModelStore
 
     image = zarr.open_array(store=args.input, mode="r")
     settings = LabelSettings(block_voxels=args.block_voxels)
@@ -92,7 +92,7 @@ def main() -> int:
     if args.child:
         return child(args)
 
-    from napari_plantbio_train.label import LabelSettings
+    from napari_plantbio_train.inference.label import LabelSettings
 
     work = Path(tempfile.mkdtemp(prefix="plantbio-memory-"))
     if args.model is None:

@@ -54,13 +54,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append  # noqa: E402
 
-from napari_plantbio_train.planning import network_for, window_for  # noqa: E402
-from napari_plantbio_train.config import TrainConfig
-from napari_plantbio_train.data import Normalisation
-from napari_plantbio_train.model import UNet
-from napari_plantbio_train.predict import gaussian_weights, window_starts
-from napari_plantbio_train.hardware import Probe, choose_precision
-from napari_plantbio_train.validate import make_predictor
+from napari_plantbio_train.planning.window import network_for, window_for  # noqa: E402
+from napari_plantbio_train.job.config import TrainConfig
+from napari_plantbio_train.models.normalisation import Normalisation
+from napari_plantbio_train.models.network import UNet
+from napari_plantbio_train.inference.sliding import gaussian_weights, window_starts
+from napari_plantbio_train.runtime.hardware import Probe, choose_precision
+from napari_plantbio_train.inference.predictor import make_predictor
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SIGMA_SCALE = 0.125  # what predict.gaussian_weights uses by default
@@ -198,7 +198,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ours", default="napari_plantbio_train.predict.predict_stack",
+    parser.add_argument("--ours", default="napari_plantbio_train.inference.sliding.predict_stack",
                         help="dotted name of our function: f(predictor, image, *, spatial_dims, window, overlap, "
                              "batch_size) -> (K, Z, Y, X)")
     parser.add_argument("--monai-weights", choices=["monai", "ours"], default="monai",
@@ -234,7 +234,7 @@ def main() -> int:
         raw = raw[None]
 
     if args.model:
-        from napari_plantbio_train.store import ModelStore
+        from napari_plantbio_train.models.store import ModelStore
 
         model, record = ModelStore(args.models_dir).load_model(args.model)
         mode, spatial_dims = record.config.mode, record.config.spatial_dims

@@ -33,14 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append  # noqa: E402
 from train_real import DATA, JOBS  # noqa: E402
 
-from napari_plantbio_train.config import TrainConfig  # noqa: E402
-from napari_plantbio_train.evaluate import evaluate  # noqa: E402
-from napari_plantbio_train.events import run_to_end  # noqa: E402
-from napari_plantbio_train.label import LabelSettings, label_stack  # noqa: E402
-from napari_plantbio_train.store import ModelStore  # noqa: E402
-from napari_plantbio_train.material import continuation  # noqa: E402
-from napari_plantbio_train.train import train  # noqa: E402
-from napari_plantbio_train.uncertainty import rank_objects  # noqa: E402
+from napari_plantbio_train.job.config import TrainConfig  # noqa: E402
+from napari_plantbio_train.evaluation.evaluate import evaluate  # noqa: E402
+from napari_plantbio_train.job.events import run_to_end  # noqa: E402
+from napari_plantbio_train.inference.label import LabelSettings, label_stack  # noqa: E402
+from napari_plantbio_train.models.store import ModelStore  # noqa: E402
+from napari_plantbio_train.training.material import continuation  # noqa: E402
+from napari_plantbio_train.training.loop import train  # noqa: E402
+from napari_plantbio_train.inference.uncertainty import rank_objects  # noqa: E402
 
 SPLIT_X = 1097
 

@@ -23,12 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append  # noqa: E402
 
-from napari_plantbio_train.config import TrainConfig
-from napari_plantbio_train.evaluate import evaluate
-from napari_plantbio_train.events import Finished
-from napari_plantbio_train.label import label_stack, run_to_end
-from napari_plantbio_train.synthetic import make_stack
-from napari_plantbio_train.train import train
+from napari_plantbio_train.job.config import TrainConfig
+from napari_plantbio_train.evaluation.evaluate import evaluate
+from napari_plantbio_train.job.events import Finished
+from napari_plantbio_train.inference.label import label_stack, run_to_end
+from napari_plantbio_train.io.synthetic import make_stack
+from napari_plantbio_train.training.loop import train
 
 JOBS = {
     "instance": dict(mode="instance", dims="3d", window=(4, 128, 128), stem_stride=2, batch_size=2, lr=2e-3,

@@ -28,13 +28,14 @@ import tifffile
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from napari_plantbio_train.planning import network_for, window_for  # noqa: E402
-from napari_plantbio_train.hardware import job_device  # noqa: E402
-from napari_plantbio_train.config import TrainConfig
-from napari_plantbio_train.events import Finished, Progress, Started, Validation
-from napari_plantbio_train.hardware import Probe, choose_precision
-from napari_plantbio_train.model import UNet
-from napari_plantbio_train.train import segmentation_loss, train
+from napari_plantbio_train.planning.window import network_for, window_for  # noqa: E402
+from napari_plantbio_train.runtime.hardware import job_device  # noqa: E402
+from napari_plantbio_train.job.config import TrainConfig
+from napari_plantbio_train.job.events import Finished, Progress, Started, Validation
+from napari_plantbio_train.runtime.hardware import Probe, choose_precision
+from napari_plantbio_train.models.network import UNet
+from napari_plantbio_train.models.losses import segmentation_loss
+from napari_plantbio_train.training.loop import train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

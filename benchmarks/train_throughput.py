@@ -66,14 +66,14 @@ try:
 except ModuleNotFoundError:  # a bare checkout (the GPU machine): no editable install, import from the tree
     sys.path.insert(0, str(HERE.parent / "src"))
 
-from napari_plantbio_train.planning import network_for  # noqa: E402
-from napari_plantbio_train.config import TrainConfig  # noqa: E402
-from napari_plantbio_train.data import crop  # noqa: E402
-from napari_plantbio_train.events import Progress, Started  # noqa: E402
-from napari_plantbio_train.hardware import Machine, candidates, native_cpu_bf16  # noqa: E402
-from napari_plantbio_train.model import UNet  # noqa: E402
-from napari_plantbio_train.material import Material, prepare  # noqa: E402
-from napari_plantbio_train.train import train  # noqa: E402
+from napari_plantbio_train.planning.window import network_for  # noqa: E402
+from napari_plantbio_train.job.config import TrainConfig  # noqa: E402
+from napari_plantbio_train.training.sampling import crop  # noqa: E402
+from napari_plantbio_train.job.events import Progress, Started  # noqa: E402
+from napari_plantbio_train.runtime.hardware import Machine, candidates, native_cpu_bf16  # noqa: E402
+from napari_plantbio_train.models.network import UNet  # noqa: E402
+from napari_plantbio_train.training.material import Material, prepare  # noqa: E402
+from napari_plantbio_train.training.loop import train  # noqa: E402
 
 DATA = HERE.parents[1] / "shared" / "data"
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from napari_plantbio_train.config import TrainConfig
-from napari_plantbio_train.events import Progress
-from napari_plantbio_train.train import train
+from napari_plantbio_train.job.config import TrainConfig
+from napari_plantbio_train.job.events import Progress
+from napari_plantbio_train.training.loop import train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chloroplast3d"
 ITERATIONS = 80

@@ -34,7 +34,7 @@ def load_stack() -> tuple[np.ndarray, np.ndarray, str]:
         image = tifffile.imread(DATA / "image.tif", key=pages)[(slice(None), *CROP[1:])]
         labels = tifffile.imread(DATA / "labels.tif", key=pages)[(slice(None), *CROP[1:])]
         return image, labels, f"chloroplast crop {image.shape} from {DATA}"
-    from napari_plantbio_train.synthetic import make_stack
+    from napari_plantbio_train.io.synthetic import make_stack
 
     stack = make_stack(shape=(10, 256, 256))  # the sample data of File > Open Sample
     return stack.image, stack.instances, f"synthetic stack {stack.image.shape} (no data at {DATA})"
@@ -45,7 +45,7 @@ def main() -> int:
     from qtpy.QtCore import QEventLoop, QTimer
 
     from napari_plantbio_train._widgets.train_widget import TrainWidget
-    from napari_plantbio_train.events import Finished
+    from napari_plantbio_train.job.events import Finished
 
     image, labels, source = load_stack()
     print(f"Training on a {source}")

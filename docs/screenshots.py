@@ -36,7 +36,7 @@ def take(out: Path = OUT, minutes: float = 2.0) -> list[Path]:
     from napari_plantbio_train._widgets.evaluate_widget import EvaluateWidget
     from napari_plantbio_train._widgets.label_widget import AutoLabelWidget
     from napari_plantbio_train._widgets.train_widget import TrainWidget
-    from napari_plantbio_train.synthetic import make_stack
+    from napari_plantbio_train.io.synthetic import make_stack
 
     out.mkdir(parents=True, exist_ok=True)
     shots: list[Path] = []

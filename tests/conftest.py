@@ -55,9 +55,9 @@ TINY_JOB = dict(base_channels=4, depth=2, iterations=20, validate_every=20, iter
 def tiny_models(tmp_path_factory, chloroplast_crop, plate_crop) -> Path:
     """A briefly trained 3D instance model ("chl") and 2D semantic model ("plate", classes 0 and 3) in one
     models folder, shared by the auto-label tests; tests copy it before changing anything in it."""
-    from napari_plantbio_train.config import TrainConfig
-    from napari_plantbio_train.events import run_to_end
-    from napari_plantbio_train.train import train
+    from napari_plantbio_train.job.config import TrainConfig
+    from napari_plantbio_train.job.events import run_to_end
+    from napari_plantbio_train.training.loop import train
 
     root = tmp_path_factory.mktemp("tiny_models")
     image, labels = chloroplast_crop

@@ -12,7 +12,7 @@ import pytest
 import tifffile
 
 from napari_plantbio_train.cli import main
-from napari_plantbio_train.store import ModelStore
+from napari_plantbio_train.models.store import ModelStore
 
 
 @pytest.fixture

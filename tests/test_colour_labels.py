@@ -7,8 +7,8 @@ import pytest
 
 from napari.layers import Labels
 
-from napari_plantbio_train.checks import looks_rgb as looks_like_colour
-from napari_plantbio_train.colour_labels import colours_from_labels, labels_from_colours
+from napari_plantbio_train.io.checks import looks_rgb as looks_like_colour
+from napari_plantbio_train.tools.colour_labels import colours_from_labels, labels_from_colours
 
 ColourLabelsWidget = pytest.importorskip("napari_plantbio_train._widgets.colour_widget").ColourLabelsWidget
 

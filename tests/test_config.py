@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from napari_plantbio_train import planning
-from napari_plantbio_train.config import ConfigError, TrainConfig
-from napari_plantbio_train.store import ModelStore
+from napari_plantbio_train.job.config import ConfigError, TrainConfig
+from napari_plantbio_train.models.store import ModelStore
 
 
 def _errors(config: TrainConfig, **context) -> dict[str, str]:

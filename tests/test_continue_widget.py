@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
-from napari_plantbio_train.config import unsaved_layer
-from napari_plantbio_train.config import TrainConfig
-from napari_plantbio_train.events import Finished
-from napari_plantbio_train.store import ModelRecord, ModelStore
-from napari_plantbio_train.material import FINE_TUNE_LR_FACTOR, INHERITED
+from napari_plantbio_train.job.config import unsaved_layer
+from napari_plantbio_train.job.config import TrainConfig
+from napari_plantbio_train.job.events import Finished
+from napari_plantbio_train.models.store import ModelRecord, ModelStore
+from napari_plantbio_train.training.material import FINE_TUNE_LR_FACTOR, INHERITED
 
 widgets = pytest.importorskip("napari_plantbio_train._widgets.train_widget")
 from napari_plantbio_train._widgets.corrections import AUTO_LABEL_KEY  # noqa: E402

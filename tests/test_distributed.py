@@ -19,14 +19,15 @@ import pytest
 import torch
 
 from napari_plantbio_train import planning
-from napari_plantbio_train.hardware import processes_per_machine
-from napari_plantbio_train import distributed
+from napari_plantbio_train.runtime.hardware import processes_per_machine
+from napari_plantbio_train.io import wire
+from napari_plantbio_train.training import distributed
 from napari_plantbio_train.cli import main
-from napari_plantbio_train.config import TrainConfig
-from napari_plantbio_train.distributed import (DistributedError, JobFailed, Rank, environment, event_from_record,
-                                               event_record, first_host, follow, tasks_per_node, weights_digest)
-from napari_plantbio_train.events import CheckpointSaved, Finished, Preview, Progress, Started, Validation
-from napari_plantbio_train.store import ModelStore
+from napari_plantbio_train.job.config import TrainConfig
+from napari_plantbio_train.training.distributed import DistributedError, Rank, environment, first_host, tasks_per_node, weights_digest
+from napari_plantbio_train.io.wire import JobFailed, event_from_record, event_record, follow
+from napari_plantbio_train.job.events import CheckpointSaved, Finished, Preview, Progress, Started, Validation
+from napari_plantbio_train.models.store import ModelStore
 
 CLI = [sys.executable, "-m", "napari_plantbio_train.cli", "train"]
 # Two threads for the machine's two processes: one each.
@@ -247,13 +248,13 @@ def test_a_stop_file_from_another_process_stops_every_rank(stack, tmp_path):
     (otherwise it would wait for rank 0 forever, and the job would not end cleanly)."""
     job = Job(stack, tmp_path, "filed")
     job.wait_for_iteration(3)
-    distributed.stop_file(job.folder).touch()
+    wire.stop_file(job.folder).touch()
     status, stderr = job.finish()
     assert status == 0, stderr
     finished = list(follow(job.tail))[-1]
     assert finished.reason == "stopped"
     assert ModelStore(tmp_path).record("filed").iterations_done == finished.iteration
-    assert not distributed.stop_file(job.folder).exists()  # removed, so a resumed job does not stop at once
+    assert not wire.stop_file(job.folder).exists()  # removed, so a resumed job does not stop at once
 
 
 # ----- without processes ----------------------------------------------------------------------------------------
@@ -322,7 +323,7 @@ def test_events_travel_as_json_lines(tmp_path):
 
 def test_cpu_processes_is_checked_with_its_name(monkeypatch):
     assert [p.field for p in TrainConfig(name="m", cpu_processes=0).problems()] == ["cpu_processes"]
-    monkeypatch.setattr("napari_plantbio_train.hardware.cuda_device_count", lambda: 4)
+    monkeypatch.setattr("napari_plantbio_train.runtime.hardware.cuda_device_count", lambda: 4)
     assert planning.problems(TrainConfig(name="m", gpus=4)) == []
     assert processes_per_machine(TrainConfig(name="m", gpus=4)) == 4
     problems = planning.problems(TrainConfig(name="m", gpus=2, cpu_processes=2))
@@ -330,8 +331,8 @@ def test_cpu_processes_is_checked_with_its_name(monkeypatch):
 
 
 def test_train_called_in_process_refuses_a_job_of_several_processes(chloroplast_crop, models_dir):
-    from napari_plantbio_train.config import ConfigError
-    from napari_plantbio_train.train import train
+    from napari_plantbio_train.job.config import ConfigError
+    from napari_plantbio_train.training.loop import train
 
     image, labels = chloroplast_crop
     with pytest.raises(ConfigError, match="command line") as error:

@@ -9,15 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from napari_plantbio_train.evaluate import (
-    evaluate,
-    evaluate_instances,
-    evaluate_semantic,
-    object_statistics,
-    scores_table,
-    write_object_statistics_csv,
-    write_scores_csv,
-)
+from napari_plantbio_train.evaluation.evaluate import evaluate, evaluate_instances, evaluate_semantic, object_statistics, scores_table, write_object_statistics_csv, write_scores_csv
 
 RATIOS = ("precision", "recall", "f1", "ap")
 

@@ -14,16 +14,11 @@ import pytest
 import torch
 
 from napari_plantbio_train.cli import main
-from napari_plantbio_train.config import TrainConfig
-from napari_plantbio_train.exchange import (
-    ProbabilityUNet,
-    export_model,
-    import_model,
-    validate_package,
-)
-from napari_plantbio_train.store import ModelError, ModelStore
-from napari_plantbio_train.train import run_to_end, train
-from napari_plantbio_train.validate import make_predictor
+from napari_plantbio_train.job.config import TrainConfig
+from napari_plantbio_train.models.exchange import ProbabilityUNet, export_model, import_model, validate_package
+from napari_plantbio_train.models.store import ModelError, ModelStore
+from napari_plantbio_train.training.loop import run_to_end, train
+from napari_plantbio_train.inference.predictor import make_predictor
 
 TINY = {"base_channels": 4, "depth": 2, "iterations": 4, "validate_every": 4, "iteration_save": 4, "batch_size": 2,
         "lr": 3e-3, "precision": "fp32"}

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_plantbio_train import hardware
-from napari_plantbio_train.config import ConfigError, TrainConfig
-from napari_plantbio_train.events import Started, run_to_end
-from napari_plantbio_train.hardware import (AMX_OFF, FAULT_ENV, ISA_ENV, Machine, Probe, Verdict, candidates,
-                                            choose_precision, run_probe, usable)
-from napari_plantbio_train.store import ModelStore
-from napari_plantbio_train.train import train
+from napari_plantbio_train.runtime import hardware
+from napari_plantbio_train.job.config import ConfigError, TrainConfig
+from napari_plantbio_train.job.events import Started, run_to_end
+from napari_plantbio_train.runtime.hardware import AMX_OFF, FAULT_ENV, ISA_ENV, Machine, Probe, Verdict, candidates, choose_precision, run_probe, usable
+from napari_plantbio_train.models.store import ModelStore
+from napari_plantbio_train.training.loop import train
 
 CPU = torch.device("cpu")
 PROBE = Probe({"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "base_channels": 4, "depth": 2},

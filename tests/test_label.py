@@ -11,15 +11,15 @@ import tifffile
 import torch
 from scipy import ndimage
 
-from napari_plantbio_train import blockwise
-from napari_plantbio_train.config import ConfigError
-from napari_plantbio_train.events import LabelFinished, LabelProgress, LabelStarted
-from napari_plantbio_train.label import LabelSettings, label_stack, run_to_end
-from napari_plantbio_train.metrics import match_instances
-from napari_plantbio_train.postprocess import instances_from_maps, params_from_truth
-from napari_plantbio_train.predict import with_tta
-from napari_plantbio_train.store import ModelStore
-from napari_plantbio_train.targets import instance_targets
+from napari_plantbio_train.inference import blockwise
+from napari_plantbio_train.job.config import ConfigError
+from napari_plantbio_train.job.events import LabelFinished, LabelProgress, LabelStarted
+from napari_plantbio_train.inference.label import LabelSettings, label_stack, run_to_end
+from napari_plantbio_train.evaluation.metrics import match_instances
+from napari_plantbio_train.inference.postprocess import instances_from_maps, params_from_truth
+from napari_plantbio_train.inference.sliding import with_tta
+from napari_plantbio_train.models.store import ModelStore
+from napari_plantbio_train.training.targets import instance_targets
 
 TINY = dict(base_channels=4, depth=2, iterations=20, validate_every=20, iteration_save=20, batch_size=2, lr=3e-3)
 FP32 = dict(precision="fp32")

@@ -15,9 +15,9 @@ import pytest
 
 from napari.layers import Labels
 
-from napari_plantbio_train.config import ConfigError
-from napari_plantbio_train.events import LabelProgress
-from napari_plantbio_train.kinds import POSTPROCESS_DEFAULTS
+from napari_plantbio_train.job.config import ConfigError
+from napari_plantbio_train.job.events import LabelProgress
+from napari_plantbio_train.job.kinds import POSTPROCESS_DEFAULTS
 
 AutoLabelWidget = pytest.importorskip("napari_plantbio_train._widgets.label_widget").AutoLabelWidget
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from napari_plantbio_train.config import TrainConfig
-from napari_plantbio_train.events import Finished, Progress
-from napari_plantbio_train.loader import window_batches
-from napari_plantbio_train.material import prepare
-from napari_plantbio_train.train import run_to_end, train
+from napari_plantbio_train.job.config import TrainConfig
+from napari_plantbio_train.job.events import Finished, Progress
+from napari_plantbio_train.training.loader import window_batches
+from napari_plantbio_train.training.material import prepare
+from napari_plantbio_train.training.loop import run_to_end, train
 
 JOB = dict(mode="instance", dims="3d", window=(2, 64, 64), base_channels=4, depth=2, batch_size=2, lr=3e-3,
            voxel_size=(5, 5, 50))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from napari_plantbio_train.memory import largest_fitting, out_of_memory_message, try_step
-from napari_plantbio_train.model import UNet
+from napari_plantbio_train.runtime.memory import largest_fitting, out_of_memory_message, try_step
+from napari_plantbio_train.models.network import UNet
 
 
 def test_largest_batch_and_window_that_fit():

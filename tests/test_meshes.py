@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_plantbio_train.meshes import Mesh, combine, export_meshes, object_meshes, write_obj, write_ply, write_stl
+from napari_plantbio_train.tools.meshes import Mesh, combine, export_meshes, object_meshes, write_obj, write_ply, write_stl
 
 VOXEL = (8.0, 8.0, 40.0)  # x, y, z in nm: the anisotropy of a FIB-SEM stack
 SPACING = np.array(VOXEL[::-1])  # z, y, x

@@ -3,12 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from napari_plantbio_train.metrics import (
-    foreground_iou,
-    match_instances,
-    match_instances_per_slice,
-    semantic_scores,
-)
+from napari_plantbio_train.evaluation.metrics import foreground_iou, match_instances, match_instances_per_slice, semantic_scores
 
 
 def _three_objects() -> np.ndarray:

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from napari_plantbio_train.model import UNet, nearest_valid_size
+from napari_plantbio_train.models.network import UNet, nearest_valid_size
 
 
 def tiny(spatial_dims: int, **kwargs) -> UNet:
@@ -103,7 +103,7 @@ def test_max_z_pools_limits_pooling_along_z_only():
 @pytest.mark.parametrize("kernel", [(3, 3, 3), (1, 3, 3), (3, 1, 1), (1, 1, 1)])
 def test_slice_tap_conv_equals_conv3d(kernel):
     """The fast 3D convolution must compute exactly what nn.Conv3d computes with the same weights."""
-    from napari_plantbio_train.model import SliceTapConv
+    from napari_plantbio_train.models.network import SliceTapConv
 
     torch.manual_seed(0)
     padding = tuple(k // 2 for k in kernel)

@@ -12,11 +12,12 @@ from scipy import ndimage
 
 from napari_plantbio_train import planning
 from napari_plantbio_train.cli import main
-from napari_plantbio_train.config import ConfigError, TrainConfig
-from napari_plantbio_train.known import touched
-from napari_plantbio_train.store import ModelStore
-from napari_plantbio_train.material import prepare
-from napari_plantbio_train.train import _squeeze_z, run_to_end, segmentation_loss, train
+from napari_plantbio_train.job.config import ConfigError, TrainConfig
+from napari_plantbio_train.training.known import touched
+from napari_plantbio_train.models.store import ModelStore
+from napari_plantbio_train.training.material import prepare
+from napari_plantbio_train.training.loop import _squeeze_z, run_to_end, train
+from napari_plantbio_train.models.losses import segmentation_loss
 
 TINY = dict(base_channels=4, depth=2, iterations=6, validate_every=6, iteration_save=6, batch_size=2, lr=3e-3)
 

@@ -8,11 +8,13 @@ import tifffile
 import torch
 
 from napari_plantbio_train import planning
-from napari_plantbio_train.config import ConfigError, TrainConfig
-from napari_plantbio_train.data import Normalisation, WindowSampler
-from napari_plantbio_train.events import Validation
-from napari_plantbio_train.material import prepare
-from napari_plantbio_train.train import run_to_end, segmentation_loss, train
+from napari_plantbio_train.job.config import ConfigError, TrainConfig
+from napari_plantbio_train.models.normalisation import Normalisation
+from napari_plantbio_train.training.sampling import WindowSampler
+from napari_plantbio_train.job.events import Validation
+from napari_plantbio_train.training.material import prepare
+from napari_plantbio_train.training.loop import run_to_end, train
+from napari_plantbio_train.models.losses import segmentation_loss
 
 TINY = dict(base_channels=4, depth=2, iterations=12, validate_every=6, iteration_save=6, batch_size=2, lr=3e-3)
 

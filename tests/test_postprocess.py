@@ -1,7 +1,7 @@
 import numpy as np
 from scipy import ndimage
 
-from napari_plantbio_train.postprocess import instances_from_maps
+from napari_plantbio_train.inference.postprocess import instances_from_maps
 
 
 def _disc(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
@@ -70,7 +70,7 @@ def test_touching_discs_split_at_their_waist_even_without_a_predicted_contour():
 
 
 def test_params_follow_the_labelled_objects():
-    from napari_plantbio_train.postprocess import params_from_truth
+    from napari_plantbio_train.inference.postprocess import params_from_truth
 
     small = np.zeros((2, 100, 100), np.uint16)
     small[:, 10:20, 10:20] = 1

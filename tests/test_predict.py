@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_plantbio_train.predict import gaussian_weights, predict_stack, sliding_window, window_starts
+from napari_plantbio_train.inference.sliding import gaussian_weights, predict_stack, sliding_window, window_starts
 
 
 def _double(x: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_plantbio_train.stacks import StackError, natural_key
-from napari_plantbio_train.stacks import read as read_stack
+from napari_plantbio_train.io.stacks import StackError, natural_key
+from napari_plantbio_train.io.stacks import read as read_stack
 
 
 def _slices(folder, names, shape=(6, 5)):
@@ -95,7 +95,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 from napari_plantbio_train.cli import main  # noqa: E402
-from napari_plantbio_train.synthetic import make_stack  # noqa: E402
+from napari_plantbio_train.io.synthetic import make_stack  # noqa: E402
 
 FORMATS = ("tif", "slices", "h5", "zarr")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_plantbio_train.synthetic import make_stack
+from napari_plantbio_train.io.synthetic import make_stack
 
 
 def _touching_pairs(instances: np.ndarray) -> set[tuple[int, int]]:

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_plantbio_train.checks import check_labels as check_label_array
-from napari_plantbio_train.targets import class_values, instance_targets, semantic_target
+from napari_plantbio_train.io.checks import check_labels as check_label_array
+from napari_plantbio_train.training.targets import class_values, instance_targets, semantic_target
 
 
 def touching_squares() -> np.ndarray:

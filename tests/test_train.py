@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_plantbio_train.config import ConfigError, TrainConfig
-from napari_plantbio_train.events import CheckpointSaved, Finished, Preview, Progress, Started, Validation
-from napari_plantbio_train.store import ModelError, ModelStore
-from napari_plantbio_train.train import lr_at, run_to_end, segmentation_loss, train
+from napari_plantbio_train.job.config import ConfigError, TrainConfig
+from napari_plantbio_train.job.events import CheckpointSaved, Finished, Preview, Progress, Started, Validation
+from napari_plantbio_train.models.store import ModelError, ModelStore
+from napari_plantbio_train.training.loop import lr_at, run_to_end, train
+from napari_plantbio_train.models.losses import segmentation_loss
 
 TINY = dict(base_channels=4, depth=2, iterations=12, validate_every=6, iteration_save=6, log_every=2,
             batch_size=1, workers=2, lr=3e-3)
@@ -183,9 +184,9 @@ def test_loading_refuses_a_pickled_object(models_dir, chloroplast_crop):
 
 def test_validation_block_holds_labels_when_only_part_is_painted():
     """Labels painted on one side only: the held-out block must come from where objects were painted."""
-    from napari_plantbio_train.data import split_validation
+    from napari_plantbio_train.training.sampling import split_validation
 
-    from napari_plantbio_train.data import crop
+    from napari_plantbio_train.training.sampling import crop
 
     painted = np.zeros((1, 400, 300), bool)
     painted[:, 250:, 200:] = np.random.default_rng(0).random((1, 150, 100)) > 0.7  # lower right only
@@ -226,8 +227,8 @@ def test_continue_from_a_model_makes_a_new_version(chloroplast_crop, models_dir)
 def test_every_checkpoint_rebuilds_its_model_alone(models_dir, tmp_path):
     """A checkpoint carries its network, normalisation and classes as plain data: copied out of its folder, it
     still makes the same predictions, and it is still read with weights_only=True."""
-    from napari_plantbio_train.store import load_checkpoint_file
-    from napari_plantbio_train.synthetic import make_stack
+    from napari_plantbio_train.models.store import load_checkpoint_file
+    from napari_plantbio_train.io.synthetic import make_stack
 
     stack = make_stack((1, 64, 64), seed=1)
     config = TrainConfig(name="alone", mode="semantic", dims="2d", window=(32, 32), **TINY)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_plantbio_train.predict import with_tta
-from napari_plantbio_train.uncertainty import entropy_map, rank_objects
+from napari_plantbio_train.inference.sliding import with_tta
+from napari_plantbio_train.inference.uncertainty import entropy_map, rank_objects
 
 
 def test_entropy_is_zero_when_sure_and_one_for_a_coin_toss():
@@ -51,10 +51,10 @@ def test_objects_are_ranked_most_uncertain_first():
 
 
 def test_label_stack_returns_the_map(chloroplast_crop, tmp_path):
-    from napari_plantbio_train.config import TrainConfig
-    from napari_plantbio_train.label import LabelSettings, label_stack, run_to_end
-    from napari_plantbio_train.train import run_to_end as train_to_end
-    from napari_plantbio_train.train import train
+    from napari_plantbio_train.job.config import TrainConfig
+    from napari_plantbio_train.inference.label import LabelSettings, label_stack, run_to_end
+    from napari_plantbio_train.training.loop import run_to_end as train_to_end
+    from napari_plantbio_train.training.loop import train
 
     image, labels = chloroplast_crop
     train_to_end(train(TrainConfig(name="u", mode="instance", dims="3d", window=(2, 64, 64), voxel_size=(5, 5, 50),

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_plantbio_train.config import unsaved_layer
-from napari_plantbio_train.config import TrainConfig
-from napari_plantbio_train.events import Finished, Progress
-from napari_plantbio_train.store import ModelStore
+from napari_plantbio_train.job.config import unsaved_layer
+from napari_plantbio_train.job.config import TrainConfig
+from napari_plantbio_train.job.events import Finished, Progress
+from napari_plantbio_train.models.store import ModelStore
 
 tifffile = pytest.importorskip("tifffile")
 TrainWidget = pytest.importorskip("napari_plantbio_train._widgets.train_widget").TrainWidget
@@ -369,7 +369,7 @@ def test_engine_errors_at_run_time_show_in_the_dock(dock, qtbot, plate):
 def test_a_dock_job_on_layers_from_files_reruns_headless_from_its_config(dock, qtbot, tmp_path):
     """The model folder's config.json names the files the layers came from, so the command line re-runs it."""
     from napari_plantbio_train.cli import main
-    from napari_plantbio_train.synthetic import make_stack
+    from napari_plantbio_train.io.synthetic import make_stack
 
     viewer, widget, models = dock
     stack = make_stack((1, 96, 96), seed=2)

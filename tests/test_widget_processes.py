@@ -17,16 +17,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_plantbio_train.hardware import processes_per_machine
-from napari_plantbio_train import distributed
+from napari_plantbio_train.runtime.hardware import processes_per_machine
+from napari_plantbio_train.io import wire
+from napari_plantbio_train.training import distributed
 from napari_plantbio_train._widgets import job_process
 from napari_plantbio_train._widgets.job_process import TEMP_PREFIX, follow_command
-from napari_plantbio_train.cli import build_parser, config_from_args, job_from_args
-from napari_plantbio_train.config import job_document, unsaved_layer
-from napari_plantbio_train.config import ConfigError, TrainConfig
-from napari_plantbio_train.distributed import JobFailed
-from napari_plantbio_train.events import Finished, Started
-from napari_plantbio_train.store import ModelStore
+from napari_plantbio_train.cli.parser import build_parser
+from napari_plantbio_train.cli.commands import config_from_args, job_from_args
+from napari_plantbio_train.job.config import job_document, unsaved_layer
+from napari_plantbio_train.job.config import ConfigError, TrainConfig
+from napari_plantbio_train.io.wire import JobFailed
+from napari_plantbio_train.job.events import Finished, Started
+from napari_plantbio_train.models.store import ModelStore
 from test_widget import JOB_TIMEOUT_MS, TINY, dock  # noqa: F401 (dock is a fixture)
 
 TWO = dict(TINY, gpus=0, workers=2, cpu_processes=2)  # two threads for the two processes: one each
@@ -77,7 +79,7 @@ def test_two_process_job_shows_live_losses_and_stops_with_a_checkpoint(dock, qtb
     assert sum(p.numel() for p in model.parameters()) > 0
     meta = json.loads((models / "pair" / "model.json").read_text())
     assert [run["world_size"] for run in meta["runs"]] == [2], "two processes trained, not this one"
-    assert not distributed.stop_file(models / "pair").exists(), "the job removes the STOP file it was sent"
+    assert not wire.stop_file(models / "pair").exists(), "the job removes the STOP file it was sent"
     assert _job_folders(temp_root) == [], "the data folder goes with the job"
     assert widget.train_button.text() == "Train" and widget.form.isEnabled()
     assert f"Model saved in {models / 'pair'}" in widget.status.text()
@@ -173,7 +175,7 @@ def test_a_stop_that_is_not_obeyed_ends_the_process_within_the_bounds(tmp_path, 
     """A job that says it started but ignores the STOP file and SIGTERM: killed after the two grace periods."""
     monkeypatch.setattr(job_process, "STOP_GRACE_S", 0.5)
     monkeypatch.setattr(job_process, "KILL_GRACE_S", 0.5)
-    started = distributed.event_record(Started(model_dir=tmp_path / "m", start_iteration=0, total_iterations=10,
+    started = wire.event_record(Started(model_dir=tmp_path / "m", start_iteration=0, total_iterations=10,
                                                device="cpu", window=(64, 64), validation_region=((0, 1),) * 3))
     script = ("import json, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
               f"print(json.dumps({started!r}), flush=True); time.sleep(60)")
@@ -186,4 +188,4 @@ def test_a_stop_that_is_not_obeyed_ends_the_process_within_the_bounds(tmp_path, 
     with pytest.raises(JobFailed, match="killed by signal 9"):
         next(events)
     assert time.monotonic() - began < 10
-    assert distributed.stop_file(tmp_path / "m").exists(), "the STOP file came first"
+    assert wire.stop_file(tmp_path / "m").exists(), "the STOP file came first"

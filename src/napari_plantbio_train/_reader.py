@@ -7,9 +7,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .voxels import scale_from_voxel_size
-from .stacks import HDF5_SUFFIXES, TIFF_SUFFIXES, slice_files
-from .stacks import read as read_stack
+from .io.stacks import HDF5_SUFFIXES, TIFF_SUFFIXES
+from .io.stacks import read as read_stack
+from .io.stacks import slice_files
+from .job.voxels import scale_from_voxel_size
 
 LABEL_WORDS = ("label", "mask", "seg", "truth", "annotation")
 

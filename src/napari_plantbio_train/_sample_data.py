@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .synthetic import KINDS, make_stack
-from .voxels import scale_from_voxel_size
+from .io.synthetic import KINDS, make_stack
+from .job.voxels import scale_from_voxel_size
 
 
 def organelles() -> list[tuple[Any, dict[str, Any], str]]:

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import Output
-from .voxels import voxel_size_from_scale
+from .io.arrays import Output
+from .job.voxels import voxel_size_from_scale
 
 
 def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:

@@ -14,9 +14,9 @@ from napari.layers import Image
 from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtWidgets import QFormLayout, QPushButton, QVBoxLayout, QWidget
 
-from ..colour_labels import labels_from_colours
-from .layer_picker import LayerPicker, level0
+from ..tools.colour_labels import labels_from_colours
 from .common import StatusLine
+from .layer_picker import LayerPicker, level0
 
 if TYPE_CHECKING:
     import napari

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSpinBox, QWidget
 
-from ..config import ConfigError, TrainConfig
+from ..job.config import ConfigError, TrainConfig
 
 if TYPE_CHECKING:
     from napari.layers import Layer

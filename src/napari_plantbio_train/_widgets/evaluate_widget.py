@@ -15,10 +15,11 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QFormLayout, QHeaderView, QLabel,
                             QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from ..voxels import voxel_size_from_scale
-from ..evaluate import evaluate, format_score, object_statistics, write_object_statistics_csv, write_scores_csv
-from .layer_picker import LayerPicker, level0
+from ..evaluation.evaluate import (evaluate, format_score, object_statistics, write_object_statistics_csv,
+                                   write_scores_csv)
+from ..job.voxels import voxel_size_from_scale
 from .common import StatusLine
+from .layer_picker import LayerPicker, level0
 
 if TYPE_CHECKING:
     import napari

@@ -3,7 +3,7 @@
 Several data-parallel processes cannot live in napari's process (each needs its own interpreter), so the dock
 saves the data to ``.npy`` files and the job to a job file (``config.job_document``: the job as recorded, and
 where the data is), starts ``napari-plantbio-train train --config JOB --events jsonl`` and reads its JSON lines
-back into the events ``train`` yields (``distributed.follow``). ``train_in_processes`` has ``train``'s
+back into the events ``train`` yields (``io.wire.follow``). ``train_in_processes`` has ``train``'s
 signature, so the dock runs it in the same napari worker and shows its events with the same handlers.
 
 Stopping: once the job has said where its model folder is (its ``started`` line), the STOP file there asks every
@@ -30,9 +30,9 @@ from typing import IO
 
 import numpy as np
 
-from ..config import ConfigError, TrainConfig, job_document
-from ..distributed import JobFailed, follow, stop_file
-from ..events import Event, Started
+from ..io.wire import JobFailed, follow, stop_file
+from ..job.config import ConfigError, TrainConfig, job_document
+from ..job.events import Event, Started
 
 TEMP_PREFIX = "plantbio-dock-job-"
 POLL_S = 0.2
@@ -49,7 +49,7 @@ def train_in_processes(config: TrainConfig, image: np.ndarray, labels: np.ndarra
     the command line trains, and its events come back here. Bad input the processes find is a ``ConfigError``
     naming the field, as from ``train``; a job that ends any other way without finishing is a ``JobFailed``."""
     if models_dir is None:
-        from ..store import default_models_dir
+        from ..models.store import default_models_dir
 
         models_dir = default_models_dir()
     with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as folder:

@@ -16,31 +16,21 @@ import numpy as np
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QEvent, QTimer
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
-    QGroupBox,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QWidget,
-)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QProgressBar,
+                            QPushButton, QSpinBox, QWidget)
 
-from ..config import ConfigError
-from ..events import LabelFinished, LabelProgress, LabelStarted
-from ..kinds import POSTPROCESS_DEFAULTS
-from ..label import LabelResult, LabelSettings, label_stack
-from ..store import ModelRecord, ModelStore, default_models_dir
+from ..inference.label import LabelResult, LabelSettings, label_stack
+from ..job.config import ConfigError
+from ..job.events import LabelFinished, LabelProgress, LabelStarted
+from ..job.kinds import POSTPROCESS_DEFAULTS
+from ..models.store import ModelRecord, ModelStore, default_models_dir
+from .common import WARNING_STYLE, StatusLine, StoppableWorker, row
 from .corrections import auto_label_metadata
 from .layer_picker import LayerPicker, level0
 from .model_info import channel_names, voxel_size_message
 from .model_sharing import ModelSharing
 from .proofread import ProofreadQueue
 from .versions import describe_version, fill_model_box, folder_stamp
-from .common import WARNING_STYLE, StatusLine, StoppableWorker, row
 
 if TYPE_CHECKING:
     import napari

@@ -81,7 +81,7 @@ def level0(layer: Layer) -> Any:
 def source_of(layer: Layer) -> str:
     """What a job records for a layer: the file napari opened it from, so ``train --config`` can re-run the job
     headless, or a note that no file holds it (a layer painted or computed in this session)."""
-    from ..config import unsaved_layer
+    from ..job.config import unsaved_layer
 
     path = getattr(getattr(layer, "source", None), "path", None)
     return str(path) if path else unsaved_layer(layer.name)

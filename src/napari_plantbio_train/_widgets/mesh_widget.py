@@ -13,21 +13,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.layers import Labels, Surface
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QPushButton, QSpinBox, QVBoxLayout, QWidget
 
-from ..voxels import voxel_size_from_scale
-from ..meshes import FORMATS, Mesh, combine, export_meshes, object_meshes
-from .layer_picker import LayerPicker, level0
+from ..job.voxels import voxel_size_from_scale
+from ..tools.meshes import FORMATS, Mesh, combine, export_meshes, object_meshes
 from .common import StatusLine
+from .layer_picker import LayerPicker, level0
 
 if TYPE_CHECKING:
     import napari

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..voxels import voxel_size_from_scale
-from .. import kinds
-from ..store import ModelRecord
+from ..job import kinds
+from ..job.voxels import voxel_size_from_scale
+from ..models.store import ModelRecord
 
 if TYPE_CHECKING:
     from napari.layers import Layer

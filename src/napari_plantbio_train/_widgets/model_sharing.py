@@ -7,8 +7,8 @@ from typing import Callable
 
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QPushButton, QWidget
 
-from ..exchange import export_model, import_model
-from ..store import ModelError, ModelStore
+from ..models.exchange import export_model, import_model
+from ..models.store import ModelError, ModelStore
 
 
 class ModelSharing(QWidget):

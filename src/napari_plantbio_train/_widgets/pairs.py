@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QDoubleSpinBox, QGridLayout, QLabel, QPushButton, QToolButton, QVBoxLayout, QWidget
 
-from ..config import ConfigError, TrainConfig
 from .. import planning
-from ..checks import check_image, check_labels
-from .layer_picker import LayerPicker, level0, source_of
+from ..io.checks import check_image, check_labels
+from ..job.config import ConfigError, TrainConfig
 from .common import error_label
+from .layer_picker import LayerPicker, level0, source_of
 
 if TYPE_CHECKING:
     import napari

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 
-from ..uncertainty import RankedObject, rank_objects
+from ..inference.uncertainty import RankedObject, rank_objects
 
 if TYPE_CHECKING:
     import napari

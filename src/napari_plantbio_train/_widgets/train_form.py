@@ -6,31 +6,19 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
-    QLabel,
-    QLineEdit,
-    QPushButton,
-    QSpinBox,
-    QToolButton,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QLabel, QLineEdit,
+                            QPushButton, QSpinBox, QToolButton, QVBoxLayout, QWidget)
 
-from ..voxels import voxel_size_from_scale
-from ..config import ConfigError, TrainConfig, unsaved_layer
-from ..kinds import DIMS, MODES
-from ..store import ModelRecord, default_models_dir
-from ..material import INHERITED, continuation
+from ..job.config import ConfigError, TrainConfig, unsaved_layer
+from ..job.kinds import DIMS, MODES
+from ..job.voxels import voxel_size_from_scale
+from ..models.store import ModelRecord, default_models_dir
+from ..training.material import INHERITED, continuation
+from .common import column, error_label, row
 from .corrections import TouchedOption, auto_labels_of
 from .layer_picker import LayerPicker, source_of
 from .pairs import ExtraPairs
 from .versions import ContinueFromBox, next_version_name
-from .common import column, error_label, row
 
 if TYPE_CHECKING:
     import napari

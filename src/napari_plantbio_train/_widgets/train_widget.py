@@ -8,9 +8,9 @@ processes runs as a program of its own, followed by ``job_process.train_in_proce
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,18 +18,18 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
-from ..config import ConfigError, TrainConfig
 from .. import planning
-from ..hardware import processes_per_machine
-from ..kinds import score_name
-from ..events import CheckpointSaved, Finished, Preview, Progress, Started, Validation
-from ..train import train
+from ..job.config import ConfigError, TrainConfig
+from ..job.events import CheckpointSaved, Finished, Preview, Progress, Started, Validation
+from ..job.kinds import score_name
+from ..runtime.hardware import processes_per_machine
+from ..training.loop import train
+from .common import StatusLine, StoppableWorker
 from .corrections import auto_labels_of, touched_problems
 from .job_process import train_in_processes
 from .layer_picker import level0
 from .loss_plot import REDRAW_INTERVAL_MS, LossPlot
 from .train_form import TrainForm
-from .common import StatusLine, StoppableWorker
 
 if TYPE_CHECKING:
     import napari

@@ -10,8 +10,8 @@ from pathlib import Path
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import QComboBox, QWidget
 
-from ..config import NAME_PATTERN
-from ..store import ModelRecord, ModelStore
+from ..job.config import NAME_PATTERN
+from ..models.store import ModelRecord, ModelStore
 from .model_info import describe
 
 NEW_MODEL = "(new model)"

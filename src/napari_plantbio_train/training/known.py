@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .config import ConfigError, TrainConfig
+from ..job.config import ConfigError, TrainConfig
 
 
 def painted(config: TrainConfig, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

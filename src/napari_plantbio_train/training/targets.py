@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
-from .checks import check_labels
+from ..io.checks import check_labels
 
 # Label dtypes small enough to count every possible value with one bincount instead of sorting the stack.
 _COUNTABLE = (np.bool_, np.uint8, np.uint16)

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .data import crop
-from .kinds import POSTPROCESS_DEFAULTS, activation, channel_names
-from .metrics import foreground_iou, match_instances, match_instances_per_slice, semantic_scores
-from .postprocess import instances_from_maps
-from .predict import predict_stack
+from ..evaluation.metrics import foreground_iou, match_instances, match_instances_per_slice, semantic_scores
+from ..inference.predictor import labels_from_probabilities, make_predictor
+from ..inference.sliding import predict_stack
+from ..job.kinds import channel_names
+from .sampling import crop
 
 if TYPE_CHECKING:
-    from .config import TrainConfig
+    from ..job.config import TrainConfig
     from .material import Material
 
 VALIDATION_OVERLAP = 0.25  # fewer windows than auto-label's 0.5: validation runs many times per job
@@ -33,30 +33,6 @@ class RegionScore:
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
     channel_names: tuple[str, ...] = ()
-
-
-def make_predictor(model: torch.nn.Module, mode: str, device: torch.device, autocast: Any):
-    """Network outputs to probabilities: sigmoid per map for instance models, softmax for semantic ones."""
-
-    sigmoid = activation(mode) == "sigmoid"
-
-    def predictor(x: torch.Tensor) -> torch.Tensor:
-        with autocast:
-            logits = model(x.to(device)).float()
-        return (logits.sigmoid() if sigmoid else logits.softmax(1)).cpu()
-
-    return predictor
-
-
-def labels_from_probabilities(probabilities: np.ndarray, mode: str, dims: str, classes: list[int] | None,
-                              postprocess: dict[str, float] | None = None) -> np.ndarray:
-    """Instance: seeded watershed to one id per object. Semantic: the most likely class, as its label value."""
-    if mode == "instance":
-        return instances_from_maps(probabilities[0], probabilities[1], per_slice=dims == "2d",
-                                   **{**POSTPROCESS_DEFAULTS, **(postprocess or {})})
-    index = probabilities.argmax(0)
-    values = np.asarray(classes)
-    return values[index].astype(np.min_scalar_type(int(values.max())), copy=False)
 
 
 def score_region(model: torch.nn.Module, material: "Material", config: "TrainConfig", device: torch.device,

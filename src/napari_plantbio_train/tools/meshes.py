@@ -17,7 +17,7 @@ from skimage.measure import marching_cubes
 
 FORMATS = ("ply", "obj", "stl")
 
-from .files import atomic_write
+from ..io.files import atomic_write
 
 TAUBIN_LAMBDA, TAUBIN_MU = 0.5, -0.53
 

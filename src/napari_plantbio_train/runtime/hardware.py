@@ -38,12 +38,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .config import ConfigError
-from .files import atomic_write_json
-from .kinds import PRECISIONS
+from ..io.files import atomic_write_json
+from ..job.config import ConfigError
+from ..job.kinds import PRECISIONS
 
 if TYPE_CHECKING:
-    from .config import TrainConfig
+    from ..job.config import TrainConfig
 
 ISA_ENV = "ONEDNN_MAX_CPU_ISA"
 AMX_OFF = "AVX512_CORE_BF16"  # oneDNN's ISA just below AMX: bf16 stays native, AMX's tile kernels are not used
@@ -255,8 +255,8 @@ def _probe_main(request: dict[str, Any]) -> int:
     """The child's side: build the network, run one forward and backward pass, report ``ok <seconds>``."""
     if request["candidate"] in {c.strip() for c in os.environ.get(FAULT_ENV, "").split(",")}:
         os.kill(os.getpid(), signal.SIGSEGV)  # the test switch: this candidate's probe dies as the AMX one did
-    from .model import UNet
-    from .train import segmentation_loss
+    from ..models.losses import segmentation_loss
+    from ..models.network import UNet
 
     device = torch.device(request["device"])
     model = UNet(**request["network"]).to(device)

@@ -42,10 +42,8 @@ Following a job from another process (the dock starts a multi-GPU job as a subpr
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import hashlib
-import json
 import logging
 import multiprocessing
 import os
@@ -54,23 +52,16 @@ import signal
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
-
-from .files import atomic_write
-from .events import CheckpointSaved, Event, Finished, Preview, Progress, Started, Validation
 
 TIMEOUT_ENV = "PLANTBIO_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
 SHUTDOWN_S = 10  # after a rank dies, the launcher's grace period for the others before it kills them
-STOP_FILE = "STOP"
-PREVIEWS_KEPT = 2
 
 
 class DistributedError(RuntimeError):
@@ -88,14 +79,6 @@ class RankFailed(RuntimeError):
     def __init__(self, message: str, exitcode: int) -> None:
         super().__init__(message)
         self.exitcode = exitcode
-
-
-class JobFailed(RuntimeError):
-    """A followed job ended with an error line; ``field`` names the job field at fault, where one is."""
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -373,105 +356,3 @@ def _quiet_launcher_logs() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
-
-
-# ----- stopping and following a job from another process -------------------------------------------------------
-def stop_file(model_folder: str | Path) -> Path:
-    """Creating this file asks a running job to stop at the next iteration with a checkpoint."""
-    return Path(model_folder) / STOP_FILE
-
-
-def event_record(event: Event, previews: Path | None = None) -> dict[str, Any]:
-    """One event as plain JSON values; a preview's arrays go to ``.npy`` files in ``previews`` (the model
-    folder's ``previews/``), of which the newest ``PREVIEWS_KEPT`` iterations are kept."""
-    kind = _KINDS[type(event)]
-    record: dict[str, Any] = {"event": kind}
-    for item in dataclasses.fields(event):
-        value = getattr(event, item.name)
-        if isinstance(value, np.ndarray):
-            if previews is None:
-                raise ValueError("a preview needs a folder to write its arrays to")
-            value = str(_write_preview(previews, event.iteration, item.name, value))
-        record[item.name] = _plain(value)
-    return record
-
-
-def event_from_record(record: Mapping[str, Any]) -> Event:
-    """The event a JSON line describes (a preview's arrays read back from their files)."""
-    kind = record.get("event")
-    cls = {name: cls for cls, name in _KINDS.items()}.get(kind)
-    if cls is None:
-        raise ValueError(f"{kind!r} is not an event kind ({', '.join(_KINDS.values())})")
-    values: dict[str, Any] = {}
-    for item in dataclasses.fields(cls):
-        if item.name not in record:
-            continue
-        value = record[item.name]
-        if item.name in ("model_dir", "path"):
-            value = Path(value)
-        elif cls is Preview and item.name in ("probabilities", "labels"):
-            value = np.load(value, allow_pickle=False)
-        elif isinstance(value, list):
-            value = _tuples(value)
-        values[item.name] = value
-    return cls(**values)
-
-
-def follow(lines: Iterable[str]) -> Generator[Event, None, Path | None]:
-    """The events of a job from its ``--events jsonl`` output, e.g. a subprocess's stdout read line by line.
-
-    Returns the model folder once the job has finished (None if the output ended without a ``finished``
-    line: look at the process's exit status). Lines that are not JSON objects are skipped, and so is a preview
-    whose files were already replaced by newer ones (a follower that fell behind).
-    """
-    folder = None
-    for line in lines:
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("event") == "error":
-            raise JobFailed(str(record.get("message")), record.get("field"))
-        try:
-            event = event_from_record(record)
-        except FileNotFoundError:
-            continue
-        if isinstance(event, Finished):
-            folder = event.model_dir
-        yield event
-    return folder
-
-
-_KINDS: dict[type, str] = {Started: "started", Progress: "progress", Validation: "validation", Preview: "preview",
-                           CheckpointSaved: "checkpoint", Finished: "finished"}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value.absolute())  # a follower may run in another working directory
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _tuples(value: list[Any]) -> tuple[Any, ...]:
-    return tuple(_tuples(v) if isinstance(v, list) else v for v in value)
-
-
-def _write_preview(folder: Path, iteration: int, name: str, array: np.ndarray) -> Path:
-    """Written whole or not at all (files.atomic_write), so a follower never reads half a file."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"iter_{iteration:07d}_{name}.npy"
-    atomic_write(path, lambda handle: np.save(handle, np.ascontiguousarray(array), allow_pickle=False))
-    iterations = sorted({p.name.split("_")[1] for p in folder.glob("iter_*.npy")})
-    for old in iterations[:-PREVIEWS_KEPT]:
-        for stale in folder.glob(f"iter_{old}_*.npy"):
-            stale.unlink(missing_ok=True)
-    return path

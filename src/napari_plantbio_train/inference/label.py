@@ -23,19 +23,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..io.arrays import Output, read_block, stack_shape, write_block
+from ..job.config import ConfigError
+from ..job.events import LabelEvent, LabelFinished, LabelProgress, LabelStarted, StopSignal, run_to_end, stop_requested
+from ..job.kinds import POSTPROCESS_DEFAULTS, PRECISIONS
+from ..models.normalisation import Normalisation
+from ..models.store import ModelRecord, ModelStore
+from ..runtime.hardware import Probe, Verdict, autocast_for, choose_precision, resolve_device, usable
 from . import blockwise
-from .arrays import Output, read_block, stack_shape, write_block
-from .config import ConfigError
-from .data import Normalisation
-from .events import (LabelEvent, LabelFinished, LabelProgress, LabelStarted, StopSignal, run_to_end,
-                     stop_requested)
-from .kinds import POSTPROCESS_DEFAULTS, PRECISIONS
-from .hardware import Probe, Verdict, autocast_for, choose_precision, resolve_device, usable
-from .predict import TTA_CHOICES, predict_stack, with_tta
-from .store import ModelRecord, ModelStore
+from .predictor import labels_from_probabilities, make_predictor
+from .sliding import TTA_CHOICES, predict_stack, with_tta
 from .uncertainty import entropy_map
-from .validate import labels_from_probabilities, make_predictor
-
 
 
 class LabelCancelled(RuntimeError):

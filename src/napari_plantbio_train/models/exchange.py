@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import NAME_PATTERN
-from .files import atomic_write
-from .kinds import activation, channel_id, channel_names
-from .model import UNet
+from ..io.files import atomic_write
+from ..job.config import NAME_PATTERN
+from ..job.kinds import activation, channel_id, channel_names
+from .network import UNet
 from .store import ModelError, ModelRecord, ModelStore
 
 RDF_NAME = "rdf.yaml"
@@ -238,7 +238,7 @@ def _rdf(record: ModelRecord, window: tuple[int, ...], low: float, high: float, 
             "pytorch_state_dict": {
                 "source": STATE_DICT_NAME,
                 "sha256": _sha256(files[STATE_DICT_NAME]),
-                "architecture": {"callable": "ProbabilityUNet", "import_from": "napari_plantbio_train.exchange",
+                "architecture": {"callable": "ProbabilityUNet", "import_from": "napari_plantbio_train.models.exchange",
                                  "kwargs": {"activation": activation, **record.network}},
                 "pytorch_version": torch_version,
             },

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .data import MixedSampler, Normalisation, Region, WindowSampler
+from ..models.normalisation import Normalisation
+from .sampling import MixedSampler, Region, WindowSampler
 
 Batch = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]  # images, targets, trusted-voxel masks
 

@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import ConfigError
-
+from ..job.config import ConfigError
 
 RGB_MIN_SIDE = 30  # napari's own guess (napari.layers.utils.layer_utils.guess_rgb)
 

@@ -17,20 +17,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .config import ConfigError, TrainConfig
+from ..job.config import ConfigError, TrainConfig
+from ..job.events import (CheckpointSaved, Event, Finished, Preview, Progress, Started, StopSignal, Validation,
+                          run_to_end, stop_requested)
+from ..models.losses import segmentation_loss
+from ..models.network import UNet
+from ..models.store import ModelStore, ModelWriter
+from ..planning.window import network_for
+from ..runtime.hardware import Probe, autocast_for, choose_precision, job_device, processes_per_machine, usable
+from ..runtime.memory import OutOfMemory, largest_fitting, out_of_memory_message, suggest_batch_size, try_step
 from .distributed import Rank, agree, gather, mean, weights_digest
-from .events import (CheckpointSaved, Event, Finished, Preview, Progress, Started, StopSignal, Validation,
-                     run_to_end, stop_requested)
-from .hardware import Probe, autocast_for, choose_precision, job_device, processes_per_machine, usable
 from .loader import window_batches
 from .material import checked, prepare
-from .memory import OutOfMemory, largest_fitting, out_of_memory_message, suggest_batch_size, try_step
-from .model import UNet
-from .planning import network_for
-from .store import ModelStore, ModelWriter
-from .validate import score_region
+from .validation import score_region
 
 WARMUP_ITERATIONS = 100
 
@@ -45,38 +45,6 @@ def lr_at(iteration: int, progress: float, base_lr: float, warmup: int) -> float
         return base_lr * (iteration + 1) / warmup
     progress = min(max(progress, 0.0), 1.0)
     return base_lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
-def dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """Soft Dice per channel over the whole batch: stable when a window holds no object of a class."""
-    dims = (0, *range(2, prob.ndim))
-    overlap = (prob * target).sum(dims)
-    total = prob.sum(dims) + target.sum(dims)
-    return (1.0 - (2.0 * overlap + eps) / (total + eps)).mean()
-
-
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, mode: str,
-                      known: torch.Tensor | None = None) -> torch.Tensor:
-    """Semantic: cross-entropy + Dice over classes. Instance: BCE + Dice on foreground and contour maps.
-
-    `known` (B, *spatial), where given, is 1 where the labels were painted and 0 where they say nothing (an
-    unpainted slice, the ignore value): those voxels add nothing to either term, so a partly painted stack
-    does not teach the network that everything unpainted is background.
-    """
-    logits = logits.float()
-    if known is None:
-        if mode == "semantic":
-            onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(logits.dtype)
-            return F.cross_entropy(logits, target) + dice_loss(logits.softmax(1), onehot)
-        return F.binary_cross_entropy_with_logits(logits, target) + dice_loss(logits.sigmoid(), target)
-    weight = known.to(logits.dtype).unsqueeze(1)  # (B, 1, *spatial): the same for every channel
-    count = weight.sum().clamp(min=1.0)
-    if mode == "semantic":
-        onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(logits.dtype)
-        ce = (F.cross_entropy(logits, target, reduction="none") * weight[:, 0]).sum() / count
-        return ce + dice_loss(logits.softmax(1) * weight, onehot * weight)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
-    return bce.sum() / (count * logits.shape[1]) + dice_loss(logits.sigmoid() * weight, target * weight)
 
 
 def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
@@ -362,4 +330,4 @@ def _full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iterat
     return {"model": _cpu_state(model), "optimizer": optimizer.state_dict(), "iteration": iteration}
 
 
-__all__ = ["train", "lr_at", "segmentation_loss", "run_to_end"]
+__all__ = ["train", "lr_at", "run_to_end"]

@@ -12,9 +12,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, TrainConfig
-from . import hardware
-from .model import levels, nearest_valid_size
+from ..job.config import ConfigError, TrainConfig
+from ..models.network import levels, nearest_valid_size
+from ..runtime import hardware
 
 DEFAULT_WINDOW_XY = 256
 DEFAULT_WINDOW_Z = 8
@@ -108,7 +108,7 @@ def validate(config: TrainConfig, **context: Any) -> TrainConfig:
 
 
 def _check_names(config: TrainConfig, models_dir: str | Path, resume: bool, bad) -> None:
-    from .store import ModelStore
+    from ..models.store import ModelStore
 
     store = ModelStore(models_dir)
     taken = store.exists(config.name)

@@ -17,8 +17,7 @@ from scipy import ndimage
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
-from .kinds import POSTPROCESS_DEFAULTS
-
+from ..job.kinds import POSTPROCESS_DEFAULTS
 
 _D = POSTPROCESS_DEFAULTS
 

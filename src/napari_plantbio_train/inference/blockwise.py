@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import read_block, write_block
-from .predict import window_starts
+from ..io.arrays import read_block, write_block
+from .sliding import window_starts
 
 Span = tuple[int, int]
 Region = tuple[slice, slice, slice]

@@ -13,14 +13,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import ConfigError, TrainConfig
-from . import planning
-from .checks import as_stack, check_image, check_labels
-from .data import MixedSampler, Normalisation, Region, WindowSampler, crop, split_validation
+from .. import planning
+from ..inference.postprocess import params_from_truth
+from ..io.checks import as_stack, check_image, check_labels
+from ..job.config import ConfigError, TrainConfig
+from ..models.normalisation import Normalisation
+from ..models.store import ModelRecord, ModelStore
 from .known import combine, painted, touched
 from .loader import Pool
-from .postprocess import params_from_truth
-from .store import ModelRecord, ModelStore
+from .sampling import MixedSampler, Region, WindowSampler, crop, split_validation
 from .targets import class_values, instance_targets, semantic_target
 
 

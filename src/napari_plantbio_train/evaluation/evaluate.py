@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .checks import check_labels as _check_labels
-from .config import ConfigError
-from .files import atomic_write
-from .kinds import MODES
+from ..io.checks import check_labels as _check_labels
+from ..io.files import atomic_write
+from ..job.config import ConfigError
+from ..job.kinds import MODES
 from .metrics import foreground_iou, match_instances, match_instances_per_slice, semantic_scores
 
 # Past this many distinct values a "semantic" map is almost surely an instance map, and the class-by-class

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from .config import NAME_PATTERN, TrainConfig
-from .files import atomic_write, atomic_write_json
-from .kinds import score_name
+from ..io.files import atomic_write, atomic_write_json
+from ..job.config import NAME_PATTERN, TrainConfig
+from ..job.kinds import score_name
 
 ENV_VAR = "PLANTBIO_MODELS_DIR"
 FORMAT_VERSION = 1
@@ -133,7 +133,7 @@ class ModelStore:
 
     def load_model(self, name: str, which: str = "best"):
         """Rebuild the network from its description and fill in the saved weights (for prediction)."""
-        from .model import UNet
+        from .network import UNet
 
         record = self.record(name)
         state = self.load_checkpoint(record, which)
@@ -146,7 +146,7 @@ class ModelStore:
 def load_checkpoint_file(path: str | Path) -> tuple[Any, dict[str, Any]]:
     """A model rebuilt from one checkpoint file alone (its weights and its own description), for a file that has
     travelled without its folder; (network in eval mode, description). Only plain data is read from the file."""
-    from .model import UNet
+    from .network import UNet
 
     path = Path(path)
     try:

@@ -1,0 +1,316 @@
+"""The command line's commands: each reads its options into the engine's values, runs the engine and says
+what happened; bad input raises ``ConfigError``, which ``main`` prints as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from ..inference.label import LabelSettings
+from ..io import wire
+from ..io.stacks import read, read_array
+from ..job.config import DATA_FIELDS, ConfigError, TrainConfig, is_unsaved_layer, read_job_document
+from ..job.events import LabelFinished, LabelProgress, LabelStarted
+from ..models.store import ModelError, ModelStore
+from ..runtime.hardware import job_device, processes_per_machine
+from ..training import distributed
+from ..training.distributed import DistributedError
+from .parser import FIELD_OPTIONS
+from .progress import ProgressLine, _duration, _error_event, _line, _reporter
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return job_from_args(args)[0]
+
+
+def job_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
+    """The job the options describe, and where its data is read from (its own data fields, unless a job file
+    says otherwise)."""
+    given = {field: getattr(args, option) for option, field in FIELD_OPTIONS.items()
+             if getattr(args, option) is not None}
+    given.update(_pairs(args))
+    if "voxel_size" in given:
+        given["voxel_size"] = tuple(given["voxel_size"])
+    if args.config:
+        try:
+            document = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError("config", f"{args.config}: {exc}") from None
+        config, data = read_job_document(document)
+        config = config.replace(**given)
+        data.update({k: v for k, v in given.items() if k in DATA_FIELDS})
+        return config, data
+    if not args.name:
+        raise ConfigError("name", "--name is required (or a job file with --config)")
+    config = _config_from_options(args, given)
+    return config, {k: getattr(config, k) for k in DATA_FIELDS}
+
+
+def _config_from_options(args: argparse.Namespace, given: dict[str, Any]) -> TrainConfig:
+    if args.resume:
+        record = ModelStore(args.models_dir).record(args.name)
+        return record.config.replace(**given)
+    if args.init_from:
+        from ..training.material import continuation
+
+        parent = ModelStore(args.models_dir).record(args.init_from)
+        for required in ("image", "labels"):
+            if required not in given:
+                raise ConfigError(required, f"--{required} (the corrected data) is required with --init-from")
+        start = continuation(parent, args.name)
+        given.pop("voxel_size", None)
+        return start.replace(**given)
+    for required in ("image", "labels", "mode", "dims"):
+        if required not in given:
+            raise ConfigError(required, f"--{required} is required for a new model")
+    return TrainConfig(**given)
+
+
+def _pairs(args: argparse.Namespace) -> dict[str, Any]:
+    """--image/--labels given n times -> the first pair plus extra_images/extra_labels; --balance, --touched-only."""
+    images, labels = args.image or [], args.labels or []
+    if len(images) != len(labels) and images and labels:
+        raise ConfigError("labels", f"{len(images)} --image but {len(labels)} --labels: give one labels stack "
+                                    "per image, in the same order")
+    fields: dict[str, Any] = {}
+    if images:
+        fields["image"], fields["extra_images"] = images[0], tuple(images[1:])
+    if labels:
+        fields["labels"], fields["extra_labels"] = labels[0], tuple(labels[1:])
+    if args.balance is not None:
+        fields["pair_weights"] = tuple(args.balance)
+    if args.touched_only is not None:
+        fields["touched_only"], fields["auto_labels"] = True, args.touched_only
+    return fields
+
+
+def _read_pair(image: str, labels: str, image_field: str, labels_field: str) -> tuple[np.ndarray, np.ndarray]:
+    return _read(image, image_field), _read(labels, labels_field)
+
+
+def _read(path: str | None, field: str) -> np.ndarray:
+    if not path:
+        raise ConfigError(field, "a file path is needed")
+    if is_unsaved_layer(path):
+        raise ConfigError(field, f"the job was trained on a {path}: save that layer (File > Save Selected Layers) "
+                                 f"and give its path (--{field.replace('_', '-')} FILE)")
+    try:
+        return read_array(path)
+    except (OSError, ValueError) as exc:  # StackError is a ValueError
+        raise ConfigError(field, str(exc)) from None
+
+
+def _run_train(args: argparse.Namespace, out: TextIO) -> int:
+    config, data = job_from_args(args)
+    for field in ("image", "labels"):
+        if not data.get(field):
+            raise ConfigError(field, "a file path is needed")
+    job = {"config": config.to_dict(), "data": data, "models_dir": args.models_dir, "resume": args.resume,
+           "events": args.events, "quiet": args.quiet}
+    processes, joined = processes_per_machine(config), distributed.environment()
+    if (joined is not None and int(joined["WORLD_SIZE"]) > 1) or (processes == 1 and args.nodes == 1):
+        train_rank(job, out)  # one process of a torchrun / srun job, or a job of one process
+        return 0
+    _check_before_launch(config, data, args)
+    distributed.launch(_launched_rank, (job,), processes=processes, nodes=args.nodes, node_rank=args.node_rank,
+                       master_addr=args.master_addr, master_port=args.master_port, run_id=f"plantbio-{config.name}")
+    return 0
+
+
+def train_rank(job: dict[str, Any], out: TextIO | None = None) -> str:
+    """One process's share of a training job: join the job (if there is one), read the data, train; rank 0
+    reports. ``job`` holds plain values only (the config as a dict, where to read its data, models_dir, resume,
+    events, quiet), so it travels to spawned processes; each process reads the arrays itself."""
+    from ..training.loop import train
+
+    config, out = TrainConfig.from_dict(job["config"]), out or sys.stdout
+    stop = threading.Event()
+    with _signals_set(stop), distributed.process_group(job_device(config)) as rank:
+        image, labels, extra, auto_labels = _read_data(config, job["data"])
+        # Rank 0 alone polls the STOP file: the ranks agree on stopping anyway, and only it may delete the file.
+        stop_path = wire.stop_file(ModelStore(job["models_dir"]).folder(config.name)) if rank.is_main else None
+        if stop_path is not None:
+            stop_path.unlink(missing_ok=True)  # left by an earlier job: not a request to this one
+
+        def stopping() -> bool:
+            return stop.is_set() or (stop_path is not None and stop_path.exists())
+
+        report = _reporter(job, config, rank, out)
+        try:
+            events = train(config, image, labels, extra_pairs=extra, auto_labels=auto_labels,
+                           models_dir=job["models_dir"], resume=job["resume"], stop=stopping, rank=rank)
+            while True:
+                try:
+                    report(next(events))
+                except StopIteration as done:
+                    return str(done.value)
+        finally:
+            if stop_path is not None:
+                stop_path.unlink(missing_ok=True)
+
+
+def _launched_rank(job: dict[str, Any]) -> str:
+    """A launched process: bad input ends it with one line and status 2, and the launcher then ends the job."""
+    from ..runtime.hardware import fresh_process
+
+    fresh_process()  # a spawned interpreter: nothing has computed in it yet
+    try:
+        return train_rank(job)
+    except (ConfigError, ModelError, DistributedError, FileNotFoundError, FileExistsError) as exc:
+        rank = (distributed.environment() or {}).get("RANK", "0")
+        sys.stderr.write(f"error: {'' if rank == '0' else f'rank {rank}: '}{exc}\n")  # one write: no interleaving
+        sys.stderr.flush()
+        if rank == "0" and job["events"] == "jsonl":  # the follower learns which field, before the launcher's line
+            _error_event(sys.stdout, str(exc), getattr(exc, "field", None))
+        sys.exit(2)
+
+
+def _read_data(config: TrainConfig, data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray,
+                                                                    list[tuple[np.ndarray, np.ndarray]],
+                                                                    np.ndarray | None]:
+    image, labels = _read_pair(data["image"], data["labels"], "image", "labels")
+    extra = [_read_pair(i, lab, "extra_images", "extra_labels")
+             for i, lab in zip(data.get("extra_images") or (), data.get("extra_labels") or ())]
+    auto_labels = None
+    if config.touched_only and data.get("auto_labels"):
+        auto_labels = _read(data["auto_labels"], "auto_labels")
+    return image, labels, extra, auto_labels
+
+
+def _check_before_launch(config: TrainConfig, data: dict[str, Any], args: argparse.Namespace) -> None:
+    """Bad input is one line before any process starts, not one line per process after they all started."""
+    from ..training.material import checked
+
+    shapes = {}
+    for field in ("image", "labels"):
+        try:
+            shapes[field] = tuple(read(data[field]).data.shape)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(field, str(exc)) from None
+    checked(config, ModelStore(args.models_dir), shapes["image"], shapes["labels"], resume=args.resume)
+
+
+@contextlib.contextmanager
+def _signals_set(stop: threading.Event):
+    """Ctrl-C or a cluster's SIGTERM ends the job at the next iteration with a checkpoint to resume from."""
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run_predict(args: argparse.Namespace, out: TextIO) -> int:
+    from ..inference.label import label_stack
+
+    try:
+        image = read(args.image).data
+    except (OSError, ValueError) as exc:
+        raise ConfigError("image", str(exc)) from None
+    postprocess = {name: getattr(args, name) for name in ("fg_threshold", "seed_threshold", "min_size",
+                                                          "min_seed_size", "seed_prominence")
+                   if getattr(args, name) is not None}
+    settings = LabelSettings(overlap=args.overlap, tta=args.tta, batch_size=args.batch_size, precision=args.precision,
+                             device=args.device, which=args.checkpoint, postprocess=postprocess,
+                             block_voxels=args.block_voxels, workers=args.workers, scheduler=args.scheduler)
+    stop = threading.Event()
+    bar = None if args.quiet else ProgressLine(out)
+    with _signals_set(stop):
+        for event in label_stack(args.model, image, models_dir=args.models_dir, output=args.output,
+                                 probabilities=args.probabilities, uncertainty=args.uncertainty,
+                                 settings=settings, overwrite=args.overwrite,
+                                 stop=stop):
+            if isinstance(event, LabelStarted):
+                print(f"labelling {tuple(event.shape)} with {args.model!r} on {event.device} ({event.precision}): "
+                      f"{event.blocks} block(s), {event.windows} windows", file=out, flush=True)
+            elif isinstance(event, LabelProgress) and bar:
+                bar.draw(event.windows_done, event.windows, f"windows, {event.blocks_done}/{event.blocks} blocks"
+                         + (", joining objects" if event.stage == "join" else ""))
+            elif isinstance(event, LabelFinished):
+                objects = "" if event.objects is None else f", {event.objects} objects"
+                status = "cancelled, nothing written" if event.cancelled else f"wrote {args.output}"
+                _line(bar, out, f"{status} in {_duration(event.seconds)}{objects}")
+                if event.cancelled:
+                    return 130
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace, out: TextIO) -> int:
+    from ..evaluation.evaluate import evaluate, object_statistics, write_object_statistics_csv, write_scores_csv
+
+    arrays = {}
+    for field in ("prediction", "truth"):
+        try:
+            arrays[field] = read_array(getattr(args, field))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(field, str(exc)) from None
+    try:
+        scores = evaluate(arrays["prediction"], arrays["truth"], args.mode, per_slice=args.per_slice)
+    except ValueError as exc:
+        raise ConfigError("prediction", str(exc)) from None
+    if args.csv:
+        write_scores_csv(scores, args.csv)
+    if args.objects:
+        write_object_statistics_csv(object_statistics(arrays["prediction"], tuple(args.voxel_size)), args.objects)
+    # NaN (a score with nothing to score) is not JSON: it is written as null.
+    print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in scores.items()}),
+          file=out)
+    return 0
+
+
+def _run_export(args: argparse.Namespace, out: TextIO) -> int:
+    from ..models.exchange import export_model
+
+    try:
+        path = export_model(ModelStore(args.models_dir), args.model, args.output)
+    except (OSError, ValueError) as exc:  # an unwritable output, a name that is not a .zip
+        raise ModelError(str(exc)) from None
+    print(f"exported {args.model!r} to {path}", file=out)
+    return 0
+
+
+def _run_import(args: argparse.Namespace, out: TextIO) -> int:
+    from ..models.exchange import import_model
+
+    store = ModelStore(args.models_dir)
+    try:
+        name = import_model(store, args.path, name=args.name)
+    except OSError as exc:
+        raise ModelError(str(exc)) from None
+    print(f"imported {args.path} as {name!r} into {store.root}", file=out)
+    return 0
+
+
+def _run_models(args: argparse.Namespace, out: TextIO) -> int:
+    store = ModelStore(args.models_dir)
+    records = store.records()
+    rows: list[dict[str, Any]] = [{
+        "name": r.name, "mode": r.config.mode, "dims": r.config.dims, "iterations": r.iterations_done,
+        "best_score": r.best_score, "score": r.score_name, "voxel_size": list(r.config.voxel_size),
+        "parent": r.parent, "lineage": list(r.lineage),
+    } for r in records]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row), file=out)
+        return 0
+    if not rows:
+        print(f"no models in {store.root}", file=out)
+        return 0
+    print(f"{'name':<28} {'mode':<9} {'dims':<4} {'iterations':>10}  best validation score", file=out)
+    for row in rows:
+        score = "-" if row["best_score"] is None else f"{row['best_score']:.4f} ({row['score']})"
+        origin = f"  continued from {row['parent']}" if row["parent"] else ""
+        print(f"{row['name']:<28} {row['mode']:<9} {row['dims']:<4} {row['iterations']:>10}  {score}{origin}",
+              file=out)
+    return 0

@@ -1,0 +1,164 @@
+"""The command line's options. Their names are a promise to scripts: keep them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..inference.label import LabelSettings
+from ..job.kinds import DIMS, MODES, PRECISIONS
+
+# option -> TrainConfig field, for every option that maps one-to-one (the pairs are read by _pairs)
+FIELD_OPTIONS = {
+    "mode": "mode", "dims": "dims", "name": "name",
+    "voxel_size": "voxel_size", "window": "window", "gpus": "gpus", "workers": "workers", "lr": "lr",
+    "iteration_step": "iteration_step", "iteration_save": "iteration_save", "iterations": "iterations",
+    "batch_size": "batch_size", "time_limit": "time_limit_min", "validate_every": "validate_every",
+    "log_every": "log_every", "val_fraction": "val_fraction", "base_channels": "base_channels",
+    "depth": "depth", "stem_stride": "stem_stride", "contour_width": "contour_width", "seed": "seed",
+    "precision": "precision", "painted_slices_only": "painted_slices_only", "ignore_value": "ignore_value",
+    "touched_margin": "touched_margin", "data_workers": "data_workers",
+    "compile": "compile", "cpu_processes": "cpu_processes",
+}
+
+
+def _window(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"window {text!r} must be sizes like 8,256,256 or 256,256") from None
+    if len(values) not in (2, 3):
+        raise argparse.ArgumentTypeError(f"window {text!r} must have 2 (Y,X) or 3 (Z,Y,X) sizes")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="napari-plantbio-train",
+                                     description="Train and manage segmentation models for EM stacks.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a named model (or resume one)")
+    # Every default is None: "not given", so --resume can keep the stored job's values.
+    add = train.add_argument
+    add("--image", action="append", help="raw image stack (TIFF, a folder of TIFF slices, HDF5, zarr or .npy); give it again for more pairs")
+    add("--labels", action="append",
+        help="label stack of the same shape (integer ids or classes); one per --image, in the same order")
+    add("--balance", nargs="+", type=float, metavar="W",
+        help="share of training windows from each image/labels pair, in order (default: equal)")
+    add("--touched-only", metavar="AUTO_LABELS",
+        help="trust only the regions of the first --labels that differ from this auto-label result (the one "
+             "they were corrected from), plus --touched-margin pixels around them; the rest is ignored")
+    add("--touched-margin", type=int, help="pixels of context around each correction (default 16)")
+    add("--mode", choices=MODES, help="semantic (classes) or instance (touching objects apart)")
+    add("--dims", choices=DIMS, help="2d: every slice on its own; 3d: the stack is one volume")
+    add("--name", help="unique model name (a safe folder name); required unless --config gives it")
+    add("--config", metavar="JOB.json",
+        help="a job file: a model folder's config.json (re-run a job, e.g. one the dock started) or a job the dock "
+             "wrote; options given beside it change its fields")
+    add("--voxel-size", nargs=3, type=float, metavar=("X", "Y", "Z"), help="nm per pixel along x, y, z")
+    add("--window", type=_window, help="window size Z,Y,X (3d) or Y,X (2d)")
+    add("--gpus", type=int, help="number of GPUs (0: CPU; default: 1 if CUDA is present); N > 1 trains on N GPUs "
+                                 "at once, one process each (data-parallel)")
+    add("--cpu-processes", type=int,
+        help="on the CPU: data-parallel processes on this machine (default 1), e.g. for CPU clusters")
+    add("--workers", type=int, help="CPU threads of this machine, shared by its processes")
+    add("--data-workers", type=int,
+        help="processes drawing training windows (default: --workers on a GPU, 0 on a CPU: the training thread)")
+    add("--lr", type=float, help="base learning rate")
+    add("--iteration-step", type=int, help="batches accumulated into one optimiser step")
+    add("--iteration-save", type=int, help="checkpoint every N iterations")
+    add("--iterations", type=int, help="iteration total")
+    add("--batch-size", type=int, help="samples per batch")
+    add("--time-limit", type=float, help="stop (with a checkpoint) after this many minutes")
+    add("--validate-every", type=int, help="score the held-out block every N iterations")
+    add("--log-every", type=int, help="write a metrics.csv row every N iterations")
+    add("--val-fraction", type=float, help="share of the stack held out for validation")
+    add("--base-channels", type=int, help="channels of the network's first level")
+    add("--depth", type=int, help="downsampling steps of the network")
+    add("--stem-stride", type=int, help="in-plane stride of the first layer (1, 2 or 4)")
+    add("--contour-width", type=int, help="instance mode: width in pixels of the band between touching objects")
+    add("--precision", choices=PRECISIONS,
+        help="auto (default): bf16 where the hardware runs it natively and a probe saw it work, else fp32")
+    add("--painted-slices-only", action="store_true", default=None,
+        help="partial labels: slices without any label are unpainted (ignored), not background")
+    add("--ignore-value", type=int, help="partial labels: this label value marks voxels to ignore")
+    add("--compile", action="store_true", default=None, help="torch.compile the network (GPU: faster steps "
+                                                              "after a slow start)")
+    add("--seed", type=int)
+    add("--models-dir", help="models folder (default: $PLANTBIO_MODELS_DIR or the user data folder)")
+    add("--resume", action="store_true", help="continue the named model from its last checkpoint")
+    add("--init-from", metavar="MODEL",
+        help="continue from a named model as a new version (--name): its weights, normalisation and classes, "
+             "a lower learning rate and a short schedule unless given")
+    add("--quiet", action="store_true", help="no progress bar")
+    add("--events", choices=("text", "jsonl"), default="text",
+        help="jsonl: one JSON object per event on stdout, for a program following the job (see docs/cluster.md)")
+    _add_machines(train)
+
+    _add_predict(commands)
+    _add_evaluate(commands)
+    _add_exchange(commands)
+
+    models = commands.add_parser("models", help="list named models")
+    models.add_argument("--models-dir")
+    models.add_argument("--json", action="store_true", help="one JSON object per line")
+    return parser
+
+
+def _add_machines(train: argparse.ArgumentParser) -> None:
+    group = train.add_argument_group("several machines", "run the same command on every machine of the job, each "
+                                     "with its --node-rank (a shared file system holds the data and models)")
+    group.add_argument("--nodes", type=int, default=1, help="machines in the job (default 1)")
+    group.add_argument("--node-rank", type=int, default=0, help="this machine's place in the job: 0 to nodes-1")
+    group.add_argument("--master-addr", help="host name or address of machine 0 (needed with --nodes > 1)")
+    group.add_argument("--master-port", type=int, help="a free port on machine 0 (needed with --nodes > 1)")
+
+
+def _add_predict(commands: Any) -> None:
+    predict = commands.add_parser("predict", help="label a stack with a named model")
+    add = predict.add_argument
+    add("--model", required=True, help="name of the model (see `models`)")
+    add("--image", required=True, help="stack to label (TIFF, a folder of TIFF slices, HDF5, zarr or .npy; read block by block)")
+    add("--output", required=True, help="labels to write: O.tif or O.zarr")
+    add("--overlap", type=float, default=0.5, help="share of a window overlapping its neighbour (default 0.5)")
+    add("--tta", type=int, default=0, choices=(0, 4, 8), help="test-time variants averaged (default 0)")
+    add("--batch-size", type=int, help="windows per forward pass (default: the model's samples per batch)")
+    add("--models-dir", help="models folder (default: $PLANTBIO_MODELS_DIR or the user data folder)")
+    add("--probabilities", help="also write the probability maps to this .zarr path")
+    add("--uncertainty", help="also write a map of the model's doubt (0..1) to this .zarr or .tif path")
+    add("--checkpoint", choices=("best", "last"), default="best", help="which weights to use (default best)")
+    add("--precision", choices=PRECISIONS, default="auto",
+        help="auto: bf16 where the hardware runs it natively and a probe saw it work, else fp32")
+    add("--device", help="cpu, cuda or cuda:N (default: the first GPU if there is one)")
+    for name in ("fg_threshold", "seed_threshold", "min_size", "min_seed_size", "seed_prominence"):
+        add(f"--{name.replace('_', '-')}", type=float, help="instance post-processing (default: the model's)")
+    add("--block-voxels", type=int, default=LabelSettings.block_voxels, help="largest block held in memory")
+    add("--workers", type=int, default=1, help="blocks labelled at once on this machine")
+    add("--scheduler", help="address of a dask.distributed scheduler to run the blocks on")
+    add("--overwrite", action="store_true", help="replace an existing output")
+    add("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_evaluate(commands: Any) -> None:
+    evaluate = commands.add_parser("evaluate", help="score a labels result against ground truth (JSON)")
+    add = evaluate.add_argument
+    add("--prediction", required=True, help="labels to judge (TIFF, a folder of TIFF slices, HDF5, zarr or .npy)")
+    add("--truth", required=True, help="ground-truth labels of the same shape")
+    add("--mode", choices=MODES, default="instance", help="instance (objects, default) or semantic (classes)")
+    add("--per-slice", action="store_true", help="instance: match objects within each slice (2D models)")
+    add("--csv", help="also write the scores as a metric,value CSV")
+    add("--objects", help="also write per-object statistics of the prediction as CSV")
+    add("--voxel-size", nargs=3, type=float, metavar=("X", "Y", "Z"), default=(1.0, 1.0, 1.0),
+        help="nm per pixel along x, y, z, for the object statistics")
+
+
+def _add_exchange(commands: Any) -> None:
+    export = commands.add_parser("export", help="write a named model as a bioimage.io package (zip)")
+    export.add_argument("--model", required=True, help="name of the model (see `models`)")
+    export.add_argument("--output", required=True, help="package to write: FILE.zip")
+    export.add_argument("--models-dir", help="models folder (default: $PLANTBIO_MODELS_DIR or the user data folder)")
+    imported = commands.add_parser("import", help="add a model from a package exported by this plugin or a folder")
+    imported.add_argument("path", help="FILE.zip exported by `export`, or a model folder")
+    imported.add_argument("--models-dir", help="models folder (default: $PLANTBIO_MODELS_DIR or the user data folder)")
+    imported.add_argument("--name", help="name for the imported model (default: its own)")

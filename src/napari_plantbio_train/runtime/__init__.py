@@ -1,0 +1,1 @@
+"""What this machine can run: the device, a number format verified to work here, and what fits in memory."""
