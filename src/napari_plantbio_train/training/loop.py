@@ -23,13 +23,10 @@ from ..job.events import (CheckpointSaved, Event, Finished, Preview, Progress, S
                           run_to_end, stop_requested)
 from ..models.losses import segmentation_loss
 from ..models.network import UNet
-from ..models.store import ModelStore, ModelWriter
-from ..planning.window import network_for
-from ..runtime.hardware import Probe, autocast_for, choose_precision, job_device, processes_per_machine, usable
-from ..runtime.memory import OutOfMemory, largest_fitting, out_of_memory_message, suggest_batch_size, try_step
+from ..runtime.hardware import job_device, processes_per_machine
+from ..runtime.memory import OutOfMemory, largest_fitting, out_of_memory_message, try_step
 from .distributed import Rank, agree, gather, mean, weights_digest
-from .loader import window_batches
-from .material import checked, prepare
+from .setup import set_up
 from .validation import score_region
 
 WARMUP_ITERATIONS = 100
@@ -79,83 +76,15 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
            extra_pairs: Sequence[tuple[np.ndarray, np.ndarray]], auto_labels: np.ndarray | None,
            models_dir: str | Path | None, resume: bool, stop: StopSignal,
            rank: Rank) -> Generator[Event, None, Path]:
-    store = ModelStore(models_dir)
-    if extra_pairs and not config.extra_images:  # arrays without names (a script): name them by position
-        config = config.replace(extra_images=tuple(f"pair {i}" for i in range(2, len(extra_pairs) + 2)),
-                                extra_labels=tuple(f"pair {i} labels" for i in range(2, len(extra_pairs) + 2)))
-    config = checked(config, store, np.shape(image), np.shape(labels), resume=resume)
-    previous_state, previous_meta, parent = None, None, None
-    if resume:
-        record = store.record(config.name)
-        previous_meta = {"classes": record.classes, "normalisation": record.normalisation,
-                         "postprocess": record.postprocess}
-        previous_state = store.load_checkpoint(record, "last")
-    elif config.init_from is not None:
-        # A new version: the parent's weights, intensity scale and classes, so what it learned carries over and
-        # its outputs keep their meaning; optimiser and schedule start afresh for the new labels.
-        parent = store.record(config.init_from)
-        previous_meta = {"classes": parent.classes, "normalisation": parent.normalisation,
-                         "postprocess": parent.postprocess}
-    if len(extra_pairs) != len(config.extra_images):
-        raise ConfigError("extra_images", f"{len(config.extra_images)} extra pair(s) named but "
-                                          f"{len(extra_pairs)} given")
-    material = prepare(config, image, labels, previous=previous_meta, extra_pairs=extra_pairs,
-                       auto_labels=auto_labels)
-
-    torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also copies rank 0's)
-    device = torch.device(rank.device)
-    if device.type == "cpu":
-        torch.set_num_threads(rank.threads(config.workers))
-    out_channels = 2 if config.mode == "instance" else len(material.classes)
-    if parent is not None:
-        model = UNet.from_spec(parent.network).to(device)
-        model.load_state_dict(store.load_checkpoint(parent, "best")["model"])
-    else:
-        model = UNet(in_channels=1, out_channels=out_channels, **network_for(config, np.shape(image))).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
-    start = 0
-    if previous_state is not None:
-        model.load_state_dict(previous_state["model"])
-        optimizer.load_state_dict(previous_state["optimizer"])
-        start = int(previous_state["iteration"])
-    net = _data_parallel(model, rank)
-    # bf16 autocast where the hardware runs it natively and a probe saw it work here, fp32 elsewhere; rank 0
-    # decides for every rank (one probe, one format for the whole job), before anything is written.
-    verdict = (choose_precision(config.precision, device, Probe(model.spec, material.window, config.batch_size,
-                                                                config.mode))
-               if rank.is_main else None)
-    verdict = usable(gather(rank, verdict)[0])
-    precision = verdict.precision
-    folder, writer, best_score = store.folder(config.name), None, None
-    if rank.is_main:
-        writer = ModelWriter(store, config, resume=resume)
-        writer.describe(network=model.spec, normalisation=material.normalisation.to_dict(),
-                        classes=material.classes, window=list(material.window),
-                        validation_region=[list(r) for r in material.val_region], mode=config.mode,
-                        dims=config.dims, voxel_size=list(config.voxel_size), postprocess=material.postprocess)
-        if parent is not None:
-            writer.describe(parent=parent.name, lineage=[*parent.lineage, parent.name],
-                            parent_iterations=parent.iterations_done, parent_best_score=parent.best_score)
-        writer.describe(runs=[*writer.meta.get("runs", []), _run_record(config, rank, start)],
-                        precision=verdict.to_dict())
-        best_score = writer.meta.get("best_score")
-
-    # A resumed job draws new windows, not the same ones; on a GPU, worker processes keep batches ready.
-    processes = config.data_processes(device.type)
-    batches = window_batches(material.pool(), config.batch_size, (config.seed, start), processes,
-                             pin_memory=device.type == "cuda", first_stream=_first_stream(rank, processes))
-    autocast = autocast_for(precision, device)
+    run = set_up(config, image, labels, extra_pairs=extra_pairs, auto_labels=auto_labels, models_dir=models_dir,
+                 resume=resume, rank=rank)
+    config, material, model, net, forward = run.config, run.material, run.model, run.net, run.forward
+    optimizer, writer, device, autocast, batches = run.optimizer, run.writer, run.device, run.autocast, run.batches
+    start, best_score, folder = run.start, run.best_score, run.folder
     target_dtype = torch.long if config.mode == "semantic" else torch.float32
-    forward = net
-    batch_hint = None
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed window shapes: let cuDNN pick its fastest kernels once
-        batch_hint = suggest_batch_size(model, material.window, device, autocast)
-        if config.compile:
-            forward = torch.compile(net)  # optional: minutes of compiling first, then faster steps
 
     yield Started(folder, config.iterations, start, material.window, device.type, material.val_region,
-                  precision, batch_hint, verdict.reason)
+                  run.verdict.precision, run.batch_hint, run.verdict.reason)
     began, limit = time.perf_counter(), (config.time_limit_min or 0) * 60.0
     seconds_ema: float | None = None
     iteration, last_saved, last_validated, reason = start, start, start, "completed"
@@ -265,40 +194,11 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     return folder
 
 
-def _first_stream(rank: Rank, processes: int) -> int | None:
-    """The number of a rank's first window stream (None: a lone process, the loader's own numbering).
-
-    In a job of several ranks, streams are numbered from 1 across every drawer of windows, each rank's window
-    processes or, without them, its training thread; so each rank draws its own windows, and two ranks with
-    a batch each draw exactly what one process draws with two window processes and iteration step 2.
-    """
-    if not rank.distributed:
-        return None
-    return 1 + rank.rank * max(processes, 1)
-
-
-def _data_parallel(model: torch.nn.Module, rank: Rank) -> torch.nn.Module:
-    """DDP copies rank 0's weights to the others and averages gradients during backward; ``model`` itself stays
-    the unwrapped network that validation, previews and checkpoints use."""
-    if not rank.distributed:
-        return model
-    device = torch.device(rank.device)
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-
-
 def _sync_gradients(net: torch.nn.Module, *, last: bool) -> contextlib.AbstractContextManager:
     """Accumulated batches average their gradients across ranks once, on the iteration's last backward."""
     if last or not isinstance(net, torch.nn.parallel.DistributedDataParallel):
         return contextlib.nullcontext()
     return net.no_sync()
-
-
-def _run_record(config: TrainConfig, rank: Rank, start: int) -> dict:
-    """How one job (or one resumption) trained, for model.json: the learning rate is not scaled with the number
-    of processes (AdamW steps on averaged gradients), the effective batch grows with it."""
-    return {"from_iteration": start, "world_size": rank.world_size, "device": torch.device(rank.device).type,
-            "batch_size": config.batch_size, "iteration_step": config.iteration_step,
-            "effective_batch_size": config.batch_size * config.iteration_step * rank.world_size, "lr": config.lr}
 
 
 def _out_of_memory(model: UNet, optimizer: torch.optim.Optimizer, config: TrainConfig, window: tuple[int, ...],
