@@ -1,4 +1,8 @@
-"""Shared test data: small crops of the real stacks in ../shared/data (skipped with a reason if absent)."""
+"""Shared test data: small crops of the real stacks in ../shared/data, or, where they are absent, crops of the
+synthetic sample that serve the same tests (touching objects of one kind; a two-class semantic image).
+
+Set PLANTBIO_TESTS_WITHOUT_DATA=1 to run the suite as a machine without the real data runs it.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,28 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shared_data_dir() -> Path | None:
+    if os.environ.get("PLANTBIO_TESTS_WITHOUT_DATA"):
+        return None
     for candidate in (REPO.parent / "shared" / "data", Path("/work/shared/data")):
         if (candidate / "chloroplast3d" / "image.tif").exists():
             return candidate
     return None
+
+
+def chloroplast_stack(region: tuple[slice, ...], seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(image, instance labels) of a region of the chloroplast stack, read lazily, or of a synthetic stack of the
+    region's shape (with instance ids) where the real one is absent."""
+    found = shared_data_dir()
+    if found is None:
+        from napari_plantbio_train.io.synthetic import make_stack
+
+        shape = tuple(len(range(*s.indices(n))) for s, n in zip(region, (10, 2341, 2195)))
+        stack = make_stack(shape, seed=seed)
+        return stack.image, stack.instances
+    from napari_plantbio_train.io.stacks import read
+
+    return (np.ascontiguousarray(read(found / "chloroplast3d" / "image.tif").data[region]),
+            np.ascontiguousarray(read(found / "chloroplast3d" / "labels.tif").data[region]))
 
 
 @pytest.fixture(scope="session")
@@ -27,22 +49,41 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def chloroplast_crop(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """4 x 192 x 192 of the chloroplast stack around several touching chloroplasts."""
-    import tifffile
+def chloroplast_crop() -> tuple[np.ndarray, np.ndarray]:
+    """4 x 192 x 192 of the chloroplast stack around several touching chloroplasts (instance ids), or of the
+    synthetic sample's organelles where the real stack is absent."""
+    found = shared_data_dir()
+    if found is None:
+        from napari_plantbio_train.io.synthetic import make_stack
 
-    image = tifffile.imread(data_dir / "chloroplast3d" / "image.tif")[3:7, 1872:2064, 1824:2016]
-    labels = tifffile.imread(data_dir / "chloroplast3d" / "labels.tif")[3:7, 1872:2064, 1824:2016]
+        stack = make_stack((4, 192, 192), seed=3)
+        image, labels = stack.image, stack.instances
+    else:
+        from napari_plantbio_train.io.stacks import read
+
+        region = (slice(3, 7), slice(1872, 2064), slice(1824, 2016))
+        image = read(found / "chloroplast3d" / "image.tif").data[region]
+        labels = read(found / "chloroplast3d" / "labels.tif").data[region]
     assert len(np.unique(labels)) > 3
     return np.ascontiguousarray(image), np.ascontiguousarray(labels)
 
 
 @pytest.fixture(scope="session")
-def plate_crop(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    import tifffile
+def plate_crop() -> tuple[np.ndarray, np.ndarray]:
+    """192 x 192 of the sieve-plate image with its pores (0/1), or one slice of the synthetic sample's
+    chloroplasts as the one class where the real image is absent."""
+    found = shared_data_dir()
+    if found is None:
+        from napari_plantbio_train.io.synthetic import make_stack
 
-    image = tifffile.imread(data_dir / "plate2d" / "image.tif")[300:492, 200:392]
-    labels = tifffile.imread(data_dir / "plate2d" / "labels.tif")[300:492, 200:392]
+        stack = make_stack((1, 192, 192), seed=5)
+        image, labels = stack.image[0], (stack.semantic[0] == 1).astype(np.uint8)
+    else:
+        from napari_plantbio_train.io.stacks import read
+
+        region = (slice(300, 492), slice(200, 392))
+        image = read(found / "plate2d" / "image.tif").data[region]
+        labels = read(found / "plate2d" / "labels.tif").data[region]
     assert labels.any()
     return np.ascontiguousarray(image), np.ascontiguousarray(labels)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import chloroplast_stack
 from qtpy.QtCore import Qt
 
 from napari_plantbio_train.job.config import unsaved_layer
@@ -50,12 +51,10 @@ def dock(make_napari_viewer, models):
 
 
 @pytest.fixture(scope="module")
-def unseen_crop(data_dir) -> np.ndarray:
-    """The chloroplast stack just left of the tiny model's training crop: tissue it never saw."""
-    import tifffile
-
-    return np.ascontiguousarray(tifffile.imread(data_dir / "chloroplast3d" / "image.tif",
-                                                key=range(3, 7))[:, 1872:2064, 1632:1824])
+def unseen_crop() -> np.ndarray:
+    """The chloroplast stack just left of the tiny model's training crop: tissue it never saw (synthetic tissue of
+    another seed where the real stack is absent)."""
+    return chloroplast_stack((slice(3, 7), slice(1872, 2064), slice(1632, 1824)), seed=11)[0]
 
 
 def _record(name: str, lineage: tuple[str, ...] = ()) -> ModelRecord:

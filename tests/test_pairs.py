@@ -92,8 +92,9 @@ def test_touched_only_puts_nothing_of_the_untouched_area_in_the_loss(chloroplast
     assert material.known is not None and 0 < material.known.mean() < 0.6
     # Scramble the labels wherever the user did not touch (both results alike, so nothing new is "corrected"):
     # windows drawn with the same seed must give exactly the same loss for any network output.
-    # (Instance targets mark contours from labels up to `contour_width` away, so the scramble keeps that far off.)
-    far = ndimage.distance_transform_edt(~material.known, sampling=(10, 1, 1)) > config.contour_width + 1
+    # (Instance targets mark contours from labels up to `contour_width` away in-plane and one slice away along z,
+    # so the scramble keeps that far off in voxels along every axis.)
+    far = ndimage.distance_transform_edt(~material.known) > config.contour_width + 1
     other_corrected, other_auto = corrected.copy(), auto.copy()
     scramble = np.random.default_rng(1).integers(0, 5, corrected.shape).astype(corrected.dtype)
     other_corrected[far], other_auto[far] = scramble[far], scramble[far]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tifffile
+from conftest import chloroplast_stack
 import torch
 
 from napari_plantbio_train import planning
@@ -53,18 +53,16 @@ def test_windows_are_never_drawn_from_unpainted_slices():
         assert painted.all()  # a 2D window lies on a painted slice, so all of it counts
 
 
-def _three_painted_slices(data_dir):
-    region = (slice(None), slice(1872, 2064), slice(1824, 2016))
-    image = tifffile.imread(data_dir / "chloroplast3d" / "image.tif")[region]
-    labels = tifffile.imread(data_dir / "chloroplast3d" / "labels.tif")[region]
+def _three_painted_slices():
+    image, labels = chloroplast_stack((slice(None), slice(1872, 2064), slice(1824, 2016)))
     painted = labels.copy()
     unpainted = [z for z in range(labels.shape[0]) if z not in (1, 5, 8)]
     painted[unpainted] = 0
     return np.ascontiguousarray(image), painted
 
 
-def test_training_on_three_painted_slices_of_the_chloroplast_crop(data_dir, models_dir):
-    image, painted = _three_painted_slices(data_dir)
+def test_training_on_three_painted_slices_of_the_chloroplast_crop(models_dir):
+    image, painted = _three_painted_slices()
     config = TrainConfig(name="sparse", mode="instance", dims="3d", window=(4, 64, 64), voxel_size=(5, 5, 50),
                          painted_slices_only=True, **TINY)
     material = prepare(config, image, painted, previous=None)

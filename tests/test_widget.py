@@ -25,37 +25,17 @@ REPO = Path(__file__).resolve().parents[1]
 JOB_TIMEOUT_MS = 120_000  # a generous ceiling for a few-second job on a busy machine, not a speed claim
 
 
-def _data_root() -> Path | None:
-    for root in (Path(__file__).resolve().parents[2] / "shared" / "data", Path("/work/shared/data")):
-        if (root / "chloroplast3d" / "image.tif").is_file() and (root / "plate2d" / "image.tif").is_file():
-            return root
-    return None
-
-
-DATA = _data_root()
-needs_data = pytest.mark.skipif(DATA is None, reason="the real stacks (../shared/data or /work/shared/data) "
-                                                      "are not on this machine")
-
-
 @pytest.fixture(scope="module")
-def chloroplast() -> tuple[np.ndarray, np.ndarray]:
-    """4 slices x 192 x 192 holding four chloroplasts (instance ids), read page by page, not the whole stack."""
-    if DATA is None:
-        pytest.skip("the real stacks are not on this machine")
-    crop = (slice(None), slice(1800, 1992), slice(900, 1092))
-    image = tifffile.imread(DATA / "chloroplast3d" / "image.tif", key=range(4))[crop]
-    labels = tifffile.imread(DATA / "chloroplast3d" / "labels.tif", key=range(4))[crop]
+def chloroplast(chloroplast_crop) -> tuple[np.ndarray, np.ndarray]:
+    """4 slices x 192 x 192 holding several chloroplasts (instance ids); synthetic where the real stack is absent."""
+    image, labels = chloroplast_crop
     assert len(np.unique(labels)) > 2, "the crop must hold several objects"
     return image, labels
 
 
 @pytest.fixture(scope="module")
-def plate() -> tuple[np.ndarray, np.ndarray]:
-    if DATA is None:
-        pytest.skip("the real stacks are not on this machine")
-    crop = (slice(300, 492), slice(200, 392))
-    return (tifffile.imread(DATA / "plate2d" / "image.tif")[crop],
-            tifffile.imread(DATA / "plate2d" / "labels.tif")[crop])
+def plate(plate_crop) -> tuple[np.ndarray, np.ndarray]:
+    return plate_crop
 
 
 TINY = dict(base_channels=4, depth=2, batch_size=2, workers=1, iteration_step=1, iterations=20,
@@ -192,7 +172,6 @@ CASES = {
 }
 
 
-@needs_data
 @pytest.mark.parametrize("case", list(CASES))
 def test_training_runs_to_the_end_with_curve_previews_and_a_saved_model(dock, qtbot, request, case):
     viewer, widget, models = dock
@@ -252,7 +231,6 @@ def _start_endless_plate_job(dock, plate, name: str, qtbot, points: int = 2):
     return viewer, widget, models, raw
 
 
-@needs_data
 def test_stop_mid_way_leaves_a_loadable_checkpoint(dock, qtbot, plate):
     viewer, widget, models, raw = _start_endless_plate_job(dock, plate, "stopped", qtbot, points=3)
     assert widget.train_button.text() == "Stop"
@@ -271,7 +249,6 @@ def test_stop_mid_way_leaves_a_loadable_checkpoint(dock, qtbot, plate):
     assert widget.train_button.text() == "Train"
 
 
-@needs_data
 def test_gui_keeps_processing_events_while_training(dock, qtbot, chloroplast):
     from qtpy.QtCore import QTimer
 
@@ -302,7 +279,6 @@ def test_gui_keeps_processing_events_while_training(dock, qtbot, chloroplast):
     assert max(redraws_while_running) >= 1
 
 
-@needs_data
 def test_training_from_napari_with_window_processes(dock, qtbot, plate):
     """Window-drawing processes started from inside napari's threaded Qt process (spawned, fed only plain
     arrays): the job trains as usual."""
@@ -319,7 +295,6 @@ def test_training_from_napari_with_window_processes(dock, qtbot, plate):
     assert ModelStore(models).record("spawned").iterations_done == 8
 
 
-@needs_data
 def test_removing_the_picked_image_stops_the_job(dock, qtbot, plate):
     viewer, widget, models, raw = _start_endless_plate_job(dock, plate, "orphan", qtbot)
     viewer.layers.remove(raw)
@@ -329,7 +304,6 @@ def test_removing_the_picked_image_stops_the_job(dock, qtbot, plate):
     assert "orphan" in ModelStore(models).names()
 
 
-@needs_data
 def test_closing_the_dock_stops_the_job(dock, qtbot, plate):
     viewer, widget, models, raw = _start_endless_plate_job(dock, plate, "undocked", qtbot)
     viewer.window.remove_dock_widget(widget)
@@ -339,7 +313,6 @@ def test_closing_the_dock_stops_the_job(dock, qtbot, plate):
     widget.deleteLater()
 
 
-@needs_data
 def test_closing_the_viewer_stops_the_job_with_a_checkpoint(dock, qtbot, plate):
     viewer, widget, models, raw = _start_endless_plate_job(dock, plate, "closed", qtbot)
     worker = widget.worker
@@ -350,7 +323,6 @@ def test_closing_the_viewer_stops_the_job_with_a_checkpoint(dock, qtbot, plate):
     assert 2 <= record.iterations_done < 100_000
 
 
-@needs_data
 def test_engine_errors_at_run_time_show_in_the_dock(dock, qtbot, plate):
     viewer, widget, models = dock
     image, _ = plate

@@ -19,7 +19,6 @@ import pytest
 
 from napari_plantbio_train.runtime.hardware import processes_per_machine
 from napari_plantbio_train.io import wire
-from napari_plantbio_train.training import distributed
 from napari_plantbio_train._widgets import job_process
 from napari_plantbio_train._widgets.job_process import TEMP_PREFIX, follow_command
 from napari_plantbio_train.cli.parser import build_parser
