@@ -17,24 +17,39 @@ if TYPE_CHECKING:
 AUTO_LABEL_KEY = "plantbio_auto_label"
 
 
-def auto_label_metadata(model: str, name: str, labels: Any) -> dict[str, Any]:
+def auto_label_metadata(model: str, name: str, labels: Any, original: Any = None,
+                        folder: Any = None) -> dict[str, Any]:
     """Metadata for a new auto-label result layer: its labels before anyone edits them.
 
     napari paints into the layer's own array, so only a copy taken now still shows what the model said once
-    the user has corrected it. The copy uses the smallest integer type that holds its ids (usually a half or
-    a quarter of the result's uint32), since it stays in memory as long as the layer does.
+    the user has corrected it. An in-memory result is copied here, in the smallest integer type that holds its
+    ids (usually a half or a quarter of the result's uint32), since it stays in memory as long as the layer
+    does; a result a job process wrote brings its own copy on disk (``original``, a read-only zarr array) and
+    the folder holding both (``folder``), removed with the layer.
     """
-    labels = np.asarray(labels)
-    dtype = np.min_scalar_type(int(labels.max(initial=0))) if labels.dtype.kind in "iu" else labels.dtype
-    return {AUTO_LABEL_KEY: {"model": model, "name": name, "labels": labels.astype(dtype, copy=True)}}
+    if original is None:
+        labels = np.asarray(labels)
+        dtype = np.min_scalar_type(int(labels.max(initial=0))) if labels.dtype.kind in "iu" else labels.dtype
+        original = labels.astype(dtype, copy=True)
+    kept = {"model": model, "name": name, "labels": original}
+    if folder is not None:
+        kept["folder"] = str(folder)
+    return {AUTO_LABEL_KEY: kept}
 
 
-def auto_labels_of(layer: Layer | None) -> tuple[str, np.ndarray] | None:
-    """(name of the auto-label result, its labels as the model gave them), when the layer is such a result."""
+def auto_labels_of(layer: Layer | None) -> tuple[str, Any] | None:
+    """(name of the auto-label result, its labels as the model gave them: numpy, or a zarr array on disk), when
+    the layer is such a result."""
     kept = getattr(layer, "metadata", {}).get(AUTO_LABEL_KEY) if layer is not None else None
-    if not isinstance(kept, dict) or not isinstance(kept.get("labels"), np.ndarray):
+    if not isinstance(kept, dict) or not hasattr(kept.get("labels"), "shape"):
         return None
     return str(kept.get("name") or kept.get("model") or layer.name), kept["labels"]
+
+
+def results_folder_of(layer: Layer | None) -> str | None:
+    """The folder of a child's auto-label result that backs this layer, if any."""
+    kept = getattr(layer, "metadata", {}).get(AUTO_LABEL_KEY) if layer is not None else None
+    return kept.get("folder") if isinstance(kept, dict) else None
 
 
 def touched_problems(config: TrainConfig, labels: Layer | None, labels_shape: tuple[int, ...] | None

@@ -7,6 +7,7 @@ layers placed exactly over the image. Nothing here computes.
 
 from __future__ import annotations
 
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from ..job.kinds import POSTPROCESS_DEFAULTS
 from ..models.store import ModelRecord, ModelStore, default_models_dir
 from .common import WARNING_STYLE, StatusLine, StoppableWorker, row
 from .corrections import auto_label_metadata
+from .job_process import ChildDied, JobFolder, StoredResult, labelled_in_child, remove_stale_results, source_path
 from .layer_picker import LayerPicker, level0
 from .model_info import channel_names, voxel_size_message
 from .model_sharing import ModelSharing
@@ -79,6 +81,8 @@ class AutoLabelWidget(QWidget):
             post_form.addRow(text, self.post_boxes[key])
         self.show_maps = QCheckBox("show probability maps")
         self.show_doubt = QCheckBox("show uncertainty and rank objects by it")
+        # Where the job runs: a separate program by default, so a crash can never close napari.
+        self.in_process = QCheckBox("label in napari's own process (a crash there would close napari)")
         self.proofread = ProofreadQueue(napari_viewer)
         self.label_button, self.cancel_button = QPushButton("Label"), QPushButton("Cancel", enabled=False)
         self.progress = QProgressBar(format="idle", value=0)
@@ -93,7 +97,7 @@ class AutoLabelWidget(QWidget):
         layout.addRow("Overlap", self.overlap)
         layout.addRow("Test-time augmentation", self.tta)
         layout.addRow("Samples per batch", self.batch_size)
-        for widget in (self.post_group, self.show_maps, self.show_doubt, self.warning,
+        for widget in (self.post_group, self.show_maps, self.show_doubt, self.in_process, self.warning,
                        row(self.label_button, self.cancel_button), self.progress, self.status, self.proofread):
             layout.addRow(widget)
 
@@ -105,6 +109,8 @@ class AutoLabelWidget(QWidget):
         self._shown_postprocess: dict[str, float] = {}
         self._job: _Job | None = None
         self._folder_stamp: tuple = ()
+        self._results: dict[str, list[Layer]] = {}  # a child's result folder -> the layers reading from it
+        remove_stale_results()
         # Read by a closure when this widget is deleted, so it must not be reached through ``self``.
         self._running_stops: set[threading.Event] = set()
         stops = self._running_stops
@@ -215,17 +221,27 @@ class AutoLabelWidget(QWidget):
         if problem:
             self._set_status(problem, error=True)
             return False
-        # The worker gets the array (level 0; dask and zarr pass through unread, so a stack larger than memory is
+        # The job gets the array (level 0; dask and zarr pass through unread, so a stack larger than memory is
         # read block by block), never the layer. Not copied: napari never edits an Image layer's array in place.
+        # By default a child process labels it (the layer's own file, or one .npy of it) and writes the result as
+        # zarr stores the layers then read lazily: a crash costs the child, a result larger than memory works.
         data = level0(layer)
         self._job = _Job(layer, f"{layer.name} [{record.name}]", np.array(layer.scale, float),
                          np.array(layer.translate, float))
         self.result, self.error, self.last_event = None, None, None
         stop = threading.Event()
-        worker = create_worker(label_stack, record.name, data, models_dir=self.models_dir,
-                               probabilities=True if self.show_maps.isChecked() else None,
-                               uncertainty=True if self.show_doubt.isChecked() else None, settings=self.settings(),
-                               stop=stop, _start_thread=False, _ignore_errors=True, _worker_class=StoppableWorker)
+        maps, doubt = self.show_maps.isChecked(), self.show_doubt.isChecked()
+        if self.in_process.isChecked():
+            run, args = label_stack, (record.name, data)
+            kwargs: dict[str, Any] = dict(probabilities=True if maps else None, uncertainty=True if doubt else None,
+                                          settings=self.settings())
+        else:
+            folder = JobFolder()
+            lazy = source_path(data) is not None or type(data).__module__.startswith("dask")
+            run, args = labelled_in_child, (record, folder.stage("image", data), predict_options(self.settings()))
+            kwargs = dict(probabilities=maps, uncertainty=doubt, lazy=lazy, folder=folder)
+        worker = create_worker(run, *args, models_dir=self.models_dir, stop=stop, **kwargs, _start_thread=False,
+                               _ignore_errors=True, _worker_class=StoppableWorker)
         worker.stop_event = stop
         worker.yielded.connect(self._on_event)
         worker.returned.connect(self._on_returned)
@@ -259,6 +275,13 @@ class AutoLabelWidget(QWidget):
     def _on_layer_removed(self, event: Any) -> None:
         if self.running and self._job is not None and self._job.layer is event.value:
             self.cancel(f"layer {event.value.name!r} was removed")
+        # A child's result lives in zarr stores of this session: they go when no layer shows them any more.
+        for folder, layers in list(self._results.items()):
+            if event.value in layers:
+                layers.remove(event.value)
+            if not any(layer in self.viewer.layers for layer in layers):
+                del self._results[folder]
+                shutil.rmtree(folder, ignore_errors=True)
 
     # ----- events from the engine (delivered in the GUI thread) -----------------------------------------------
     def _on_event(self, event: Any) -> None:
@@ -276,25 +299,35 @@ class AutoLabelWidget(QWidget):
         elif isinstance(event, LabelFinished):
             self.progress.setFormat("cancelled" if event.cancelled else f"done in {event.seconds:.1f} s")
 
-    def _on_returned(self, result: LabelResult) -> None:
+    def _on_returned(self, returned: LabelResult | StoredResult | None) -> None:
+        stored = returned if isinstance(returned, StoredResult) else None
+        result = stored.result if stored is not None else returned
         self.result, job = result, self._job
-        if result.labels is None or self._stopping():  # a job that ended just as it was cancelled adds nothing
+        if result is None or result.labels is None or self._stopping():  # cancelled, or ended just as it was
+            if stored is not None and stored.folder is not None:
+                shutil.rmtree(stored.folder, ignore_errors=True)
             self._set_status("Cancelled; no layer was added.")
             return
         where = {"scale": job.scale, "translate": job.translate}
+        added = []
         if result.probabilities is not None:  # under the labels, each map in its own colour, adding up
+            maps = _lazy(result.probabilities)
             for i, (channel, visible) in enumerate(channel_names(result.record)):
-                self.viewer.add_image(result.probabilities[i], name=f"{job.name} {channel}", blending="additive",
+                added.append(self.viewer.add_image(maps[i], name=f"{job.name} {channel}", blending="additive",
                                       colormap=MAP_COLOURS[i % len(MAP_COLOURS)], contrast_limits=(0.0, 1.0),
-                                      opacity=0.7, visible=visible, **where)
+                                      opacity=0.7, visible=visible, **where))
         if result.uncertainty is not None:
-            self.viewer.add_image(result.uncertainty, name=f"{job.name} uncertainty", colormap="inferno",
-                                  blending="additive", contrast_limits=(0.0, 1.0), opacity=0.6, **where)
+            added.append(self.viewer.add_image(_lazy(result.uncertainty), name=f"{job.name} uncertainty",
+                                               colormap="inferno", blending="additive", contrast_limits=(0.0, 1.0),
+                                               opacity=0.6, **where))
         # The result as the model gave it stays on the layer, so that training on the corrected layer can tell
         # the user's corrections from the rest ("Trust only the regions I corrected" in the training dock).
-        labels = self.viewer.add_labels(result.labels, name=job.name, opacity=0.5,
-                                        metadata=auto_label_metadata(result.record.name, job.name, result.labels),
-                                        **where)
+        kept = auto_label_metadata(result.record.name, job.name, result.labels,
+                                   original=stored.original if stored is not None else None,
+                                   folder=stored.folder if stored is not None else None)
+        labels = self.viewer.add_labels(result.labels, name=job.name, opacity=0.5, metadata=kept, **where)
+        if stored is not None and stored.folder is not None:
+            self._results[str(stored.folder)] = [*added, labels]
         if result.uncertainty is not None and result.record.config.mode == "instance":
             self.proofread.load(labels, result.uncertainty)
         objects = f", {result.objects} objects" if result.objects is not None else ""
@@ -304,6 +337,8 @@ class AutoLabelWidget(QWidget):
         self.error = error
         if isinstance(error, ConfigError):  # a choice, or the image, does not suit the model
             self._set_status(f"Labelling could not start: {error}", error=True)
+        elif isinstance(error, ChildDied):
+            self._set_status(str(error), error=True)
         else:
             self._set_status(f"Labelling failed: {type(error).__name__}: {error}", error=True)
 
@@ -324,3 +359,22 @@ class AutoLabelWidget(QWidget):
     def _set_status(self, text: str, *, error: bool = False) -> None:
         self.status.say(text, error=error)
 
+
+def predict_options(settings: LabelSettings) -> list[str]:
+    """The dock's choices as ``predict`` options for a child process (the same settings the engine takes)."""
+    options = ["--overlap", repr(float(settings.overlap)), "--tta", str(settings.tta), "--precision",
+               settings.precision, "--checkpoint", settings.which]
+    if settings.batch_size is not None:
+        options += ["--batch-size", str(int(settings.batch_size))]
+    for key, value in settings.postprocess.items():
+        options += [f"--{key.replace('_', '-')}", repr(float(value))]
+    return options
+
+
+def _lazy(array: Any) -> Any:
+    """A zarr array as dask, so that a channel of it is shown slice by slice instead of read whole."""
+    if type(array).__module__.startswith("zarr"):
+        import dask.array as da
+
+        return da.from_zarr(array)
+    return array

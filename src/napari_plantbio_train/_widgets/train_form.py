@@ -56,6 +56,8 @@ TIPS = {
     "init_from": "Continue from a trained model: a new version that starts from its weights, with its network, "
                  "voxel size and classes, a lower learning rate and a short schedule.",
     "touched_only": "Only the corrected regions of the first labels (and a margin around them) count in training.",
+    "in_process": "By default the job runs as a separate program that this dock follows: if it crashes, napari and "
+                  "your layers are untouched. Inside napari a job starts a few seconds sooner.",
 }
 # What a parent's job fills in when continuing from it. Hardware (#GPU, #CPU) is left as it is: it belongs to this
 # machine, and a parent trained on a GPU cluster must not ask for GPUs this machine lacks.
@@ -127,6 +129,8 @@ class TrainForm(QWidget):
         self.stem_stride.setCurrentText(str(defaults.stem_stride))
         self.painted_slices_only = QCheckBox("slices without labels are unpainted, not background")
         self.ignore_value = _spin(-1, 2**31 - 1, -1, special="none")
+        # Not a field of the job: where this dock runs it. Off by default, so a crash can never close napari.
+        self.in_process = QCheckBox("in napari's own process (a crash there would close napari)")
         self.continue_from = ContinueFromBox(self.models_folder())
         self.pairs = ExtraPairs(viewer)
         self.touched = TouchedOption(defaults.touched_margin)
@@ -169,6 +173,7 @@ class TrainForm(QWidget):
             ("Contour width", "contour_width", self.contour_width),
             ("Partial labels", "painted_slices_only", self.painted_slices_only),
             ("Ignore label value", "ignore_value", self.ignore_value),
+            ("Train", "in_process", self.in_process),
         ]
         for label, field, widget in rows:
             self._addrow(self._form, label, field, widget)

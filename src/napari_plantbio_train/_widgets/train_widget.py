@@ -22,11 +22,12 @@ from .. import planning
 from ..job.config import ConfigError, TrainConfig
 from ..job.events import CheckpointSaved, Finished, Preview, Progress, Started, Validation
 from ..job.kinds import score_name
+from ..models.store import ModelStore
 from ..runtime.hardware import processes_per_machine
 from ..training.loop import train
-from .common import StatusLine, StoppableWorker
+from .common import StatusLine, StoppableWorker, row
 from .corrections import auto_labels_of, touched_problems
-from .job_process import train_in_processes
+from .job_process import ChildDied, JobFolder, train_in_child
 from .layer_picker import level0
 from .loss_plot import REDRAW_INTERVAL_MS, LossPlot
 from .train_form import TrainForm
@@ -56,6 +57,9 @@ class TrainWidget(QWidget):
 
         self.train_button = QPushButton("Train")
         self.train_button.clicked.connect(self._on_button)
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip("Continue the model of this name from its last checkpoint")
+        self.resume_button.clicked.connect(lambda: self.resume())
         self.progress = QProgressBar()
         self.progress.setTextVisible(True)
         self.progress.setFormat("idle")
@@ -69,7 +73,7 @@ class TrainWidget(QWidget):
 
         layout = QVBoxLayout(self)
         layout.addWidget(self.form)
-        layout.addWidget(self.train_button)
+        layout.addWidget(row(self.train_button, self.resume_button))
         layout.addWidget(self.progress)
         layout.addWidget(self.rate_label)
         layout.addWidget(self.status)
@@ -78,6 +82,7 @@ class TrainWidget(QWidget):
         self.worker: StoppableWorker | None = None
         self.config: TrainConfig | None = None
         self.last_event: Any = None
+        self.started: Started | None = None  # the running (or last) job's start
         self.last_preview: Preview | None = None
         self.model_dir: Path | None = None
         self.error: BaseException | None = None
@@ -95,6 +100,9 @@ class TrainWidget(QWidget):
         stops = self._running_stops
         self.destroyed.connect(lambda *_: _set_all(stops))
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.form.name.textChanged.connect(self._update_resume)
+        self.form.models_dir.textChanged.connect(self._update_resume)
+        self._update_resume()
         self._handlers = {Started: self._on_started, Progress: self._on_progress, Validation: self._on_validation,
                           Preview: self._on_preview, CheckpointSaved: self._on_checkpoint,
                           Finished: self._on_finished_event}
@@ -120,52 +128,71 @@ class TrainWidget(QWidget):
         return config
 
     # ----- control --------------------------------------------------------------------------------------------
-    def start(self) -> bool:
-        """Check everything the engine would check, mark each wrong field, and start only if none is wrong."""
+    def start(self, *, resume: bool = False) -> bool:
+        """Check everything the engine would check, mark each wrong field, and start only if none is wrong.
+
+        ``resume`` continues the model named in the form from its last checkpoint (its own job, with this form's
+        layers, iteration total, time limit and hardware)."""
         if self.running:
             return False
         self.form.clear_errors()
         self._set_status("")
         config, errors = self.form.read()
+        models_dir = self.form.models_folder()
+        if resume:
+            config = _resumed(config, models_dir, errors)
         image_layer, labels_layer = self.image_picker.value, self.labels_picker.value
         colour = [layer.name for layer in self.viewer.layers if getattr(layer, "rgb", False)]
         errors += _layer_problems(image_layer, labels_layer, colour)
         errors += self.form.pairs.problems(config)
         labels_shape = level0(labels_layer).shape if labels_layer is not None else None
         errors += touched_problems(config, labels_layer, labels_shape)
-        models_dir = self.form.models_folder()
         errors += planning.problems(config, image_shape=level0(image_layer).shape if image_layer is not None else None,
-                                  labels_shape=labels_shape, models_dir=models_dir)
+                                    labels_shape=labels_shape, models_dir=models_dir, resume=resume)
         if errors:
             elsewhere = self.form.show_errors(_unique(errors))
             self._set_status("Fix the fields marked in red." if not elsewhere else
                              "\n".join(str(e) for e in elsewhere), error=True)
             return False
 
-        # The worker gets copies: layers may be painted or removed while it trains, and napari objects must
-        # not be read from another thread.
-        image = np.array(level0(image_layer), copy=True)
-        labels = np.array(level0(labels_layer), copy=True)
         extra_layers = self.form.pairs.layers()
-        extra_pairs = [(np.array(level0(i), copy=True), np.array(level0(lab), copy=True)) for i, lab in extra_layers]
         # The model's own result, kept aside by the auto-label dock; nothing edits it, so it needs no copy.
         corrected = auto_labels_of(labels_layer) if config.touched_only else None
+        processes = processes_per_machine(config)
+        in_process = self.form.in_process.isChecked() and processes == 1
+        stop = threading.Event()
+        # The job gets a snapshot, taken here in the GUI thread: layers may be painted or removed while it trains,
+        # and napari objects must not be read from another thread. A child process gets files (a layer's own file
+        # where it has one, else one .npy), this process copies.
+        if in_process:
+            extra_pairs = [(np.array(level0(i), copy=True), np.array(level0(lab), copy=True))
+                           for i, lab in extra_layers]
+            run, args = train, (config, np.array(level0(image_layer), copy=True),
+                                np.array(level0(labels_layer), copy=True))
+            kwargs = dict(extra_pairs=extra_pairs, auto_labels=corrected[1] if corrected is not None else None,
+                          resume=resume)
+        else:
+            folder = JobFolder()
+            data = {"image": folder.stage("image", level0(image_layer)),
+                    "labels": folder.stage("labels", level0(labels_layer)),
+                    "extra_images": [folder.stage(f"image_{i + 2}", level0(a)) for i, (a, _) in enumerate(extra_layers)],
+                    "extra_labels": [folder.stage(f"labels_{i + 2}", level0(b)) for i, (_, b) in enumerate(extra_layers)]}
+            if corrected is not None:
+                data["auto_labels"] = folder.stage("auto_labels", corrected[1])
+            run, args, kwargs = train_in_child, (config, data), dict(resume=resume, folder=folder)
         self._placement = Placement(np.asarray(image_layer.scale, float), np.asarray(image_layer.translate, float),
-                                    image.ndim)
+                                    level0(image_layer).ndim)
         self._inputs = (image_layer, labels_layer, *(layer for pair in extra_layers for layer in pair))
         if self.config is None or self.config.name != config.name:
             self.preview_layers = {}
         self.config, self.last_event, self.last_preview, self.model_dir, self.error = config, None, None, None, None
-        self._add_preview_placeholders(image.ndim)
+        self._add_preview_placeholders(self._placement.ndim)
         self.plot.reset(score_name(config.mode))
 
-        # Several processes cannot share napari's: the command line runs them and the worker follows its events.
-        processes = processes_per_machine(config)
-        run = train_in_processes if processes > 1 else train
-        stop = threading.Event()
-        worker = create_worker(run, config, image, labels, extra_pairs=extra_pairs,
-                               auto_labels=corrected[1] if corrected is not None else None, models_dir=models_dir,
-                               stop=stop, _start_thread=False, _ignore_errors=True, _worker_class=StoppableWorker)
+        # By default the command line trains in a child process and the worker follows its events: a crash there
+        # (a kernel's segmentation fault, memory) ends the child, never napari with the user's unsaved labels.
+        worker = create_worker(run, *args, models_dir=models_dir, stop=stop, **kwargs, _start_thread=False,
+                               _ignore_errors=True, _worker_class=StoppableWorker)
         worker.stop_event = stop
         worker.yielded.connect(self._on_event)
         worker.errored.connect(self._on_error)
@@ -174,11 +201,13 @@ class TrainWidget(QWidget):
         self.worker = worker
         self._running_stops.add(stop)
         self.form.setEnabled(False)
+        self.resume_button.setEnabled(False)
         self.train_button.setText("Stop")
         self.progress.setRange(0, config.iterations)
         self.progress.setValue(0)
         self.progress.setFormat("preparing…")
-        self._set_status(f"Preparing {config.name}" + (f" as {processes} processes…" if processes > 1 else "…"))
+        verb = "Resuming" if resume else "Preparing"
+        self._set_status(f"{verb} {config.name}" + (f" as {processes} processes…" if processes > 1 else "…"))
         worker.start()
         return True
 
@@ -197,6 +226,16 @@ class TrainWidget(QWidget):
             self.stop()
         else:
             self.start()
+
+    def resume(self) -> bool:
+        """Continue the model named in the form from its last checkpoint (after a stop, a time limit or a crash)."""
+        return self.start(resume=True)
+
+    def _update_resume(self, *_args: Any) -> None:
+        """Resume is offered for a model of this name that has a checkpoint, while nothing trains."""
+        name = self.form.name.text().strip()
+        self.resume_button.setEnabled(not self.running and bool(name) and ModelStore(self.form.models_folder())
+                                      .exists(name))
 
     def event(self, event: QEvent) -> bool:
         """Closing the dock takes this widget out of the window (napari re-parents it to None): stop the job,
@@ -221,6 +260,7 @@ class TrainWidget(QWidget):
             handler(event)
 
     def _on_started(self, event: Started) -> None:
+        self.started = event
         self.model_dir = event.model_dir
         self.progress.setRange(0, event.total_iterations)
         self.progress.setValue(event.start_iteration)
@@ -341,6 +381,8 @@ class TrainWidget(QWidget):
         if isinstance(error, ConfigError):
             self.form.show_errors([error])
             self._set_status(f"Training could not start: {error}", error=True)
+        elif isinstance(error, ChildDied):
+            self._set_status(str(error), error=True)
         else:
             self._set_status(f"Training failed: {type(error).__name__}: {error}", error=True)
 
@@ -361,10 +403,29 @@ class TrainWidget(QWidget):
         # viewer answers input in between.
         self.plot.redraw()
         self.form.setEnabled(True)
+        self._update_resume()
         QTimer.singleShot(0, self.form.continue_from.refresh)  # the new model can be continued from at once
 
     def _set_status(self, text: str, *, error: bool = False) -> None:
         self.status.say(text, error=error)
+
+
+def _resumed(config: TrainConfig, models_dir: Path, errors: list[ConfigError]) -> TrainConfig:
+    """The job a resumed model continues: its own, with the form's layers, budget and hardware."""
+    store = ModelStore(models_dir)
+    if not store.exists(config.name):
+        errors.append(ConfigError("name", f"there is no model named {config.name!r} in {models_dir} to resume"))
+        return config
+    record = store.record(config.name)
+    kept = {field: getattr(config, field) for field in RESUME_FROM_FORM}
+    if config.iterations <= record.iterations_done:
+        errors.append(ConfigError("iterations", f"{config.name!r} has trained {record.iterations_done} iterations: "
+                                                "raise the iteration total to continue it"))
+    return record.config.replace(**kept)
+
+
+RESUME_FROM_FORM = ("image", "labels", "extra_images", "extra_labels", "iterations", "time_limit_min", "gpus",
+                    "workers", "cpu_processes", "data_workers")
 
 
 def _set_all(events: set[threading.Event]) -> None:

@@ -18,15 +18,16 @@ import numpy as np
 
 from ..inference.label import LabelSettings
 from ..io import wire
+from ..job import faults
 from ..io.stacks import read, read_array
 from ..job.config import DATA_FIELDS, ConfigError, TrainConfig, is_unsaved_layer, read_job_document
-from ..job.events import LabelFinished, LabelProgress, LabelStarted
+from ..job.events import LabelFinished, LabelProgress, LabelStarted, Progress
 from ..models.store import ModelError, ModelStore
 from ..runtime.hardware import job_device, processes_per_machine
 from ..training import distributed
 from ..training.distributed import DistributedError
 from .parser import FIELD_OPTIONS
-from .progress import ProgressLine, _duration, _error_event, _line, _reporter
+from .progress import JsonLines, ProgressLine, _duration, _error_event, _line, _reporter
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -151,9 +152,12 @@ def train_rank(job: dict[str, Any], out: TextIO | None = None) -> str:
                            models_dir=job["models_dir"], resume=job["resume"], stop=stopping, rank=rank)
             while True:
                 try:
-                    report(next(events))
+                    event = next(events)
                 except StopIteration as done:
                     return str(done.value)
+                report(event)
+                if isinstance(event, Progress):
+                    faults.at_iteration(event.iteration)  # the tests' crashes on purpose; nothing otherwise
         finally:
             if stop_path is not None:
                 stop_path.unlink(missing_ok=True)
@@ -225,12 +229,18 @@ def _run_predict(args: argparse.Namespace, out: TextIO) -> int:
                              device=args.device, which=args.checkpoint, postprocess=postprocess,
                              block_voxels=args.block_voxels, workers=args.workers, scheduler=args.scheduler)
     stop = threading.Event()
-    bar = None if args.quiet else ProgressLine(out)
+    bar = None if args.quiet or args.events == "jsonl" else ProgressLine(out)
+    report = JsonLines(out) if args.events == "jsonl" else None
     with _signals_set(stop):
         for event in label_stack(args.model, image, models_dir=args.models_dir, output=args.output,
                                  probabilities=args.probabilities, uncertainty=args.uncertainty,
                                  settings=settings, overwrite=args.overwrite,
                                  stop=stop):
+            if report is not None:
+                report(event)
+                if isinstance(event, LabelFinished) and event.cancelled:
+                    return 130
+                continue
             if isinstance(event, LabelStarted):
                 print(f"labelling {tuple(event.shape)} with {args.model!r} on {event.device} ({event.precision}): "
                       f"{event.blocks} block(s), {event.windows} windows", file=out, flush=True)

@@ -138,6 +138,8 @@ def _add_predict(commands: Any) -> None:
     add("--scheduler", help="address of a dask.distributed scheduler to run the blocks on")
     add("--overwrite", action="store_true", help="replace an existing output")
     add("--quiet", action="store_true", help="no progress bar")
+    add("--events", choices=("text", "jsonl"), default="text",
+        help="jsonl: one JSON object per event on stdout, for a program following the job (the dock does)")
 
 
 def _add_evaluate(commands: Any) -> None:

@@ -36,7 +36,7 @@ from .sliding import TTA_CHOICES, predict_stack, with_tta
 from .uncertainty import entropy_map
 
 
-class LabelCancelled(RuntimeError):
+class LabelCancelled(Exception):
     """Raised inside a block when the user asked to stop."""
 
 

@@ -3,7 +3,7 @@ of several processes, or its job process, this way).
 
 - ``napari-plantbio-train train ... --events jsonl`` prints one JSON object per line on stdout, and nothing
   else there (``event_record``): ``{"event": "started" | "progress" | "validation" | "preview" | "checkpoint" |
-  "finished", ...}`` with the fields of the event classes in ``job/events.py`` (paths as absolute strings,
+  "finished", ...}`` (``predict ... --events jsonl``: ``"label_started" | "label_progress" | "label_finished"``) with the fields of the event classes in ``job/events.py`` (paths as absolute strings,
   tuples as lists). A preview's arrays are written by rank 0 as ``.npy`` files in ``<model folder>/previews/``
   (the two newest are kept) and the line carries their paths (``probabilities``, ``labels``). A job that fails
   prints ``{"event": "error", "field": ... or null, "message": ...}`` and exits non-zero (2: bad input, 1: a
@@ -23,15 +23,19 @@ from typing import Any
 
 import numpy as np
 
-from ..job.events import CheckpointSaved, Event, Finished, Preview, Progress, Started, Validation
+from ..job.events import (CheckpointSaved, Event, Finished, LabelFinished, LabelProgress, LabelStarted, Preview,
+                          Progress, Started, Validation)
 from .files import atomic_write
 
 STOP_FILE = "STOP"
 PREVIEWS_KEPT = 2
 
 
-class JobFailed(RuntimeError):
-    """A followed job ended with an error line; ``field`` names the job field at fault, where one is."""
+class JobFailed(Exception):
+    """A followed job ended with an error line; ``field`` names the job field at fault, where one is.
+
+    Not a RuntimeError, nor are the package's other errors: napari's worker (superqt) takes a RuntimeError
+    from a job for a deleted Qt object and drops it without telling the dock that the job ended."""
 
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
@@ -109,7 +113,8 @@ def follow(lines: Iterable[str]) -> Generator[Event, None, Path | None]:
 
 
 _KINDS: dict[type, str] = {Started: "started", Progress: "progress", Validation: "validation", Preview: "preview",
-                           CheckpointSaved: "checkpoint", Finished: "finished"}
+                           CheckpointSaved: "checkpoint", Finished: "finished", LabelStarted: "label_started",
+                           LabelProgress: "label_progress", LabelFinished: "label_finished"}
 
 
 def _plain(value: Any) -> Any:

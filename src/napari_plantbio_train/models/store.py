@@ -33,7 +33,7 @@ METRIC_FIELDS = ("iteration", "loss", "lr", "seconds_per_iteration", "data_secon
                  "elapsed_seconds")
 
 
-class ModelError(RuntimeError):
+class ModelError(Exception):
     """A model folder is missing, incomplete or not one of ours."""
 
 

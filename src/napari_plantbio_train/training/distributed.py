@@ -64,7 +64,7 @@ DEFAULT_TIMEOUT_S = 1800.0
 SHUTDOWN_S = 10  # after a rank dies, the launcher's grace period for the others before it kills them
 
 
-class DistributedError(RuntimeError):
+class DistributedError(Exception):
     """The job's processes cannot be placed: a launch option or environment variable is missing or wrong."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -73,7 +73,7 @@ class DistributedError(RuntimeError):
         self.message = message
 
 
-class RankFailed(RuntimeError):
+class RankFailed(Exception):
     """A process of the job died; the others were stopped. ``exitcode`` is that process's (negative: a signal)."""
 
     def __init__(self, message: str, exitcode: int) -> None:
