@@ -132,16 +132,25 @@ class Levels:
 
 
 def levels(spatial_dims: int, *, depth: int = 4, anisotropy: float = 1.0, stem_stride: int = 1,
-           max_z_pools: int | None = None) -> Levels:
+           max_z_pools: int | None = None, flat_levels: int | None = None) -> Levels:
     """nnU-Net's rule, level by level: while z is still much coarser than x/y (more than twice the in-plane
     spacing), convolve and pool in-plane only; once in-plane pooling has caught up, go isotropic. A thin stack
-    (a few serial sections) is halved along z at most ``max_z_pools`` times."""
+    (a few serial sections) is halved along z at most ``max_z_pools`` times.
+
+    ``flat_levels`` sets how many levels (from the top) convolve and pool in-plane only, whatever the voxel size
+    says: a cost choice as much as a physical one (the plan measures both), since flat levels are the cheap ones
+    where the network is widest in space."""
     d = spatial_dims
     # Spacing per axis in units of the input's in-plane voxel; in 2D only the in-plane rule applies.
     spacing = [float(anisotropy), 1.0, 1.0] if d == 3 else [1.0, 1.0]
+    level = [0]
 
     def flat() -> bool:
-        return d == 3 and spacing[0] > 2 * spacing[1]
+        if d != 3:
+            return False
+        if flat_levels is not None:
+            return level[0] < flat_levels
+        return spacing[0] > 2 * spacing[1]
 
     def kernel() -> tuple[int, ...]:
         return (1, 3, 3) if flat() else (3,) * d
@@ -157,6 +166,7 @@ def levels(spatial_dims: int, *, depth: int = 4, anisotropy: float = 1.0, stem_s
         pools.append((2,) * d if pool_z or d == 2 else (1, 2, 2))
         z_pools_left -= int(pool_z)
         spacing = [sp * p for sp, p in zip(spacing, pools[-1])]
+        level[0] += 1
     kernels.append(kernel())
     divisor = [1] * d
     for p in pools:
@@ -175,7 +185,7 @@ class UNet(nn.Module):
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, *, base_channels: int = 16,
                  depth: int = 4, anisotropy: float = 1.0, stem_stride: int = 1, max_channels: int = 256,
-                 max_z_pools: int | None = None) -> None:
+                 max_z_pools: int | None = None, flat_levels: int | None = None) -> None:
         super().__init__()
         if spatial_dims not in _OPS:
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -190,9 +200,11 @@ class UNet(nn.Module):
             base_channels=int(base_channels), depth=int(depth), anisotropy=float(anisotropy),
             stem_stride=int(stem_stride), max_channels=int(max_channels),
             max_z_pools=None if max_z_pools is None else int(max_z_pools))
+        if flat_levels is not None:  # only when set: the specs of models saved before it stay as they were
+            self.spec["flat_levels"] = int(flat_levels)
         d, s = spatial_dims, stem_stride
         plan = levels(spatial_dims, depth=depth, anisotropy=anisotropy, stem_stride=stem_stride,
-                      max_z_pools=max_z_pools)
+                      max_z_pools=max_z_pools, flat_levels=flat_levels)
         kernels, pools = list(plan.kernels), list(plan.pools)
 
         self.stem: nn.Module = nn.Identity()

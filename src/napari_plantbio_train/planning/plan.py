@@ -1,0 +1,335 @@
+"""The plan: every field a user left on auto, chosen from the data, the machine and the budget.
+
+nnU-Net plans an experiment from a fingerprint of its data and a memory budget, so its users change nothing and
+get its best recipe. Here the budget is time: a job has minutes (its time limit) or an iteration total, and on a
+2-core CPU a full-resolution 3D network runs at 5-35 s per step, which is 30-180 iterations in 15 minutes, where a
+network at half the in-plane resolution with flat upper levels runs near 1 s and learns the job. So the plan
+measures candidate networks' step times here (``timing``), and keeps the most detailed one that still reaches
+enough iterations in the budget; on a GPU that is the full-resolution network. The window always fits the image
+with room for the held-out block (a default is never refused). A field the user set is kept as given.
+
+The plan is a value: ``make_plan`` computes it once, before training (in the command line, the dock's job
+process, rank 0 of a distributed job); ``apply`` fills the job's auto fields with it, so the loop, the sampler,
+the network and the post-processing receive concrete values; ``lines`` says what was chosen and why (the job's
+start lines, ``train --plan``, the dock), and ``to_dict`` is kept in the model folder (``plan.json``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..job.config import TrainConfig
+from ..models.network import levels
+from .fingerprint import Fingerprint, fingerprint
+from .timing import step_seconds
+
+AUTO_FIELDS = ("voxel_size", "window", "stem_stride", "flat_levels", "depth", "base_channels", "lr", "batch_size",
+               "validate_every", "contour_width")
+TARGET_ITERATIONS = 2000  # on the chloroplast job, validation F1 still rose at 1,750 iterations (benchmarks/)
+UNTIMED_BUDGET_S = 3600.0  # without a time limit, the pace the plan aims for: the iteration total within an hour
+MIN_VALIDATION = 32  # pixels of the held-out block along its axis (sampling.split_validation's floor)
+BASE_CHANNELS = 16
+LR = 2e-3  # the benchmarks' rate at batch 2-4 (1e-3 learned slower in the same minutes)
+ANISOTROPIC = 2.0  # z steps beyond this many in-plane steps are a coarse z, for distances and the network
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A network and window the plan may choose, and its measured seconds per step here."""
+
+    stem_stride: int
+    flat_levels: int | None  # 3D only
+    window: tuple[int, ...]
+    depth: int
+    batch_size: int
+    seconds: float | None = None
+
+    def describe(self) -> str:
+        size = "x".join(str(w) for w in self.window)
+        flat = "" if not self.flat_levels else f", {self.flat_levels} in-plane levels"
+        pace = "" if self.seconds is None else f": {self.seconds:.2f} s per step"
+        return f"window {size}, stem stride {self.stem_stride}{flat}, depth {self.depth}, batch {self.batch_size}{pace}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    auto: tuple[str, ...]  # the fields the plan chose (the others were given)
+    values: dict[str, Any]  # the chosen values, by TrainConfig field
+    voxel_source: str  # "given", "estimated from the image" or "isotropic by the image"
+    budget_seconds: float
+    timed: bool  # the budget is the job's time limit (else the plan's own pace for the iteration total)
+    seconds_per_iteration: float | None
+    expected_iterations: int | None
+    candidates: tuple[Candidate, ...]
+    fingerprint: Fingerprint
+    device: str
+    precision: str
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+    def apply(self, config: TrainConfig) -> TrainConfig:
+        """The job with every auto field filled in: what the engine trains."""
+        return config.replace(**{name: self.values[name] for name in self.auto if name in self.values})
+
+    def lines(self) -> list[str]:
+        """What a user reads: the choices, what they cost here, and why."""
+        out = []
+        chosen = {name: self.values.get(name) for name in self.auto}
+        if chosen:
+            shown = ", ".join(f"{name} {_show(value)}" for name, value in chosen.items())
+            out.append(f"plan (fields left on auto): {shown}")
+        if self.seconds_per_iteration is not None:
+            pace = f"~{self.seconds_per_iteration:.2f} s per iteration here ({self.device}, {self.precision})"
+            if self.timed:
+                out.append(f"{pace}: ~{self.expected_iterations:,} iterations in "
+                           f"{self.budget_seconds / 60:.0f} min")
+            else:
+                hours = (self.expected_iterations or 0) * self.seconds_per_iteration / 3600
+                out.append(f"{pace}: the {self.expected_iterations:,} iterations take ~{_hours(hours)}; a time limit "
+                           "ends the job earlier, with a checkpoint")
+        out.extend(self.reasons)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"auto": list(self.auto), "values": {k: _plain(v) for k, v in self.values.items()},
+                "voxel_source": self.voxel_source, "budget_seconds": self.budget_seconds, "timed": self.timed,
+                "seconds_per_iteration": self.seconds_per_iteration, "expected_iterations": self.expected_iterations,
+                "candidates": [{**{k: _plain(v) for k, v in c.__dict__.items()}, "description": c.describe()}
+                               for c in self.candidates],
+                "fingerprint": self.fingerprint.to_dict(), "device": self.device, "precision": self.precision,
+                "reasons": list(self.reasons), "lines": self.lines()}
+
+
+def auto_fields(config: TrainConfig) -> tuple[str, ...]:
+    """The fields a user left to the plan: empty, or the voxel size at napari's default of 1 on every axis."""
+    auto = [name for name in AUTO_FIELDS if getattr(config, name) is None]
+    if config.voxel_size is not None and tuple(float(v) for v in config.voxel_size) == (1.0, 1.0, 1.0):
+        auto.insert(0, "voxel_size")
+    if config.spatial_dims == 2 and "flat_levels" in auto:
+        auto.remove("flat_levels")
+    return tuple(auto)
+
+
+def make_plan(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, device: torch.device,
+              precision: str, threads: int | None = None, known: np.ndarray | None = None,
+              out_channels: int = 2, measure: bool = True) -> Plan:
+    """The plan for ``config`` on this data and this machine (``precision``: the verdict the job runs in)."""
+    image, labels = np.asarray(image), np.asarray(labels)
+    stack = image[np.newaxis] if image.ndim == 2 else image
+    auto = auto_fields(config)
+    reasons: list[str] = []
+    threads = threads or (config.workers if device.type == "cpu" else os.cpu_count() or 1)
+    prints = fingerprint(stack, labels[np.newaxis] if labels.ndim == 2 else labels, mode=config.mode,
+                         dims=config.dims, known=known)
+    values: dict[str, Any] = {}
+
+    voxel, source = _voxel_size(config, prints, auto, reasons)
+    values["voxel_size"] = voxel
+    anisotropy = float(voxel[2]) / ((float(voxel[0]) + float(voxel[1])) / 2.0)
+
+    budget = float(config.time_limit_min) * 60.0 if config.time_limit_min else UNTIMED_BUDGET_S
+    target = min(config.iterations, TARGET_ITERATIONS)
+    candidates = _candidates(config, stack.shape, device, anisotropy)
+    timed: list[Candidate] = []
+    chosen = candidates[0]
+    if len(candidates) > 1 and measure:
+        chosen, timed = _choose(candidates, config, out_channels, device, precision, threads, budget, target,
+                                anisotropy)
+    elif measure:
+        seconds = _seconds(chosen, config, out_channels, device, precision, threads, anisotropy, None)
+        chosen = _with_seconds(chosen, seconds)
+        timed = [chosen]
+    values.update(window=chosen.window, stem_stride=chosen.stem_stride, depth=chosen.depth,
+                  batch_size=chosen.batch_size)
+    if config.spatial_dims == 3:
+        values["flat_levels"] = chosen.flat_levels
+    if len(candidates) > 1:
+        too_slow = [c for c in timed if c.seconds is not None and c is not chosen and c.seconds > chosen.seconds]
+        if too_slow and chosen.seconds:
+            reasons.append(f"chose {chosen.describe()} (the most detailed network with ~{target:,} iterations in "
+                           f"{budget / 60:.0f} min here; {too_slow[-1].describe()} would reach "
+                           f"~{int(budget / too_slow[-1].seconds):,})")
+        else:
+            reasons.append(f"chose {chosen.describe()}")
+    values["base_channels"] = BASE_CHANNELS
+    values["lr"] = LR
+    seconds = chosen.seconds
+    expected = None
+    if seconds:
+        expected = int(min(config.iterations, budget / seconds)) if config.time_limit_min else config.iterations
+    values["validate_every"] = _validation_interval(expected or config.iterations)
+    values["contour_width"] = 2 if prints.radius is not None and prints.radius < 12 else 4
+    return Plan(auto=auto, values=values, voxel_source=source, budget_seconds=budget,
+                timed=bool(config.time_limit_min), seconds_per_iteration=seconds, expected_iterations=expected,
+                candidates=tuple(timed), fingerprint=prints, device=device.type, precision=precision,
+                reasons=tuple(reasons))
+
+
+# ----- the choices --------------------------------------------------------------------------------------------
+def _voxel_size(config: TrainConfig, prints: Fingerprint, auto: tuple[str, ...],
+                reasons: list[str]) -> tuple[tuple[float, float, float], str]:
+    if "voxel_size" not in auto:
+        return tuple(float(v) for v in config.voxel_size), "given"  # type: ignore[return-value]
+    if config.spatial_dims == 2 or prints.z_steps is None:
+        return (1.0, 1.0, 1.0), "not needed (2D)"
+    steps = prints.z_steps
+    if steps > ANISOTROPIC:
+        reasons.append(f"voxel size unknown (1/1/1): z steps look like {steps:.1f} in-plane pixels "
+                       f"({prints.z_detail}); z taken as {steps:.1f}x coarser. Set the voxel size to override")
+        return (1.0, 1.0, round(steps, 2)), "estimated from the image"
+    reasons.append(f"voxel size unknown (1/1/1): the stack looks isotropic ({prints.z_detail})")
+    return (1.0, 1.0, 1.0), "isotropic by the image"
+
+
+def _candidates(config: TrainConfig, shape: tuple[int, int, int], device: torch.device,
+                anisotropy: float) -> list[Candidate]:
+    """Networks and windows worth measuring, from the cheapest up, that honour every field the user gave and fit
+    the image with room for the held-out block."""
+    three = config.spatial_dims == 3
+    gpu = device.type == "cuda"
+    batch = config.batch_size or (8 if gpu else 2) if three else config.batch_size or (16 if gpu else 4)
+    options: list[tuple[int, int | None, tuple[int, ...]]] = []
+    if three:
+        for stem, flat, z, xy in ((4, 2, 4, 512), (2, 2, 4, 256), (2, 2, 8, 256), (2, 0, 4, 256), (2, 0, 8, 256),
+                                  (1, 2, 8, 256), (1, 0, 8, 256)):
+            options.append((stem, flat, (z, xy, xy)))
+    else:
+        for stem, xy in ((4, 512), (2, 256), (2, 512), (1, 256), (1, 512)):
+            options.append((stem, None, (xy, xy)))
+    if anisotropy > ANISOTROPIC and three:
+        options = [(s, None if f == 0 else f, w) for s, f, w in options]  # the voxel size decides flatness too
+    found: list[Candidate] = []
+    for stem, flat, window in options:
+        stem = config.stem_stride if config.stem_stride is not None else stem
+        flat = config.flat_levels if config.flat_levels is not None else flat
+        if config.window is not None:
+            window = tuple(int(w) for w in config.window)
+            window = window[1:] if not three and len(window) == 3 else window
+        candidate = _fitted(config, shape, stem, flat, window, batch, anisotropy)
+        if candidate is not None and candidate not in found:
+            found.append(candidate)
+    if not found:  # nothing of the list fits (a tiny image): the smallest network that does
+        found.append(_smallest(config, shape, batch, anisotropy))
+    return found
+
+
+def _fitted(config: TrainConfig, shape: tuple[int, int, int], stem: int, flat: int | None, window: tuple[int, ...],
+            batch: int, anisotropy: float) -> Candidate | None:
+    """The candidate shrunk to the image (with room for validation) and its depth to the window; None where the
+    user's own window or network cannot be kept."""
+    three = config.spatial_dims == 3
+    z, y, x = shape
+    given_window = config.window is not None
+    window = list(window)
+    if three:
+        window[0] = min(window[0], z)
+    room = [max(1, s - MIN_VALIDATION) if s > 2 * MIN_VALIDATION else max(1, s // 2) for s in (y, x)]
+    longest = max(range(2), key=lambda i: (y, x)[i])  # the validation block is held out along one axis only
+    for i, axis in enumerate((-2, -1)):
+        limit = (y, x)[i] if i != longest else room[i]
+        if not given_window:
+            window[axis] = min(window[axis], limit)
+    depth = config.depth
+    if depth is None:
+        inner = min(window[-2:]) // stem
+        depth = int(max(1, min(4, math.floor(math.log2(max(inner, 2) / 8)) + 1)))
+    z_pools = int(math.log2(window[0])) if three else None
+    plan = levels(config.spatial_dims, depth=depth, anisotropy=anisotropy, stem_stride=stem,
+                  max_z_pools=z_pools, flat_levels=flat if three else None)
+    divisor = plan.divisor
+    if given_window:
+        if any(w % d for w, d in zip(window, divisor)):
+            return None
+        fitted = tuple(window)
+    else:
+        fitted = tuple(max(d, (w // d) * d) for w, d in zip(window, divisor))
+        if any(f > s for f, s in zip(fitted[-2:], (y, x))):
+            return None
+    return Candidate(stem, flat if three else None, fitted, depth, batch)
+
+
+def _smallest(config: TrainConfig, shape: tuple[int, int, int], batch: int, anisotropy: float) -> Candidate:
+    z, y, x = shape
+    three = config.spatial_dims == 3
+    stem = config.stem_stride or 1
+    depth = config.depth or 1
+    side = min(y, x)
+    window = [min(z, 2)] if three else []
+    for _ in range(2):
+        divisor = levels(config.spatial_dims, depth=depth, anisotropy=anisotropy, stem_stride=stem,
+                         max_z_pools=1 if three else None).divisor
+        xy = max(divisor[-1], (max(side // 2, 1) // divisor[-1]) * divisor[-1])
+        if xy <= side or depth == 1:
+            break
+        depth = 1
+    return Candidate(stem, None, tuple(window + [xy, xy]), depth, batch)
+
+
+def _choose(candidates: list[Candidate], config: TrainConfig, out_channels: int, device: torch.device,
+            precision: str, threads: int, budget: float, target: int,
+            anisotropy: float) -> tuple[Candidate, list[Candidate]]:
+    """The most detailed candidate (the list runs from the cheapest up) that reaches ``target`` iterations in the
+    budget; the cheapest when none does. Measuring stops at the first that is too slow: the rest cost more."""
+    per_step = budget / max(target, 1)
+    timed: list[Candidate] = []
+    best = None
+    for candidate in candidates:
+        seconds = _seconds(candidate, config, out_channels, device, precision, threads, anisotropy, 3 * per_step)
+        candidate = _with_seconds(candidate, seconds)
+        timed.append(candidate)
+        if seconds <= per_step:
+            best = candidate
+        elif best is not None or len(timed) > 1:
+            break
+    return (best or min(timed, key=lambda c: c.seconds or math.inf)), timed
+
+
+def _seconds(candidate: Candidate, config: TrainConfig, out_channels: int, device: torch.device, precision: str,
+             threads: int, anisotropy: float, give_up_after: float | None) -> float:
+    network = _network(candidate, config, out_channels, anisotropy)
+    return step_seconds(network, candidate.window, candidate.batch_size, config.mode, device=device,
+                        precision=precision, threads=threads, give_up_after=give_up_after)
+
+
+def _network(candidate: Candidate, config: TrainConfig, out_channels: int, anisotropy: float) -> dict[str, Any]:
+    network: dict[str, Any] = dict(spatial_dims=config.spatial_dims, in_channels=1, out_channels=out_channels,
+                                   base_channels=config.base_channels or BASE_CHANNELS, depth=candidate.depth,
+                                   anisotropy=anisotropy, stem_stride=candidate.stem_stride)
+    if config.spatial_dims == 3:
+        network["max_z_pools"] = int(math.log2(candidate.window[0]))
+        if candidate.flat_levels is not None:
+            network["flat_levels"] = candidate.flat_levels
+    return network
+
+
+def _with_seconds(candidate: Candidate, seconds: float) -> Candidate:
+    return Candidate(candidate.stem_stride, candidate.flat_levels, candidate.window, candidate.depth,
+                     candidate.batch_size, round(float(seconds), 3))
+
+
+def _validation_interval(iterations: int) -> int:
+    """About ten validations a job, at round numbers, between 25 and 500 iterations apart."""
+    raw = max(25, min(500, iterations // 10))
+    step = 25 if raw < 200 else 50
+    return int(max(25, (raw // step) * step))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "x".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.0f} min"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,102 @@
+"""How long a training step of a candidate network takes on this machine: measured, not guessed, and remembered.
+
+The plan compares candidate networks by their measured step time against the job's budget. A few real steps
+(forward, loss, backward, optimiser) are timed after one warm-up step, in the job's number format and thread
+count, and the seconds are kept per machine in the cache folder, so the same plan is made again at once (and
+the plan is the same for the same data and machine figures).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..io.files import atomic_write_json
+from ..models.losses import segmentation_loss
+from ..models.network import UNet
+from ..runtime.hardware import Machine, autocast_for, cache_folder
+
+TIMES_FILE = "step-times.json"
+TIMED_STEPS = 2
+
+
+def step_seconds(network: dict[str, Any], window: tuple[int, ...], batch: int, mode: str, *, device: torch.device,
+                 precision: str, threads: int, give_up_after: float | None = None) -> float:
+    """Seconds per training step of ``network`` on ``batch`` windows; from the cache when this machine measured it.
+
+    ``give_up_after``: when the warm-up step alone takes longer, that step's time is the answer (the candidate is
+    too slow for the budget anyway, and timing more steps of it would only delay the job).
+    """
+    key = _key(network, window, batch, mode, device, precision, threads)
+    cached = _read().get(key)
+    if cached is not None:
+        return float(cached)
+    seconds = _measure(network, window, batch, mode, device, precision, threads, give_up_after)
+    _write(key, seconds)
+    return seconds
+
+
+def _measure(network: dict[str, Any], window: tuple[int, ...], batch: int, mode: str, device: torch.device,
+             precision: str, threads: int, give_up_after: float | None) -> float:
+    before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        model = UNet(**network).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        channels = int(network["out_channels"])
+        x = torch.randn(batch, 1, *window, device=device)
+        if mode == "semantic":
+            target = torch.randint(0, channels, (batch, *window), device=device)
+        else:
+            target = (torch.rand(batch, channels, *window, device=device) > 0.5).float()
+        autocast = autocast_for(precision, device)
+        times = []
+        for step in range(1 + TIMED_STEPS):
+            start = time.perf_counter()
+            with autocast:
+                logits = model(x)
+            segmentation_loss(logits.float(), target, mode).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+            if step == 0 and give_up_after is not None and times[0] > give_up_after:
+                return times[0]
+        return min(times[1:])
+    finally:
+        torch.set_num_threads(before)
+
+
+def _key(network: dict[str, Any], window: tuple[int, ...], batch: int, mode: str, device: torch.device,
+         precision: str, threads: int) -> str:
+    machine = dataclasses.asdict(Machine.here(device))
+    return json.dumps({"machine": machine, "device": device.type, "precision": precision, "threads": threads,
+                       "network": network, "window": list(window), "batch": batch, "mode": mode}, sort_keys=True)
+
+
+def _path() -> Path:
+    return cache_folder() / TIMES_FILE
+
+
+def _read() -> dict[str, float]:
+    try:
+        data = json.loads(_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write(key: str, seconds: float) -> None:
+    data = _read()
+    data[key] = round(float(seconds), 4)
+    with contextlib.suppress(OSError):
+        atomic_write_json(_path(), data)
