@@ -20,7 +20,8 @@ from ..inference.label import LabelSettings
 from ..io import wire
 from ..io.stacks import read, read_array
 from ..job.config import DATA_FIELDS, ConfigError, TrainConfig, is_unsaved_layer, read_job_document
-from ..job.events import LabelFinished, LabelProgress, LabelStarted
+from ..job.events import LabelFinished, LabelProgress, LabelStarted, Started
+from ..models.lock import ensure_free
 from ..models.store import ModelError, ModelStore
 from ..runtime.hardware import job_device, processes_per_machine
 from ..training import distributed
@@ -137,13 +138,13 @@ def train_rank(job: dict[str, Any], out: TextIO | None = None) -> str:
     stop = threading.Event()
     with _signals_set(stop), distributed.process_group(job_device(config)) as rank:
         image, labels, extra, auto_labels = _read_data(config, job["data"])
-        # Rank 0 alone polls the STOP file: the ranks agree on stopping anyway, and only it may delete the file.
+        # Rank 0 alone polls the STOP file: the ranks agree on stopping anyway, and only it may delete the file,
+        # once it owns the folder (its Started event): before that the file may be another running job's.
         stop_path = wire.stop_file(ModelStore(job["models_dir"]).folder(config.name)) if rank.is_main else None
-        if stop_path is not None:
-            stop_path.unlink(missing_ok=True)  # left by an earlier job: not a request to this one
+        owned = False
 
         def stopping() -> bool:
-            return stop.is_set() or (stop_path is not None and stop_path.exists())
+            return stop.is_set() or (owned and stop_path.exists())
 
         report = _reporter(job, config, rank, out)
         try:
@@ -151,11 +152,15 @@ def train_rank(job: dict[str, Any], out: TextIO | None = None) -> str:
                            models_dir=job["models_dir"], resume=job["resume"], stop=stopping, rank=rank)
             while True:
                 try:
-                    report(next(events))
+                    event = next(events)
                 except StopIteration as done:
                     return str(done.value)
+                if isinstance(event, Started) and stop_path is not None:
+                    stop_path.unlink(missing_ok=True)  # left by an earlier job: not a request to this one
+                    owned = True
+                report(event)
         finally:
-            if stop_path is not None:
+            if owned:
                 stop_path.unlink(missing_ok=True)
 
 
@@ -197,7 +202,9 @@ def _check_before_launch(config: TrainConfig, data: dict[str, Any], args: argpar
             shapes[field] = tuple(read(data[field]).data.shape)
         except (OSError, ValueError) as exc:
             raise ConfigError(field, str(exc)) from None
-    checked(config, ModelStore(args.models_dir), shapes["image"], shapes["labels"], resume=args.resume)
+    store = ModelStore(args.models_dir)
+    ensure_free(store.root, config.name)  # rank 0 takes the lock itself; a busy folder is one line before launching
+    checked(config, store, shapes["image"], shapes["labels"], resume=args.resume)
 
 
 @contextlib.contextmanager
@@ -300,17 +307,24 @@ def _run_models(args: argparse.Namespace, out: TextIO) -> int:
         "best_score": r.best_score, "score": r.score_name, "voxel_size": list(r.config.voxel_size),
         "parent": r.parent, "lineage": list(r.lineage),
     } for r in records]
+    others = store.others()
     if args.json:
         for row in rows:
             print(json.dumps(row), file=out)
+        for state in others:
+            print(json.dumps({"name": state.name, "state": state.kind, "why": state.why, "advice": state.advice}),
+                  file=out)
         return 0
-    if not rows:
+    if not rows and not others:
         print(f"no models in {store.root}", file=out)
         return 0
-    print(f"{'name':<28} {'mode':<9} {'dims':<4} {'iterations':>10}  best validation score", file=out)
+    if rows:
+        print(f"{'name':<28} {'mode':<9} {'dims':<4} {'iterations':>10}  best validation score", file=out)
     for row in rows:
         score = "-" if row["best_score"] is None else f"{row['best_score']:.4f} ({row['score']})"
         origin = f"  continued from {row['parent']}" if row["parent"] else ""
         print(f"{row['name']:<28} {row['mode']:<9} {row['dims']:<4} {row['iterations']:>10}  {score}{origin}",
               file=out)
+    for state in others:  # never hidden: a folder a job died in is the user's to resume or remove
+        print(f"{state.name}: {state.why}; {state.advice}", file=out)
     return 0

@@ -111,10 +111,17 @@ def _check_names(config: TrainConfig, models_dir: str | Path, resume: bool, bad)
     from ..models.store import ModelStore
 
     store = ModelStore(models_dir)
+    state = store.state(config.name)
     taken = store.exists(config.name)
-    if taken and not resume:
+    if state.kind == "damaged" and not resume:
+        bad("name", f"a model named {config.name!r} already exists in {models_dir} but is {state.why}: "
+                    f"{state.advice}, or pick another name")
+    elif taken and not resume:
         bad("name", f"a model named {config.name!r} already exists in {models_dir}; pick another name or resume it")
-    if resume and not taken:
+    elif state.kind in ("training", "unfinished"):
+        # Never reused silently: a folder a job died in is the user's to remove.
+        bad("name", f"the folder {state.folder} is {state.why}: {state.advice}")
+    elif resume and not taken:
         bad("name", f"there is no model named {config.name!r} in {models_dir} to resume")
     if config.init_from is not None and not store.exists(str(config.init_from)):
         bad("init_from", f"there is no model named {config.init_from!r} in {models_dir} to continue from")
