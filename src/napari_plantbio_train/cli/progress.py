@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from ..io import wire
+from ..io.files import size_text
 from ..job.config import TrainConfig
 from ..job.events import CheckpointSaved, Finished, Progress, Started, Validation
 from ..training.distributed import Rank
@@ -48,7 +49,7 @@ class JsonLines:
 def _report(event: Any, config: TrainConfig, bar: "ProgressLine | None", out: TextIO) -> None:
     if isinstance(event, Started):
         disk = "" if event.disk_bytes is None else (
-            f"; checkpoints take up to {_size(event.disk_bytes)} of disk (the newest {config.keep_checkpoints} "
+            f"; checkpoints take up to {size_text(event.disk_bytes)} of disk (the newest {config.keep_checkpoints} "
             "periodic, the last and the best)")
         print(f"training {config.name!r} on {event.device} ({event.precision}) from iteration "
               f"{event.start_iteration} (window {event.window}); model folder {event.model_dir}{disk}", file=out,
@@ -102,15 +103,6 @@ class ProgressLine:
         if self.length:
             self.out.write("\r" + " " * self.length + "\r")
             self.length = 0
-
-
-def _size(nbytes: float) -> str:
-    """Bytes as people read them: 812 KB, 97 MB, 1.2 GB."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if nbytes >= scale:
-            value = nbytes / scale
-            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
-    return f"{int(nbytes)} bytes"
 
 
 def _duration(seconds: float) -> str:

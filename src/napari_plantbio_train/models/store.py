@@ -9,19 +9,21 @@ Weights are plain tensors loaded with ``weights_only=True``: opening a model nev
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import pickle
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..io.files import atomic_write, atomic_write_json
+from ..io.files import DiskFull, atomic_write_bytes, atomic_write_json, disk_full
 from ..job.config import NAME_PATTERN, NAME_RULE, TrainConfig
 from ..job.kinds import score_name
 from .errors import ModelError
@@ -253,20 +255,50 @@ class ModelWriter:
             # The job's checks refuse the name of any existing folder (a model, or an unfinished one whose job
             # died): a folder nobody decided to remove is never emptied here.
             raise ModelError(f"{self.folder} already exists: {store.state(config.name).why or 'a model'}")
-        (self.folder / "checkpoints").mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.folder / "config.json", config.to_dict())
         self.metrics_path = self.folder / "metrics.csv"
+        with self._writing(self.folder / "config.json"):
+            (self.folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.folder / "config.json", config.to_dict())
         if not resume or not self.metrics_path.exists():
-            with open(self.metrics_path, "w", newline="") as handle:
-                csv.writer(handle).writerow(METRIC_FIELDS)
+            self._append(METRIC_FIELDS, "w")
 
     def describe(self, **fields: Any) -> None:
         """Facts fixed at the start of a job (network, normalisation, classes, window, validation region)."""
         self.meta.update(fields)
 
     def log(self, row: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a", newline="") as handle:
-            csv.writer(handle).writerow([_fmt(row.get(k)) for k in METRIC_FIELDS])
+        self._append([_fmt(row.get(k)) for k in METRIC_FIELDS], "a")
+
+    def _append(self, values: Any, mode: str) -> None:
+        line = io.StringIO()
+        csv.writer(line).writerow(values)
+        with self._writing(self.metrics_path, len(line.getvalue())), open(self.metrics_path, mode, newline="") as h:
+            h.write(line.getvalue())
+
+    @contextlib.contextmanager
+    def _writing(self, path: Path, size: int | None = None) -> Iterator[None]:
+        """A write that does not fit ends the job in one line: the file, what it needed, and the checkpoint that
+        is still good (every checkpoint is written whole or not at all, so the previous one stays)."""
+        try:
+            yield
+        except DiskFull as full:
+            raise full.noted(self._safe()) from None
+        except OSError as exc:
+            cause = disk_full(exc)
+            if cause is None:
+                raise
+            raise DiskFull(path, size, cause, self._safe()) from None
+
+    def _safe(self) -> str:
+        """What model.json on disk (not this job's hopes) names as the checkpoint to resume from."""
+        try:
+            done = json.loads((self.folder / "model.json").read_text()).get("iterations_done")
+        except (OSError, ValueError, AttributeError):
+            done = None
+        if done is None:
+            return "no checkpoint was written yet"
+        return (f"the last good checkpoint is iteration {done} (free some space, then resume: train --resume "
+                f"--name {self.config.name})")
 
     def description(self) -> dict[str, Any]:
         """What a checkpoint carries beside its weights, as plain data: enough to rebuild and use the model from the
@@ -282,13 +314,19 @@ class ModelWriter:
         """
         relative = f"checkpoints/iter_{iteration:07d}.pt" if keep else "checkpoints/last.pt"
         path = self.folder / relative
-        state = {**state, "description": self.description()}
-        atomic_write(path, lambda h: torch.save(state, h))
+        self._write_checkpoint(path, {**state, "description": self.description()})
         self.meta.update(format=FORMAT_VERSION, last=relative, iterations_done=iteration)
         self._commit()
         if keep:
             self._prune()
         return path
+
+    def _write_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
+        """Serialised in memory first, so a disk that is full says how much the file needed."""
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        with self._writing(path):
+            atomic_write_bytes(path, buffer.getvalue())
 
     def _prune(self) -> None:
         """Only the newest ``keep_checkpoints`` of the periodic series stay, and never a file model.json names."""
@@ -312,8 +350,7 @@ class ModelWriter:
 
     def save_best(self, iteration: int, weights: dict[str, Any], score: float) -> Path:
         path = self.folder / "checkpoints/best.pt"
-        state = {"model": weights, "iteration": iteration, "description": self.description()}
-        atomic_write(path, lambda h: torch.save(state, h))
+        self._write_checkpoint(path, {"model": weights, "iteration": iteration, "description": self.description()})
         self.meta.update(best="checkpoints/best.pt", best_score=score, best_iteration=iteration)
         self._commit()
         return path
@@ -321,7 +358,8 @@ class ModelWriter:
     def _commit(self) -> None:
         """The model exists for others only once a full checkpoint is on disk to resume from."""
         if "last" in self.meta:
-            atomic_write_json(self.folder / "model.json", self.meta)
+            with self._writing(self.folder / "model.json"):
+                atomic_write_json(self.folder / "model.json", self.meta)
 
 
 def _fmt(value: Any) -> str:
