@@ -40,6 +40,8 @@ TIPS = {
     "lr": "Base learning rate: higher learns faster but less stably (typical 1e-4 to 3e-3).",
     "iteration_step": "Batches accumulated into one optimiser step (a larger effective batch).",
     "iteration_save": "Keep a checkpoint every this many iterations.",
+    "keep_checkpoints": "Periodic checkpoints kept on disk, the newest ones; the last and the best are always "
+                        "kept besides. Bounds the disk a long job uses.",
     "iterations": "Total training iterations; too few learn nothing, too many over-fit.",
     "batch_size": "Windows processed together per step; lower it if memory runs out.",
     "name": "The model's name in the models folder; each model needs a unique name.",
@@ -61,8 +63,8 @@ TIPS = {
 }
 # What a parent's job fills in when continuing from it. Hardware (#GPU, #CPU) is left as it is: it belongs to this
 # machine, and a parent trained on a GPU cluster must not ask for GPUs this machine lacks.
-PREFILLED = ("name", "mode", "dims", "voxel_size", "window", "lr", "iteration_step", "iteration_save", "iterations",
-             "batch_size", "time_limit_min", "validate_every", "base_channels", "depth", "stem_stride",
+PREFILLED = ("name", "mode", "dims", "voxel_size", "window", "lr", "iteration_step", "iteration_save",
+             "keep_checkpoints", "iterations", "batch_size", "time_limit_min", "validate_every", "base_channels", "depth", "stem_stride",
              "contour_width", "painted_slices_only", "ignore_value")
 
 
@@ -107,6 +109,7 @@ class TrainForm(QWidget):
         self.lr = QLineEdit(f"{defaults.lr:g}")
         self.iteration_step = _spin(1, 1024, defaults.iteration_step)
         self.iteration_save = _spin(1, 10_000_000, defaults.iteration_save)
+        self.keep_checkpoints = _spin(1, 10_000, defaults.keep_checkpoints)
         self.iterations = _spin(1, 10_000_000, defaults.iterations)
         self.batch_size = _spin(1, 1024, defaults.batch_size)
         self.name = QLineEdit()
@@ -165,6 +168,7 @@ class TrainForm(QWidget):
         ]
         advanced = [
             ("Validate every", "validate_every", self.validate_every),
+            ("Checkpoints kept", "keep_checkpoints", self.keep_checkpoints),
             ("Window processes", "data_workers", self.data_workers),
             ("CPU processes", "cpu_processes", self.cpu_processes),
             ("Network width", "base_channels", self.base_channels),
@@ -305,6 +309,7 @@ class TrainForm(QWidget):
             lr=lr,
             iteration_step=self.iteration_step.value(),
             iteration_save=self.iteration_save.value(),
+            keep_checkpoints=self.keep_checkpoints.value(),
             iterations=self.iterations.value(),
             batch_size=self.batch_size.value(),
             time_limit_min=self.time_limit.value() or None,
@@ -340,6 +345,7 @@ class TrainForm(QWidget):
             "lr": lambda v: self.lr.setText(f"{v:g}" if isinstance(v, float) else str(v)),
             "iteration_step": self.iteration_step.setValue,
             "iteration_save": self.iteration_save.setValue,
+            "keep_checkpoints": self.keep_checkpoints.setValue,
             "iterations": self.iterations.setValue,
             "batch_size": self.batch_size.setValue,
             "time_limit_min": lambda v: self.time_limit.setValue(float(v or 0.0)),
@@ -374,7 +380,7 @@ class TrainForm(QWidget):
                 continue
             label.setText(f"{label.text()}\n{error.message}" if label.text() else error.message)
             label.setVisible(True)
-            if error.field in {"validate_every", "data_workers", "cpu_processes", "base_channels", "depth",
+            if error.field in {"validate_every", "keep_checkpoints", "data_workers", "cpu_processes", "base_channels", "depth",
                                "stem_stride", "contour_width", "painted_slices_only", "ignore_value"}:
                 self.advanced_toggle.setChecked(True)
         return elsewhere

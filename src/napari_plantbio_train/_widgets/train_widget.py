@@ -19,6 +19,7 @@ from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from .. import planning
+from ..io.files import size_text
 from ..job.config import ConfigError, TrainConfig
 from ..job.events import CheckpointSaved, Finished, Preview, Progress, Started, Validation
 from ..job.kinds import score_name
@@ -265,7 +266,8 @@ class TrainWidget(QWidget):
         self.progress.setRange(0, event.total_iterations)
         self.progress.setValue(event.start_iteration)
         window = "×".join(str(w) for w in event.window)
-        self._set_status(f"Training {event.model_dir.name} on the {event.device.upper()}, window {window}.")
+        disk = "" if event.disk_bytes is None else f" Checkpoints take up to {size_text(event.disk_bytes)} of disk."
+        self._set_status(f"Training {event.model_dir.name} on the {event.device.upper()}, window {window}.{disk}")
 
     def _on_progress(self, event: Progress) -> None:
         """Recorded at once, shown at most once a second: on a small CPU every repaint in the GUI thread takes

@@ -1,7 +1,10 @@
 """Headless front end: the same engine and model folders as the dock widget, for clusters and scripts.
 
 Option names are a promise to scripts: keep them. A bad value ends the program with one line naming the
-field (exit status 2), never a traceback.
+field (exit status 2), never a traceback. Exit statuses: 0 done (a STOP file's stop and a time limit included),
+2 bad input or a model folder that cannot be used, 1 a fault of the machine (a disk that is full: one line naming
+the file, what it needed and the last good checkpoint) or a process of the job that died, 128 + N a job that
+SIGTERM (143) or SIGINT (130) stopped, with a checkpoint to resume from.
 
 ``train`` runs in this process, or, for ``--gpus N`` (N > 1), ``--cpu-processes N`` (N > 1) or ``--nodes K``
 (K > 1), as that many data-parallel processes started by PyTorch's launcher (see training/distributed.py and io/wire.py, which
@@ -16,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from ..io.files import DiskFull
 from ..job.config import ConfigError
 from ..models.store import ModelError
 from ..training.distributed import DistributedError, RankFailed
@@ -31,6 +35,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                "export": _run_export, "import": _run_import}
     try:
         return runners[args.command](args, out)
+    except DiskFull as exc:
+        return _fail(args, out, str(exc), 1)
     except (ConfigError, DistributedError) as exc:
         return _fail(args, out, str(exc), 2, exc.field)
     except (ModelError, FileNotFoundError, FileExistsError) as exc:

@@ -11,6 +11,7 @@ import math
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,7 +22,10 @@ from ..io import wire
 from ..job import faults
 from ..io.stacks import read, read_array
 from ..job.config import DATA_FIELDS, ConfigError, TrainConfig, is_unsaved_layer, read_job_document
-from ..job.events import LabelFinished, LabelProgress, LabelStarted, Progress
+from ..io.checks import check_stack
+from ..io.files import DiskFull
+from ..job.events import Finished, LabelFinished, LabelProgress, LabelStarted, Progress, Started
+from ..models.lock import ensure_free
 from ..models.store import ModelError, ModelStore
 from ..runtime.hardware import job_device, processes_per_machine
 from ..training import distributed
@@ -120,31 +124,34 @@ def _run_train(args: argparse.Namespace, out: TextIO) -> int:
            "events": args.events, "quiet": args.quiet}
     processes, joined = processes_per_machine(config), distributed.environment()
     if (joined is not None and int(joined["WORLD_SIZE"]) > 1) or (processes == 1 and args.nodes == 1):
-        train_rank(job, out)  # one process of a torchrun / srun job, or a job of one process
-        return 0
+        return train_rank(job, out)  # one process of a torchrun / srun job, or a job of one process
     _check_before_launch(config, data, args)
-    distributed.launch(_launched_rank, (job,), processes=processes, nodes=args.nodes, node_rank=args.node_rank,
-                       master_addr=args.master_addr, master_port=args.master_port, run_id=f"plantbio-{config.name}")
-    return 0
+    statuses = distributed.launch(_launched_rank, (job,), processes=processes, nodes=args.nodes,
+                                  node_rank=args.node_rank, master_addr=args.master_addr,
+                                  master_port=args.master_port, run_id=f"plantbio-{config.name}")
+    return max((int(s) for s in statuses.values() if isinstance(s, int)), default=0)
 
 
-def train_rank(job: dict[str, Any], out: TextIO | None = None) -> str:
+def train_rank(job: dict[str, Any], out: TextIO | None = None) -> int:
     """One process's share of a training job: join the job (if there is one), read the data, train; rank 0
     reports. ``job`` holds plain values only (the config as a dict, where to read its data, models_dir, resume,
-    events, quiet), so it travels to spawned processes; each process reads the arrays itself."""
+    events, quiet), so it travels to spawned processes; each process reads the arrays itself.
+
+    Returns the exit status: 0 for a job that completed (or met its time limit, or a STOP file), 128 + N for one
+    that signal N stopped (143: SIGTERM), so a cluster script can tell a finished job from one to resume."""
     from ..training.loop import train
 
     config, out = TrainConfig.from_dict(job["config"]), out or sys.stdout
     stop = threading.Event()
-    with _signals_set(stop), distributed.process_group(job_device(config)) as rank:
+    with _signals_set(stop) as received, distributed.process_group(job_device(config)) as rank:
         image, labels, extra, auto_labels = _read_data(config, job["data"])
-        # Rank 0 alone polls the STOP file: the ranks agree on stopping anyway, and only it may delete the file.
+        # Rank 0 alone polls the STOP file: the ranks agree on stopping anyway, and only it may delete the file,
+        # once it owns the folder (its Started event): before that the file may be another running job's.
         stop_path = wire.stop_file(ModelStore(job["models_dir"]).folder(config.name)) if rank.is_main else None
-        if stop_path is not None:
-            stop_path.unlink(missing_ok=True)  # left by an earlier job: not a request to this one
+        owned = completed = False
 
         def stopping() -> bool:
-            return stop.is_set() or (stop_path is not None and stop_path.exists())
+            return stop.is_set() or (owned and stop_path.exists())
 
         report = _reporter(job, config, rank, out)
         try:
@@ -153,30 +160,35 @@ def train_rank(job: dict[str, Any], out: TextIO | None = None) -> str:
             while True:
                 try:
                     event = next(events)
-                except StopIteration as done:
-                    return str(done.value)
+                except StopIteration:
+                    return stopped_status(received) if not completed else 0
+                completed = completed or (isinstance(event, Finished) and event.reason != "stopped")
+                if isinstance(event, Started) and stop_path is not None:
+                    stop_path.unlink(missing_ok=True)  # left by an earlier job: not a request to this one
+                    owned = True
                 report(event)
                 if isinstance(event, Progress):
                     faults.at_iteration(event.iteration)  # the tests' crashes on purpose; nothing otherwise
         finally:
-            if stop_path is not None:
+            if owned:
                 stop_path.unlink(missing_ok=True)
 
 
-def _launched_rank(job: dict[str, Any]) -> str:
-    """A launched process: bad input ends it with one line and status 2, and the launcher then ends the job."""
+def _launched_rank(job: dict[str, Any]) -> int:
+    """A launched process: bad input ends it with one line and status 2 (a full disk: 1), and the launcher then
+    ends the job; otherwise its exit status (``train_rank``)."""
     from ..runtime.hardware import fresh_process
 
     fresh_process()  # a spawned interpreter: nothing has computed in it yet
     try:
         return train_rank(job)
-    except (ConfigError, ModelError, DistributedError, FileNotFoundError, FileExistsError) as exc:
+    except (ConfigError, ModelError, DistributedError, FileNotFoundError, FileExistsError, DiskFull) as exc:
         rank = (distributed.environment() or {}).get("RANK", "0")
         sys.stderr.write(f"error: {'' if rank == '0' else f'rank {rank}: '}{exc}\n")  # one write: no interleaving
         sys.stderr.flush()
         if rank == "0" and job["events"] == "jsonl":  # the follower learns which field, before the launcher's line
             _error_event(sys.stdout, str(exc), getattr(exc, "field", None))
-        sys.exit(2)
+        sys.exit(1 if isinstance(exc, DiskFull) else 2)
 
 
 def _read_data(config: TrainConfig, data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray,
@@ -198,21 +210,38 @@ def _check_before_launch(config: TrainConfig, data: dict[str, Any], args: argpar
     shapes = {}
     for field in ("image", "labels"):
         try:
-            shapes[field] = tuple(read(data[field]).data.shape)
+            stack = read(data[field]).data
         except (OSError, ValueError) as exc:
             raise ConfigError(field, str(exc)) from None
-    checked(config, ModelStore(args.models_dir), shapes["image"], shapes["labels"], resume=args.resume)
+        check_stack(stack, field=field)
+        shapes[field] = tuple(stack.shape)
+    store = ModelStore(args.models_dir)
+    ensure_free(store.root, config.name)  # rank 0 takes the lock itself; a busy folder is one line before launching
+    checked(config, store, shapes["image"], shapes["labels"], resume=args.resume)
 
 
 @contextlib.contextmanager
-def _signals_set(stop: threading.Event):
-    """Ctrl-C or a cluster's SIGTERM ends the job at the next iteration with a checkpoint to resume from."""
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+def _signals_set(stop: threading.Event) -> Iterator[list[int]]:
+    """Ctrl-C or a cluster's SIGTERM ends the job at the next iteration with a checkpoint to resume from; yields
+    the signals received, for the exit status (``stopped_status``)."""
+    received: list[int] = []
+
+    def handle(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield received
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def stopped_status(received: list[int]) -> int:
+    """The shell's convention for a process a signal ended, 128 + its number, kept for a job that the signal
+    stopped cleanly (checkpoint written, events finished): 143 after SIGTERM, 130 after SIGINT; 0 without one."""
+    return 128 + received[0] if received else 0
 
 
 def _run_predict(args: argparse.Namespace, out: TextIO) -> int:
@@ -231,7 +260,7 @@ def _run_predict(args: argparse.Namespace, out: TextIO) -> int:
     stop = threading.Event()
     bar = None if args.quiet or args.events == "jsonl" else ProgressLine(out)
     report = JsonLines(out) if args.events == "jsonl" else None
-    with _signals_set(stop):
+    with _signals_set(stop) as received:
         for event in label_stack(args.model, image, models_dir=args.models_dir, output=args.output,
                                  probabilities=args.probabilities, uncertainty=args.uncertainty,
                                  settings=settings, overwrite=args.overwrite,
@@ -239,7 +268,7 @@ def _run_predict(args: argparse.Namespace, out: TextIO) -> int:
             if report is not None:
                 report(event)
                 if isinstance(event, LabelFinished) and event.cancelled:
-                    return 130
+                    return stopped_status(received) or 130
                 continue
             if isinstance(event, LabelStarted):
                 print(f"labelling {tuple(event.shape)} with {args.model!r} on {event.device} ({event.precision}): "
@@ -252,12 +281,13 @@ def _run_predict(args: argparse.Namespace, out: TextIO) -> int:
                 status = "cancelled, nothing written" if event.cancelled else f"wrote {args.output}"
                 _line(bar, out, f"{status} in {_duration(event.seconds)}{objects}")
                 if event.cancelled:
-                    return 130
+                    return stopped_status(received) or 130
     return 0
 
 
 def _run_evaluate(args: argparse.Namespace, out: TextIO) -> int:
-    from ..evaluation.evaluate import evaluate, object_statistics, write_object_statistics_csv, write_scores_csv
+    from ..evaluation.evaluate import (evaluate, mode_warning, object_statistics, write_object_statistics_csv,
+                                       write_scores_csv)
 
     arrays = {}
     for field in ("prediction", "truth"):
@@ -269,6 +299,9 @@ def _run_evaluate(args: argparse.Namespace, out: TextIO) -> int:
         scores = evaluate(arrays["prediction"], arrays["truth"], args.mode, per_slice=args.per_slice)
     except ValueError as exc:
         raise ConfigError("prediction", str(exc)) from None
+    warning = mode_warning(arrays["truth"], args.mode)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)  # stdout stays one JSON object
     if args.csv:
         write_scores_csv(scores, args.csv)
     if args.objects:
@@ -310,17 +343,24 @@ def _run_models(args: argparse.Namespace, out: TextIO) -> int:
         "best_score": r.best_score, "score": r.score_name, "voxel_size": list(r.config.voxel_size),
         "parent": r.parent, "lineage": list(r.lineage),
     } for r in records]
+    others = store.others()
     if args.json:
         for row in rows:
             print(json.dumps(row), file=out)
+        for state in others:
+            print(json.dumps({"name": state.name, "state": state.kind, "why": state.why, "advice": state.advice}),
+                  file=out)
         return 0
-    if not rows:
+    if not rows and not others:
         print(f"no models in {store.root}", file=out)
         return 0
-    print(f"{'name':<28} {'mode':<9} {'dims':<4} {'iterations':>10}  best validation score", file=out)
+    if rows:
+        print(f"{'name':<28} {'mode':<9} {'dims':<4} {'iterations':>10}  best validation score", file=out)
     for row in rows:
         score = "-" if row["best_score"] is None else f"{row['best_score']:.4f} ({row['score']})"
         origin = f"  continued from {row['parent']}" if row["parent"] else ""
         print(f"{row['name']:<28} {row['mode']:<9} {row['dims']:<4} {row['iterations']:>10}  {score}{origin}",
               file=out)
+    for state in others:  # never hidden: a folder a job died in is the user's to resume or remove
+        print(f"{state.name}: {state.why}; {state.advice}", file=out)
     return 0

@@ -13,7 +13,8 @@ from ..job.kinds import DIMS, MODES, PRECISIONS
 FIELD_OPTIONS = {
     "mode": "mode", "dims": "dims", "name": "name",
     "voxel_size": "voxel_size", "window": "window", "gpus": "gpus", "workers": "workers", "lr": "lr",
-    "iteration_step": "iteration_step", "iteration_save": "iteration_save", "iterations": "iterations",
+    "iteration_step": "iteration_step", "iteration_save": "iteration_save",
+    "keep_checkpoints": "keep_checkpoints", "iterations": "iterations",
     "batch_size": "batch_size", "time_limit": "time_limit_min", "validate_every": "validate_every",
     "log_every": "log_every", "val_fraction": "val_fraction", "base_channels": "base_channels",
     "depth": "depth", "stem_stride": "stem_stride", "contour_width": "contour_width", "seed": "seed",
@@ -68,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--lr", type=float, help="base learning rate")
     add("--iteration-step", type=int, help="batches accumulated into one optimiser step")
     add("--iteration-save", type=int, help="checkpoint every N iterations")
+    add("--keep-checkpoints", type=int, metavar="N",
+        help="periodic checkpoints kept, the newest N (default 3); the last and the best are always kept")
     add("--iterations", type=int, help="iteration total")
     add("--batch-size", type=int, help="samples per batch")
     add("--time-limit", type=float, help="stop (with a checkpoint) after this many minutes")

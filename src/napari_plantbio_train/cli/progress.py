@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from ..io import wire
+from ..io.files import size_text
 from ..job.config import TrainConfig
 from ..job.events import CheckpointSaved, Finished, Progress, Started, Validation
 from ..training.distributed import Rank
@@ -47,8 +48,12 @@ class JsonLines:
 
 def _report(event: Any, config: TrainConfig, bar: "ProgressLine | None", out: TextIO) -> None:
     if isinstance(event, Started):
+        disk = "" if event.disk_bytes is None else (
+            f"; checkpoints take up to {size_text(event.disk_bytes)} of disk (the newest {config.keep_checkpoints} "
+            "periodic, the last and the best)")
         print(f"training {config.name!r} on {event.device} ({event.precision}) from iteration "
-              f"{event.start_iteration} (window {event.window}); model folder {event.model_dir}", file=out, flush=True)
+              f"{event.start_iteration} (window {event.window}); model folder {event.model_dir}{disk}", file=out,
+              flush=True)
         if event.precision_reason:
             print(f"precision {event.precision_reason}", file=out, flush=True)
         if event.batch_hint is not None:

@@ -108,6 +108,43 @@ def evaluate_semantic(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     }
 
 
+# A semantic map holds a few classes, each usually in many places; past this many values, or with about one
+# connected region per value, it is more likely an instance map scored in the wrong mode.
+FEW_CLASSES = 16
+
+
+def mode_warning(truth: np.ndarray, mode: str, option: str = "--mode") -> str | None:
+    """Why ``truth`` looks like the other kind of labels than ``mode`` scores, or None: object ids scored as
+    classes (many values, or each value one region), or classes scored as objects (a few values, each in many
+    separate regions, as a 0/1 mask of several objects is). Scores are still computed: this only warns."""
+    truth = np.asarray(truth)
+    values = [int(v) for v in np.unique(truth) if v != 0]
+    if not values:
+        return None
+    if mode == "semantic":
+        if len(values) > FEW_CLASSES:
+            return (f"the truth holds {len(values)} distinct values, as object ids do (a semantic map holds a few "
+                    f"classes): each is scored as a class; use {option} instance to score objects")
+        regions = _regions(truth, values)
+        if len(values) >= 3 and regions < 1.5 * len(values):
+            return (f"the truth's {len(values)} values are about one connected region each ({regions} regions), as "
+                    f"object ids are: each is scored as a class; use {option} instance to score objects")
+        return None
+    if len(values) <= FEW_CLASSES:
+        regions = _regions(truth, values)
+        if regions >= 2 * len(values):
+            shown = ", ".join(map(str, [0, *values][:6]))
+            return (f"the truth holds class values ({shown}), not object ids: its {regions} separate regions are "
+                    f"scored as {len(values)} object(s); use {option} semantic to score classes, or label the "
+                    "objects apart")
+    return None
+
+
+def _regions(labels: np.ndarray, values: list[int]) -> int:
+    """Connected regions of all the values together (each value's own, face-connected)."""
+    return sum(int(ndimage.label(labels == v)[1]) for v in values)
+
+
 def check_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both inputs as 2D or 3D integer label maps of one shape; the error says which input is wrong and how."""
     pred, truth = check_labels(pred, "prediction"), check_labels(truth, "truth")

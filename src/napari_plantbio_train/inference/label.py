@@ -23,7 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io.arrays import Output, read_block, stack_shape, write_block
+from ..io.arrays import Output, check_target, read_block, stack_shape, write_block
+from ..io.checks import check_finite, check_stack
+from ..io.files import DiskFull, disk_full
+from ..io.stacks import StackError
 from ..job.config import ConfigError
 from ..job.events import LabelEvent, LabelFinished, LabelProgress, LabelStarted, StopSignal, run_to_end, stop_requested
 from ..job.kinds import POSTPROCESS_DEFAULTS, PRECISIONS
@@ -130,6 +133,11 @@ def label_stack(model: str, image: Any, *, models_dir: str | Path | None = None,
     """
     started = time.perf_counter()
     settings = settings or LabelSettings()
+    # Every argument is checked before any work (the model is not even read yet): a wrong output name or a
+    # colour image is one line, not a traceback after minutes of computing.
+    check_stack(image, field="image")
+    for name, target in (("output", output), ("probabilities", probabilities), ("uncertainty", uncertainty)):
+        check_target(target, field=name, overwrite=overwrite)
     store = ModelStore(models_dir)
     record = store.record(model)
     shape = stack_shape(image)
@@ -160,18 +168,27 @@ def label_stack(model: str, image: Any, *, models_dir: str | Path | None = None,
                                (1, *chunks), overwrite=overwrite)
         yield LabelStarted(model, image_shape, len(blocks), total_windows, job.device, job.precision)
         objects = yield from _run(job, blocks, windows, image, labels_out, probs_out, unc_out, settings, stop)
+        result = LabelResult(labels_out.finish(), probs_out.finish() if probs_out is not None else None, record,
+                             objects, time.perf_counter() - started,
+                             unc_out.finish() if unc_out is not None else None)
     except BaseException as exc:
-        for out in (labels_out, probs_out, unc_out):
-            if out is not None:
-                out.abort()
+        outputs = [out for out in (labels_out, probs_out, unc_out) if out is not None]
+        for out in outputs:
+            out.abort()
+        if isinstance(exc, StackError):  # the image file failed while being read (cut short, damaged)
+            raise ConfigError("image", str(exc)) from None
+        cause = disk_full(exc)
+        if cause is not None:
+            written = next((o.path for o in outputs if o.path is not None), Path("."))
+            where = exc.path if isinstance(exc, DiskFull) else written
+            needed = sum(o.nbytes for o in outputs if o.path is not None)
+            raise DiskFull(where, needed, cause, "nothing was written (the partial results were removed)") from None
         if not isinstance(exc, LabelCancelled):
             raise
         # Nothing half-done is returned or left on disk: a cancelled run ends like one that never started.
         seconds = time.perf_counter() - started
         yield LabelFinished(seconds, None, cancelled=True)
         return LabelResult(None, None, record, None, seconds)
-    result = LabelResult(labels_out.finish(), probs_out.finish() if probs_out is not None else None, record,
-                         objects, time.perf_counter() - started, unc_out.finish() if unc_out is not None else None)
     yield LabelFinished(result.seconds, objects, cancelled=False)
     return result
 
@@ -194,9 +211,6 @@ def _make_job(record: ModelRecord, store: ModelStore, settings: LabelSettings, s
     if len(image.shape) == 2 and config.spatial_dims == 3:
         raise ConfigError("image", f"model {record.name!r} is a 3D model and needs a stack; this is a single 2D "
                                    f"image of shape {tuple(image.shape)}: use a 2D model")
-    dtype = np.dtype(image.dtype)
-    if dtype == bool or not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
-        raise ConfigError("image", f"dtype {dtype} is not a single-channel intensity image")
     window = tuple(int(w) for w in record.window)
     problems = settings.problems(window)
     if problems:
@@ -289,6 +303,7 @@ def run_block(job: _Job, block: blockwise.Block, image: Any, labels_out: Any, pr
         raise LabelCancelled("labelling was cancelled")
     predictor = _predictor(job)
     raw = read_block(image, blockwise.Block.region(block.reach))
+    check_finite(raw, field="image")  # per block: a stack larger than memory is never read whole to check it
     normalised = Normalisation.from_dict(job.normalisation).apply(raw)
     spatial_dims = len(job.window)
     probs = predict_stack(predictor, normalised, spatial_dims=spatial_dims, window=job.window, overlap=job.overlap,

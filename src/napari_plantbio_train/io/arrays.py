@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..job.config import ConfigError
 from .files import atomic_write
 
 Region = tuple[slice, slice, slice]  # (z, y, x) of the (Z, Y, X) view of a stack
+OUTPUT_SUFFIXES = (".zarr", ".tif", ".tiff")
 
 
 def stack_shape(array: Any) -> tuple[int, int, int]:
@@ -59,6 +62,7 @@ class Output:
     def __init__(self, target: Any, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
                  *, overwrite: bool = False, voxel_size: tuple[float, float, float] | None = None) -> None:
         self.target, self.voxel_size = target, voxel_size
+        self.nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize  # uncompressed: the most a file needs
         self.path: Path | None = None
         self._tmp: Path | None = None
         dtype = np.dtype(dtype)
@@ -66,12 +70,9 @@ class Output:
             self.array: Any = np.zeros(shape, dtype)
         elif isinstance(target, (str, os.PathLike)):
             self.path = Path(target)
-            suffix = self.path.suffix.lower()
-            if suffix not in (".zarr", ".tif", ".tiff"):
-                raise ValueError(f"output {self.path}: use a .zarr, .tif or .tiff path")
-            if self.path.exists() and not overwrite:
-                raise FileExistsError(f"output {self.path} already exists (choose another name or overwrite it)")
-            self._tmp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+            check_target(self.path, overwrite=overwrite)
+            remove_stale_partials(self.path)
+            self._tmp = partial_path(self.path, os.getpid())
             _remove(self._tmp)
             self.array = _create_zarr(self._tmp, shape, dtype, chunks)
         else:
@@ -97,6 +98,51 @@ class Output:
     def abort(self) -> None:
         if self._tmp is not None:
             _remove(self._tmp)
+
+
+def check_target(target: Any, *, field: str = "output", overwrite: bool = False) -> None:
+    """A path target's rules, for checking every argument before any work: a format written block by block, a
+    folder that exists, and no existing result unless it may be replaced. Arrays and None pass."""
+    if not isinstance(target, (str, os.PathLike)):
+        return
+    path = Path(target)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        given = f"not {path.suffix}" if path.suffix else "it has no extension"
+        raise ConfigError(field, f"{path.name}: results are written as .zarr, .tif or .tiff ({given}: a picture "
+                                 "format holds one 8-bit image, not a stack of ids or probabilities)")
+    if not path.parent.is_dir():
+        raise ConfigError(field, f"{path}: the folder {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"output {path} already exists (choose another name or overwrite it)")
+
+
+def partial_path(path: Path, pid: int) -> Path:
+    """Where a result is built before it takes its name: hidden, beside it, named by the building process."""
+    return path.with_name(f".{path.name}.partial-{pid}")
+
+
+def remove_stale_partials(path: Path) -> list[Path]:
+    """Remove what killed runs left while building ``path`` (``.name.partial-PID`` whose process is gone on this
+    machine); a partial of a process still running is left alone. Returns what was removed."""
+    removed = []
+    for partial in path.parent.glob(f".{path.name}.partial-*"):
+        pid = partial.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _running(int(pid)):
+            _remove(partial)
+            removed.append(partial)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid() or sys.platform == "win32":  # Windows' os.kill would end the process, not probe it
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or a platform that cannot tell: keep its file
+    return True
 
 
 def _create_zarr(path: Path, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...]) -> Any:

@@ -28,24 +28,51 @@ def looks_rgb(array: Any) -> bool:
             and min(shape[-3], shape[-2]) > RGB_MIN_SIDE)
 
 
+def check_stack(array: Any, *, field: str = "image") -> None:
+    """The rules a stack's shape and dtype alone decide, for an array of any kind (numpy, a lazy stack on disk:
+    nothing is read): one channel (colour recognised by ``looks_rgb``), 2D or 3D, not empty, numeric."""
+    shape = tuple(int(s) for s in getattr(array, "shape", np.shape(array)))
+    if looks_rgb(array):
+        kind = "RGBA" if shape[-1] == 4 else "RGB"
+        raise ConfigError(field, f"looks like an {kind} colour image (uint8, shape {shape}), not a single-channel "
+                                 "image or stack: convert it to one grey channel first (in Fiji: Image > Type > "
+                                 "8-bit; in napari: split the channels and use one)")
+    if len(shape) not in (2, 3):
+        raise ConfigError(field, f"shape {shape} is not a single-channel 2D image or 3D stack "
+                                 "(colour or multi-channel images are not supported)")
+    if 0 in shape:
+        raise ConfigError(field, f"the image is empty (shape {shape})")
+    _check_dtype(np.dtype(getattr(array, "dtype", np.asarray(array).dtype)), field)
+
+
 def as_stack(array: np.ndarray, *, field: str) -> np.ndarray:
     """A (Z, Y, X) view of a 2D image or a 3D stack; anything else is refused with the field's name."""
     array = np.asarray(array)
-    if array.ndim == 2:
-        return array[np.newaxis]
-    if array.ndim == 3 and not looks_rgb(array):
-        return array
-    raise ConfigError(field, f"shape {array.shape} is not a single-channel 2D image or 3D stack "
-                             "(colour or multi-channel images are not supported)")
+    if looks_rgb(array) or array.ndim not in (2, 3):
+        check_stack(array, field=field)
+    return array[np.newaxis] if array.ndim == 2 else array
 
 
 def check_image(array: np.ndarray, *, field: str = "image") -> None:
-    if array.dtype == bool or not np.issubdtype(array.dtype, np.number):
-        raise ConfigError(field, f"dtype {array.dtype} is not a numeric image type")
-    if np.issubdtype(array.dtype, np.complexfloating):
-        raise ConfigError(field, "complex images are not supported")
+    _check_dtype(array.dtype, field)
     if array.size == 0:
         raise ConfigError(field, "the image is empty")
+    check_finite(array, field=field)
+
+
+def check_finite(block: np.ndarray, *, field: str = "image") -> None:
+    """NaN or infinite intensities have no place on the scale a model was trained at: refused, never labelled
+    (they would silently turn whole windows into nonsense)."""
+    if block.dtype.kind in "fc" and not np.isfinite(block).all():
+        raise ConfigError(field, "contains NaN or infinite values: replace them (e.g. with 0 or the background "
+                                 "intensity) before training or labelling")
+
+
+def _check_dtype(dtype: np.dtype, field: str) -> None:
+    if dtype == bool or not np.issubdtype(dtype, np.number):
+        raise ConfigError(field, f"dtype {dtype} is not a numeric image type")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise ConfigError(field, "complex images are not supported")
 
 
 def check_labels(labels: Any, *, field: str = "labels") -> np.ndarray:

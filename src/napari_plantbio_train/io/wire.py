@@ -7,10 +7,12 @@ of several processes, or its job process, this way).
   tuples as lists). A preview's arrays are written by rank 0 as ``.npy`` files in ``<model folder>/previews/``
   (the two newest are kept) and the line carries their paths (``probabilities``, ``labels``). A job that fails
   prints ``{"event": "error", "field": ... or null, "message": ...}`` and exits non-zero (2: bad input, 1: a
-  rank died, 130: aborted). ``follow(lines)`` turns the lines back into the event objects ``train`` yields
+  rank died or the disk is full, 130: aborted). ``follow(lines)`` turns the lines back into the event objects ``train`` yields
   (raising ``JobFailed`` on an error line), so a follower handles the same events as the dock does in-process.
 - Stop: create the file ``<model folder>/STOP`` (``stop_file``; rank 0 polls it every iteration and removes
-  it when the job ends), or send SIGINT/SIGTERM to the launching process.
+  it when the job ends), or send SIGINT/SIGTERM to the launching process. A stopped job still ends with its
+  ``finished`` line (reason ``"stopped"``), then exits 0 (STOP file) or 128 + the signal (143: SIGTERM): a
+  follower takes the ``finished`` line, not the exit status, as the job's end.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ Mode = Literal["semantic", "instance"]
 Dims = Literal["2d", "3d"]
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RULE = "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"  # NAME_PATTERN in words
 
 
 class ConfigError(ValueError):
@@ -53,6 +54,7 @@ class TrainConfig:
     lr: float = 1e-3
     iteration_step: int = 1  # gradient accumulation: windows of this many batches make one optimiser step
     iteration_save: int = 500
+    keep_checkpoints: int = 3  # periodic checkpoints kept (the newest); the last and the best are kept besides
     iterations: int = 5000
     batch_size: int = 2
     time_limit_min: float | None = None
@@ -105,16 +107,15 @@ class TrainConfig:
             found.append(ConfigError(name, message))
 
         if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
-            bad("name", f"{self.name!r} is not a safe folder name: use 1-64 letters, digits, '.', '_' or '-', "
-                        "starting with a letter or digit")
+            bad("name", f"{self.name!r} is not a safe folder name: {NAME_RULE}")
         if self.mode not in MODES:
             bad("mode", f"{self.mode!r} is not one of {', '.join(MODES)}")
         if self.dims not in DIMS:
             bad("dims", f"{self.dims!r} is not one of {', '.join(DIMS)}")
         if len(self.voxel_size) != 3 or not all(_positive_number(v) for v in self.voxel_size):
             bad("voxel_size", f"{self.voxel_size!r} must be three positive numbers of nm per pixel (x, y, z)")
-        for name in ("workers", "iteration_step", "iteration_save", "iterations", "batch_size", "validate_every",
-                     "log_every", "base_channels", "depth", "contour_width"):
+        for name in ("workers", "iteration_step", "iteration_save", "keep_checkpoints", "iterations", "batch_size",
+                     "validate_every", "log_every", "base_channels", "depth", "contour_width"):
             value = getattr(self, name)
             if not _whole_number(value, 1):
                 bad(name, f"{value!r} must be a whole number of at least 1")

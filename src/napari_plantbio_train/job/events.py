@@ -27,6 +27,7 @@ class Started:
     precision: str = "fp32"  # of the forward pass: "fp32" or "bf16" (see hardware.py)
     batch_hint: int | None = None  # on a GPU: about how many windows per batch its free memory holds
     precision_reason: str = ""  # why this format: verified here, fallen back from a crash, or asked for
+    disk_bytes: int | None = None  # about the most disk the job's checkpoints take at once (ModelWriter.planned_bytes)
 
 
 @dataclass(frozen=True)

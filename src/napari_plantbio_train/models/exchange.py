@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..io.files import atomic_write
-from ..job.config import NAME_PATTERN
+from ..job.config import NAME_PATTERN, NAME_RULE
 from ..job.kinds import activation, channel_id, channel_names
 from .network import UNet
 from .store import ModelError, ModelRecord, ModelStore
@@ -349,7 +349,7 @@ def _import(store: ModelStore, source: _Source, name: str | None) -> str:
         checkpoints[key] = relative
     name = name or config.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise ModelError(f"{name!r} is not a valid model name: use 1-64 letters, digits, '.', '_' or '-'")
+        raise ModelError(f"{name!r} is not a valid model name: {NAME_RULE}")
     if store.folder(name).exists():
         raise ModelError(f"a model named {name!r} already exists in {store.root}; import it under another name "
                          "(--name NEW, or import_model(..., name='NEW'))")

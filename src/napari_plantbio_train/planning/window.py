@@ -70,7 +70,24 @@ def window_for(config: TrainConfig, image_shape: tuple[int, ...] | None = None) 
     if image_shape is not None:
         spatial = stack_shape(image_shape)[-len(window):]
         window = [min(w, (s // d) * d) if s >= d else w for w, s, d in zip(window, spatial, divisor)]
+        window = _room_to_validate(window, spatial, divisor, config.val_fraction)
     return tuple(max(d, (w // d) * d) for w, d in zip(window, divisor))
+
+
+def _room_to_validate(window: list[int], spatial: tuple[int, ...], divisor: tuple[int, ...],
+                      fraction: float) -> list[int]:
+    """A default window as large as a small image leaves no room beside it for the validation block: narrow it
+    along the longer in-plane axis, to the largest size that does (if one does)."""
+    axes = (-2, -1)
+    if any(held_out_size(spatial[a], window[a], fraction) is not None for a in axes):
+        return window
+    axis = max(axes, key=lambda a: spatial[a])
+    d = divisor[axis]
+    fitting = [w for w in range(window[axis] // d * d, d - 1, -d) if held_out_size(spatial[axis], w, fraction)]
+    if fitting:
+        window = list(window)
+        window[axis] = fitting[0]
+    return window
 
 
 def problems(config: TrainConfig, *, image_shape: tuple[int, ...] | None = None,
@@ -111,10 +128,17 @@ def _check_names(config: TrainConfig, models_dir: str | Path, resume: bool, bad)
     from ..models.store import ModelStore
 
     store = ModelStore(models_dir)
+    state = store.state(config.name)
     taken = store.exists(config.name)
-    if taken and not resume:
+    if state.kind == "damaged" and not resume:
+        bad("name", f"a model named {config.name!r} already exists in {models_dir} but is {state.why}: "
+                    f"{state.advice}, or pick another name")
+    elif taken and not resume:
         bad("name", f"a model named {config.name!r} already exists in {models_dir}; pick another name or resume it")
-    if resume and not taken:
+    elif state.kind in ("training", "unfinished"):
+        # Never reused silently: a folder a job died in is the user's to remove.
+        bad("name", f"the folder {state.folder} is {state.why}: {state.advice}")
+    elif resume and not taken:
         bad("name", f"there is no model named {config.name!r} in {models_dir} to resume")
     if config.init_from is not None and not store.exists(str(config.init_from)):
         bad("init_from", f"there is no model named {config.init_from!r} in {models_dir} to continue from")
@@ -122,11 +146,39 @@ def _check_names(config: TrainConfig, models_dir: str | Path, resume: bool, bad)
         bad("init_from", "a continued model is a new version: give it a new name (or use resume)")
 
 
+def held_out_size(length: int, window: int, fraction: float) -> int | None:
+    """Pixels of an in-plane axis of ``length`` that the validation block takes (about ``fraction``, at least 32
+    where the axis has them), leaving the window room to train beside it; None when fewer than 16 (or than the
+    window) would be left to validate on. ``training.sampling.split_validation`` places the block by this rule."""
+    size = min(max(int(round(length * fraction)), min(32, length)), length - window)
+    return size if size >= min(16, window) else None
+
+
+def smallest_image(config: TrainConfig, image_shape: tuple[int, ...] | None = None) -> tuple[int, int]:
+    """The smallest (y, x) image the job trains on: the network's smallest window, and room beside it along y or
+    x for the validation block (whichever needs fewer pixels)."""
+    dy, dx = divisor_for(config, image_shape)[-2:]
+
+    def with_block(d: int) -> int:
+        return next(n for n in range(d, 64 * d + 64) if held_out_size(n, d, config.val_fraction) is not None)
+
+    return min(((with_block(dy), dx), (dy, with_block(dx))), key=lambda yx: yx[0] * yx[1])
+
+
 def _check_window(config: TrainConfig, image_shape, labels_shape, bad) -> None:
     if image_shape is not None:
         stack = stack_shape(image_shape)
         if stack is None:
             bad("image", f"shape {tuple(image_shape)} is not a 2D image or a 3D stack of one channel")
+            return
+        if 0 in stack:
+            bad("image", f"the image is empty (shape {tuple(image_shape)})")
+            return
+        y, x = smallest_image(config, image_shape)
+        if config.window is None and not ((stack[1] >= y and stack[2] >= x) or (stack[1] >= x and stack[2] >= y)):
+            bad("image", f"{stack[1]} x {stack[2]} pixels is too small to train on: the smallest image this job "
+                         f"trains on is {y} x {x} (or {x} x {y}): the network's smallest window, and room beside "
+                         "it for the validation block")
             return
         if config.spatial_dims == 3 and stack[0] < 2:
             bad("dims", "3d needs a stack of several slices; this image is a single 2D slice, use 2d")

@@ -34,9 +34,10 @@ Following a job from another process (the dock starts a multi-GPU job as a subpr
   (raising ``JobFailed`` on an error line), so a follower handles the same events as the dock does in-process.
 - Stop: create the file ``<model folder>/STOP`` (``stop_file``; rank 0 polls it every iteration and removes
   it when the job ends), or send SIGINT/SIGTERM to the launching process. Either way every rank stops at the
-  same iteration and rank 0 writes a checkpoint to resume from; the process exits 0 with a ``finished`` event
-  whose ``reason`` is ``"stopped"``. A second SIGINT/SIGTERM to the launcher ends the ranks without waiting
-  for that checkpoint.
+  same iteration and rank 0 writes a checkpoint to resume from, and prints a ``finished`` event whose
+  ``reason`` is ``"stopped"``; the process then exits 0 after a STOP file, or 128 + the signal's number after a
+  signal (143 for SIGTERM, 130 for SIGINT), so a cluster script can tell a job to resume from a finished one. A
+  second SIGINT/SIGTERM to the launcher ends the ranks without waiting for that checkpoint.
 """
 
 from __future__ import annotations
@@ -321,8 +322,9 @@ def _failure_line(failed: Any) -> tuple[str, int]:
 
 @contextlib.contextmanager
 def _stop_signals_forwarded() -> Iterator[None]:
-    """SIGINT/SIGTERM to the launcher become SIGTERM to each local rank (each then stops with the others at the
-    next iteration); a second one raises KeyboardInterrupt, and the launcher tears the ranks down."""
+    """SIGINT/SIGTERM to the launcher are passed on to each local rank (each then stops with the others at the
+    next iteration, and exits with that signal's status); a second one raises KeyboardInterrupt, and the launcher
+    tears the ranks down."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -334,7 +336,7 @@ def _stop_signals_forwarded() -> Iterator[None]:
         asked.set()
         for child in multiprocessing.active_children():
             with contextlib.suppress(ProcessLookupError):
-                os.kill(child.pid, signal.SIGTERM)
+                os.kill(child.pid, signum)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

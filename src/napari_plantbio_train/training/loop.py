@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import time
 from collections.abc import Generator, Sequence
 from pathlib import Path
@@ -22,7 +23,9 @@ from ..job.config import ConfigError, TrainConfig
 from ..job.events import (CheckpointSaved, Event, Finished, Preview, Progress, Started, StopSignal, Validation,
                           run_to_end, stop_requested)
 from ..models.losses import segmentation_loss
+from ..models.lock import FolderLock
 from ..models.network import UNet
+from ..models.store import ModelStore
 from ..runtime.hardware import job_device, processes_per_machine
 from ..runtime.memory import OutOfMemory, largest_fitting, out_of_memory_message, try_step
 from .distributed import Rank, agree, gather, mean, weights_digest
@@ -64,12 +67,26 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     events = _train(config, image, labels, extra_pairs=extra_pairs, auto_labels=auto_labels, models_dir=models_dir,
                     resume=resume, stop=stop, rank=rank)
     if rank.is_main:
-        return (yield from events)
+        return (yield from _owning(ModelStore(models_dir), config.name, events))
     while True:  # the other ranks do the same work with nothing to report
         try:
             next(events)
         except StopIteration as done:
             return done.value
+
+
+def _owning(store: ModelStore, name: str, events: Generator[Event, None, Path]) -> Generator[Event, None, Path]:
+    """The job's events while this process holds the model folder's lock (models/lock.py), taken before the job
+    checks or writes anything and released when it ends, however it ends. A job that ends before its first
+    checkpoint removes the folder it created, so its name is free again and no unfinished folder is left."""
+    with FolderLock(store.root, name):
+        created = not store.folder(name).exists()
+        try:
+            return (yield from events)
+        except BaseException:
+            if created and not store.exists(name):
+                shutil.rmtree(store.folder(name), ignore_errors=True)
+            raise
 
 
 def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
@@ -84,7 +101,8 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     target_dtype = torch.long if config.mode == "semantic" else torch.float32
 
     yield Started(folder, config.iterations, start, material.window, device.type, material.val_region,
-                  run.verdict.precision, run.batch_hint, run.verdict.reason)
+                  run.verdict.precision, run.batch_hint, run.verdict.reason,
+                  writer.planned_bytes(model) if writer is not None else None)
     began, limit = time.perf_counter(), (config.time_limit_min or 0) * 60.0
     seconds_ema: float | None = None
     iteration, last_saved, last_validated, reason = start, start, start, "completed"

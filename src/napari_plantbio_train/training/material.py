@@ -109,9 +109,9 @@ def _checked_pair(config: TrainConfig, image: np.ndarray, labels: np.ndarray, im
     """(stack, labels with the ignore value cleared, painted mask) of one pair, or an error naming its field."""
     which = "" if index is None else f"pair {index}: "
     try:
+        check_labels(labels, field=labels_field)  # first: its words for painted colours are the labels' own
         stack, truth = as_stack(image, field=image_field), as_stack(labels, field=labels_field)
         check_image(stack, field=image_field)
-        check_labels(truth, field=labels_field)
         if stack.shape != truth.shape:
             raise ConfigError(labels_field, f"shape {np.shape(labels)} differs from the image's {np.shape(image)}")
         truth, known = painted(config, truth)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..job.config import ConfigError
+from ..planning.window import held_out_size
 from ..models.normalisation import Normalisation
 
 Region = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # (start, stop) for z, y, x
@@ -28,10 +29,10 @@ def split_validation(shape: tuple[int, int, int], window: tuple[int, int, int], 
     """
     candidates = []
     for axis in (1, 2):
-        length, win = shape[axis], window[axis]
-        size = min(max(int(round(length * fraction)), min(32, length)), length - win)
-        if size < min(16, win):
+        size = held_out_size(shape[axis], window[axis], fraction)
+        if size is None:
             continue
+        length = shape[axis]
         for val_span, train_span in (((length - size, length), (0, length - size)), ((0, size), (size, length))):
             val, train = [(0, s) for s in shape], [(0, s) for s in shape]
             val[axis], train[axis] = val_span, train_span

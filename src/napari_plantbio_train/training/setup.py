@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..io.checks import check_labels, check_stack
 from ..job.config import ConfigError, TrainConfig
 from ..models.network import UNet
 from ..models.store import ModelStore, ModelWriter
@@ -58,6 +59,13 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     if extra_pairs and not config.extra_images:  # arrays without names (a script): name them by position
         config = config.replace(extra_images=tuple(f"pair {i}" for i in range(2, len(extra_pairs) + 2)),
                                 extra_labels=tuple(f"pair {i} labels" for i in range(2, len(extra_pairs) + 2)))
+    # The fields' own rules, then the arrays' shape and dtype (a colour image is not read as a stack of
+    # 3-pixel-wide slices), then the rules that need both.
+    wrong = config.problems()
+    if wrong:
+        raise wrong[0]
+    check_stack(image, field="image")
+    check_labels(labels, field="labels")
     config = checked(config, store, np.shape(image), np.shape(labels), resume=resume)
     previous_state, previous_meta, parent = None, None, None
     if resume:
