@@ -267,7 +267,9 @@ class TrainWidget(QWidget):
         self.progress.setValue(event.start_iteration)
         window = "×".join(str(w) for w in event.window)
         disk = "" if event.disk_bytes is None else f" Checkpoints take up to {size_text(event.disk_bytes)} of disk."
-        self._set_status(f"Training {event.model_dir.name} on the {event.device.upper()}, window {window}.{disk}")
+        plan = "".join(f"\n{line}" for line in event.plan)  # what the plan chose for the fields left on auto
+        self._set_status(f"Training {event.model_dir.name} on the {event.device.upper()}, window {window}.{disk}"
+                         f"{plan}")
 
     def _on_progress(self, event: Progress) -> None:
         """Recorded at once, shown at most once a second: on a small CPU every repaint in the GUI thread takes

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import planning
+from ..planning.plan import DEFAULT_CONTOUR_WIDTH
 from ..inference.postprocess import params_from_truth
 from ..io.checks import as_stack, check_image, check_labels
 from ..job.config import ConfigError, TrainConfig
@@ -127,7 +128,8 @@ def _source(config: TrainConfig, stack: np.ndarray, truth: np.ndarray, known: np
     if config.mode == "semantic":
         target = semantic_target(truth, classes).astype(np.uint8 if len(classes) < 256 else np.int64)
         return Source(stack, target, target > 0, known)
-    target = instance_targets(truth, per_slice=config.dims == "2d", contour_width=config.contour_width)
+    width = config.contour_width or DEFAULT_CONTOUR_WIDTH  # a job planned (planning.plan) always has one
+    target = instance_targets(truth, per_slice=config.dims == "2d", contour_width=width)
     target = target.astype(np.uint8)
     return Source(stack, target, target[0] > 0, known)
 
@@ -143,7 +145,7 @@ def _whole(shape: tuple[int, ...]) -> Region:
     return tuple((0, int(s)) for s in shape)  # type: ignore[return-value]
 
 
-INHERITED = ("mode", "dims", "voxel_size", "base_channels", "depth", "stem_stride", "contour_width")
+INHERITED = ("mode", "dims", "voxel_size", "base_channels", "depth", "stem_stride", "flat_levels", "contour_width")
 
 
 def inherit(config: TrainConfig, parent: ModelRecord) -> TrainConfig:
