@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from train_real import DATA, JOBS  # noqa: E402
 
 from napari_plantbio_train import LabelSettings, TrainConfig, label_stack, read, run_to_end, train  # noqa: E402
 from napari_plantbio_train.evaluation.evaluate import evaluate  # noqa: E402
+from napari_plantbio_train.runtime.hardware import cpu_model  # noqa: E402
 from napari_plantbio_train.job.events import Finished, Started, Validation  # noqa: E402
 
 SPLITS = {  # (training part, labelled part) as numpy index expressions on (Z, Y, X) / (Y, X)
@@ -40,16 +40,6 @@ SPLITS = {  # (training part, labelled part) as numpy index expressions on (Z, Y
     "plate2d": ((slice(0, 700), slice(None)), (slice(700, None), slice(None))),
 }
 MODES = {"chloroplast3d": ("instance", "3d"), "plate2d": ("semantic", "2d")}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def job_for(task: str, recipe: str, minutes: float, overrides: dict) -> dict:
@@ -82,7 +72,7 @@ def run(task: str, recipe: str, minutes: float, models_dir: Path, overrides: dic
     train_seconds = time.perf_counter() - started
 
     test_image, test_truth = image[test_part], truth[test_part]
-    result = {"task": task, "recipe": recipe, "cpu": cpu_name(), "model": config.name, "train_minutes": minutes,
+    result = {"task": task, "recipe": recipe, "cpu": cpu_model(), "model": config.name, "train_minutes": minutes,
               "train_seconds": round(train_seconds), "iterations": iterations, "window": window,
               "best_validation": None if best is None else round(best, 4), "plan": plan,
               "labelled_shape": list(test_image.shape), "load_before": [round(v, 2) for v in load_before]}
@@ -116,7 +106,7 @@ def main() -> int:
     models_dir = args.models_dir or Path(tempfile.mkdtemp(prefix="plantbio-accuracy-"))
     tasks = list(SPLITS) if args.task == "all" else [args.task]
     lines = [f"=== {datetime.datetime.now().isoformat(timespec='seconds')} label_accuracy "
-             f"{' '.join(sys.argv[1:]) or '(defaults)'} on {cpu_name()}"]
+             f"{' '.join(sys.argv[1:]) or '(defaults)'} on {cpu_model()}"]
     for task in tasks:
         for recipe in args.recipes.split(","):
             lines.append(json.dumps(run(task, recipe.strip(), args.minutes, models_dir, overrides)))

@@ -59,8 +59,7 @@ def main() -> int:
     models_dir = Path(tempfile.mkdtemp(prefix="plantbio-demo-")) / "models"
     widget.form.set_values(
         name=f"chloroplasts-demo-{time.strftime('%Y%m%d-%H%M%S')}", mode="instance", dims="3d",
-        window=(4, 128, 128), iterations=1500, time_limit_min=TIME_LIMIT_MIN, iteration_save=500,
-        batch_size=2, validate_every=100, base_channels=8, depth=3, stem_stride=2, models_dir=models_dir)
+        iterations=100_000, time_limit_min=TIME_LIMIT_MIN, models_dir=models_dir)  # the rest: the plan's
     if not widget.start():
         print(f"The form was refused: {widget.status.text()}", file=sys.stderr)
         return 1

@@ -61,9 +61,8 @@ def take(out: Path = OUT, minutes: float = 2.0) -> list[Path]:
         train_dock = viewer.window.add_dock_widget(trainer, name="Train segmentation model", area="right")
         trainer.image_picker.value = viewer.layers["organelles EM"]
         trainer.labels_picker.value = viewer.layers["organelles instances"]
-        trainer.form.set_values(name="organelles", mode="instance", dims="3d", window=(4, 128, 128),
-                                iterations=100_000, time_limit_min=minutes, validate_every=100, batch_size=2,
-                                stem_stride=2, depth=3, models_dir=models_dir)
+        trainer.form.set_values(name="organelles", mode="instance", dims="3d", iterations=100_000,
+                                time_limit_min=minutes, models_dir=models_dir)  # the rest as a user gets it
         viewer.layers["organelles classes"].visible = False
         if not trainer.start():
             raise RuntimeError(f"the training dock refused the job: {trainer.status.text()}")

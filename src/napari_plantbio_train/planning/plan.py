@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +29,12 @@ from ..job.config import ConfigError, TrainConfig
 from ..models.network import levels
 from .fingerprint import Fingerprint, fingerprint
 from .timing import step_seconds
-from .window import room_to_validate, deepest, held_out_size
+from .window import deepest, held_out_size, room_to_validate
 
 AUTO_FIELDS = ("voxel_size", "window", "stem_stride", "flat_levels", "depth", "base_channels", "lr", "batch_size",
                "validate_every", "contour_width")
 TARGET_ITERATIONS = 2000  # on the chloroplast job, validation F1 still rose at 1,750 iterations (benchmarks/)
+PLANNING_SHARE = 0.05  # of the budget, at most, spent timing candidates (beyond the first two)
 UNTIMED_BUDGET_S = 3600.0  # without a time limit, the pace the plan aims for: TARGET_ITERATIONS within an hour
 BASE_CHANNELS = 16
 LR = 2e-3  # the benchmarks' rate at batch 2-4 (1e-3 learned slower in the same minutes)
@@ -205,11 +207,11 @@ def _candidates(config: TrainConfig, shape: tuple[int, int, int], device: torch.
     batch = config.batch_size or ((8 if gpu else 2) if three else (16 if gpu else 4))
     options: list[tuple[int, int | None, tuple[int, ...]]] = []
     if three:
-        for stem, flat, z, xy in ((4, 2, 4, 512), (2, 2, 4, 256), (2, 2, 8, 256), (2, 0, 4, 256), (2, 0, 8, 256),
+        for stem, flat, z, xy in ((2, 2, 4, 128), (4, 2, 4, 512), (2, 2, 4, 256), (2, 2, 8, 256), (2, 0, 4, 256), (2, 0, 8, 256),
                                   (1, 2, 8, 256), (1, 0, 8, 256)):
             options.append((stem, flat, (z, xy, xy)))
     else:
-        for stem, xy in ((4, 512), (2, 256), (2, 512), (1, 256), (1, 512)):
+        for stem, xy in ((2, 128), (4, 512), (2, 256), (2, 512), (1, 256), (1, 512)):
             options.append((stem, None, (xy, xy)))
     if anisotropy > ANISOTROPIC and three:
         options = [(s, None if f == 0 else f, w) for s, f, w in options]  # the voxel size decides flatness too
@@ -297,6 +299,7 @@ def _choose(candidates: list[Candidate], config: TrainConfig, out_channels: int,
     per_step = budget / max(target, 1)
     timed: list[Candidate] = []
     best = None
+    started = time.perf_counter()
     for candidate in candidates:
         seconds = _seconds(candidate, config, out_channels, device, precision, threads, anisotropy, 3 * per_step)
         candidate = _with_seconds(candidate, seconds)
@@ -305,6 +308,8 @@ def _choose(candidates: list[Candidate], config: TrainConfig, out_channels: int,
             best = candidate
         elif best is not None or len(timed) > 1:
             break
+        if len(timed) > 1 and time.perf_counter() - started > PLANNING_SHARE * budget:
+            break  # measuring must not eat the job it plans (a 2-minute job spent 45 s here on busy cores)
     return (best or min(timed, key=lambda c: c.seconds or math.inf)), timed
 
 
@@ -332,10 +337,11 @@ def _with_seconds(candidate: Candidate, seconds: float) -> Candidate:
 
 
 def _validation_interval(iterations: int) -> int:
-    """About ten validations a job, at round numbers, between 25 and 500 iterations apart."""
-    raw = max(25, min(500, iterations // 10))
-    step = 25 if raw < 200 else 50
-    return int(max(25, (raw // step) * step))
+    """About ten validations a job, at round numbers, between 10 and 500 iterations apart (a short job on a slow
+    machine still sees its curve)."""
+    raw = max(10, min(500, iterations // 10))
+    step = 5 if raw < 50 else 25 if raw < 200 else 50
+    return int(max(10, (raw // step) * step))
 
 
 def _show(value: Any) -> str:

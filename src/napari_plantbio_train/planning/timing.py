@@ -3,7 +3,8 @@
 The plan compares candidate networks by their measured step time against the job's budget. A few real steps
 (forward, loss, backward, optimiser) are timed after one warm-up step, in the job's number format and thread
 count, and the seconds are kept per machine in the cache folder, so the same plan is made again at once (and
-the plan is the same for the same data and machine figures).
+the plan is the same for the same data and machine figures). Times taken while the cores are busy with other
+work are used for this job only, never kept.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..runtime.hardware import Machine, autocast_for, cache_folder
 
 TIMES_FILE = "step-times.json"
 TIMED_STEPS = 2
+SHARED_SHARE = 0.5  # of the CPU time the threads could have had: below it, other work shared the cores
 
 
 def step_seconds(network: dict[str, Any], window: tuple[int, ...], batch: int, mode: str, *, device: torch.device,
@@ -37,13 +39,17 @@ def step_seconds(network: dict[str, Any], window: tuple[int, ...], batch: int, m
     cached = _read().get(key)
     if cached is not None:
         return float(cached)
-    seconds = _measure(network, window, batch, mode, device, precision, threads, give_up_after)
-    _write(key, seconds)
+    seconds, shared = _measure(network, window, batch, mode, device, precision, threads, give_up_after)
+    if not shared:  # a time measured while other work shared the cores would mislead every later plan
+        _write(key, seconds)
     return seconds
 
 
 def _measure(network: dict[str, Any], window: tuple[int, ...], batch: int, mode: str, device: torch.device,
-             precision: str, threads: int, give_up_after: float | None) -> float:
+             precision: str, threads: int, give_up_after: float | None) -> tuple[float, bool]:
+    """(seconds of the fastest timed step, whether the cores were shared meanwhile). Shared: this process got
+    much less CPU time than its threads could use in the wall time (another busy process; seen on 2 cores to
+    slow steps about 5x)."""
     before = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(threads)
@@ -58,9 +64,9 @@ def _measure(network: dict[str, Any], window: tuple[int, ...], batch: int, mode:
         else:
             target = (torch.rand(batch, channels, *window, device=device) > 0.5).float()
         autocast = autocast_for(precision, device)
-        times = []
+        times, cpu = [], []
         for step in range(1 + TIMED_STEPS):
-            start = time.perf_counter()
+            start, used = time.perf_counter(), time.process_time()
             with autocast:
                 logits = model(x)
             segmentation_loss(logits.float(), target, mode).backward()
@@ -69,9 +75,11 @@ def _measure(network: dict[str, Any], window: tuple[int, ...], batch: int, mode:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - used)
             if step == 0 and give_up_after is not None and times[0] > give_up_after:
-                return times[0]
-        return min(times[1:])
+                break
+        fastest = min(times[1:] or times)
+        return fastest, device.type == "cpu" and sum(cpu) < SHARED_SHARE * threads * sum(times)
     finally:
         torch.set_num_threads(before)
 

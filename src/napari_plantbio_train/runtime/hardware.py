@@ -96,7 +96,7 @@ class Machine:
     def here(cls, device: torch.device) -> "Machine":
         cpu = torch.cpu
         gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-        return cls(cpu=_cpu_model(), bf16=bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()),
+        return cls(cpu=cpu_model(), bf16=bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()),
                    amx=bool(getattr(cpu, "_is_amx_tile_supported", lambda: False)()), gpu=gpu,
                    torch=torch.__version__)
 
@@ -330,7 +330,7 @@ def _describe(candidate: Candidate) -> str:
     return f"{candidate.precision} with AMX off" if candidate.isa_limit == AMX_OFF else candidate.precision
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
