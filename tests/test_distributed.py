@@ -33,7 +33,8 @@ from napari_plantbio_train.models.store import ModelStore
 CLI = [sys.executable, "-m", "napari_plantbio_train.cli", "train"]
 # Two threads for the machine's two processes: one each.
 JOB = ["--mode", "instance", "--dims", "3d", "--voxel-size", "5", "5", "50", "--window", "2,64,64", "--gpus", "0",
-       "--workers", "2", "--batch-size", "1", "--base-channels", "4", "--depth", "2", "--precision", "fp32",
+       "--workers", "2", "--batch-size", "1", "--base-channels", "4", "--depth", "2", "--stem-stride", "1",
+       "--precision", "fp32",
        "--quiet"]
 LIMIT_S = 120  # a bound, not an expectation: a job here takes 5-10 s, more while other work shares the cores
 
