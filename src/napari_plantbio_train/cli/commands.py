@@ -96,6 +96,8 @@ def _pairs(args: argparse.Namespace) -> dict[str, Any]:
         fields["pair_weights"] = tuple(args.balance)
     if args.touched_only is not None:
         fields["touched_only"], fields["auto_labels"] = True, args.touched_only
+    if args.reviewed is not None:
+        fields["reviewed"] = args.reviewed
     return fields
 
 
@@ -144,7 +146,7 @@ def train_rank(job: dict[str, Any], out: TextIO | None = None) -> int:
     config, out = TrainConfig.from_dict(job["config"]), out or sys.stdout
     stop = threading.Event()
     with _signals_set(stop) as received, distributed.process_group(job_device(config)) as rank:
-        image, labels, extra, auto_labels = _read_data(config, job["data"])
+        image, labels, extra, auto_labels, reviewed = _read_data(config, job["data"])
         # Rank 0 alone polls the STOP file: the ranks agree on stopping anyway, and only it may delete the file,
         # once it owns the folder (its Started event): before that the file may be another running job's.
         stop_path = wire.stop_file(ModelStore(job["models_dir"]).folder(config.name)) if rank.is_main else None
@@ -155,7 +157,7 @@ def train_rank(job: dict[str, Any], out: TextIO | None = None) -> int:
 
         report = _reporter(job, config, rank, out)
         try:
-            events = train(config, image, labels, extra_pairs=extra, auto_labels=auto_labels,
+            events = train(config, image, labels, extra_pairs=extra, auto_labels=auto_labels, reviewed=reviewed,
                            models_dir=job["models_dir"], resume=job["resume"], stop=stopping, rank=rank)
             while True:
                 try:
@@ -193,14 +195,17 @@ def _launched_rank(job: dict[str, Any]) -> int:
 
 def _read_data(config: TrainConfig, data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray,
                                                                     list[tuple[np.ndarray, np.ndarray]],
-                                                                    np.ndarray | None]:
+                                                                    np.ndarray | None, np.ndarray | None]:
     image, labels = _read_pair(data["image"], data["labels"], "image", "labels")
     extra = [_read_pair(i, lab, "extra_images", "extra_labels")
              for i, lab in zip(data.get("extra_images") or (), data.get("extra_labels") or ())]
     auto_labels = None
+    reviewed = None
     if config.touched_only and data.get("auto_labels"):
         auto_labels = _read(data["auto_labels"], "auto_labels")
-    return image, labels, extra, auto_labels
+        if data.get("reviewed"):
+            reviewed = _read(data["reviewed"], "reviewed")
+    return image, labels, extra, auto_labels, reviewed
 
 
 def _check_before_launch(config: TrainConfig, data: dict[str, Any], args: argparse.Namespace) -> None:

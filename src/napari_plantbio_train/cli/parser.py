@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="trust only the regions of the first --labels that differ from this auto-label result (the one "
              "they were corrected from), plus --touched-margin pixels around them; the rest is ignored")
     add("--touched-margin", type=int, help="pixels of context around each correction (default 16)")
+    add("--reviewed", metavar="MASK",
+        help="with --touched-only: a mask (non-zero: reviewed) of voxels checked by hand, trusted like the "
+             "corrections even where the labels did not change (objects accepted as right)")
     add("--mode", choices=MODES, help="semantic (classes) or instance (touching objects apart)")
     add("--dims", choices=DIMS, help="2d: every slice on its own; 3d: the stack is one volume")
     add("--name", help="unique model name (a safe folder name); required unless --config gives it")
