@@ -262,14 +262,18 @@ def _run_predict(args: argparse.Namespace, out: TextIO) -> int:
     settings = LabelSettings(overlap=args.overlap, tta=args.tta, batch_size=args.batch_size, precision=args.precision,
                              device=args.device, which=args.checkpoint, postprocess=postprocess,
                              block_voxels=args.block_voxels, workers=args.workers, scheduler=args.scheduler)
+    _check_queue_targets(args)
     stop = threading.Event()
     bar = None if args.quiet or args.events == "jsonl" else ProgressLine(out)
     report = JsonLines(out) if args.events == "jsonl" else None
+    # The queue ranks by doubt among other signs: without a file for the uncertainty it is kept in memory.
+    uncertainty = args.uncertainty or (True if args.queue else None)
+    kept: dict[str, Any] = {}
     with _signals_set(stop) as received:
-        for event in label_stack(args.model, image, models_dir=args.models_dir, output=args.output,
-                                 probabilities=args.probabilities, uncertainty=args.uncertainty,
-                                 settings=settings, overwrite=args.overwrite,
-                                 stop=stop):
+        events = label_stack(args.model, image, models_dir=args.models_dir, output=args.output,
+                             probabilities=args.probabilities, uncertainty=uncertainty, settings=settings,
+                             overwrite=args.overwrite, stop=stop)
+        for event in _keeping_result(events, kept):
             if report is not None:
                 report(event)
                 if isinstance(event, LabelFinished) and event.cancelled:
@@ -287,7 +291,47 @@ def _run_predict(args: argparse.Namespace, out: TextIO) -> int:
                 _line(bar, out, f"{status} in {_duration(event.seconds)}{objects}")
                 if event.cancelled:
                     return stopped_status(received) or 130
+    if args.queue:
+        _write_queue(args, kept["result"], image)
     return 0
+
+
+def _keeping_result(events: Any, kept: dict[str, Any]) -> Iterator[Any]:
+    """The events of a job's generator; what it returns is put into ``kept["result"]``."""
+    kept["result"] = yield from events
+
+
+def _check_queue_targets(args: argparse.Namespace) -> None:
+    """The queue's files are checked with the other outputs, before any work."""
+    for option, suffixes in (("queue", (".json",)), ("novelty", (".npy", ".tif", ".tiff"))):
+        path = getattr(args, option)
+        if path is None:
+            continue
+        if option == "novelty" and not args.queue:
+            raise ConfigError("novelty", "the new-tissue map comes with the queue: give --queue too")
+        if Path(path).suffix.lower() not in suffixes:
+            raise ConfigError(option, f"{Path(path).name}: write it as {' or '.join(suffixes)}")
+        if Path(path).exists() and not args.overwrite:
+            raise ConfigError(option, f"{path} exists; give --overwrite to replace it")
+
+
+def _write_queue(args: argparse.Namespace, result: Any, image: Any) -> None:
+    from ..inference.proofreading import queue_document, with_queue
+    from ..io.files import atomic_write, atomic_write_json
+
+    result = with_queue(result, image)
+    if result.queue is None:
+        raise ConfigError("queue", f"model {args.model!r} is a {result.record.config.mode} model: the queue ranks "
+                                   "objects of an instance model")
+    atomic_write_json(Path(args.queue), queue_document(result))
+    if args.novelty and result.novelty is not None:
+        path = Path(args.novelty)
+        if path.suffix.lower() == ".npy":
+            atomic_write(path, lambda handle: np.save(handle, result.novelty, allow_pickle=False))
+        else:
+            import tifffile
+
+            atomic_write(path, lambda handle: tifffile.imwrite(handle, result.novelty))
 
 
 def _run_evaluate(args: argparse.Namespace, out: TextIO) -> int:

@@ -133,6 +133,11 @@ def _add_predict(commands: Any) -> None:
     add("--models-dir", help="models folder (default: $PLANTBIO_MODELS_DIR or the user data folder)")
     add("--probabilities", help="also write the probability maps to this .zarr path")
     add("--uncertainty", help="also write a map of the model's doubt (0..1) to this .zarr or .tif path")
+    add("--queue", metavar="QUEUE.json",
+        help="instance models: also write the proofreading queue, the objects from the likeliest error down "
+             "(doubt, unlike the training objects, size or shape, new tissue), as JSON")
+    add("--novelty", metavar="MAP.npy|MAP.tif",
+        help="with --queue: also write the 'new tissue' map (0..1 per tile: how unlike the training stack)")
     add("--checkpoint", choices=("best", "last"), default="best", help="which weights to use (default best)")
     add("--precision", choices=PRECISIONS, default="auto",
         help="auto: bf16 where the hardware runs it natively and a probe saw it work, else fp32")

@@ -96,6 +96,8 @@ class LabelResult:
     objects: int | None
     seconds: float
     uncertainty: Any | None = None  # entropy of the probabilities, 0..1 (see uncertainty.py)
+    novelty: np.ndarray | None = None  # the "new tissue" map, one value per tile (proofreading.with_queue)
+    queue: tuple | None = None  # proofreading.QueueEntry, likeliest error first (proofreading.with_queue)
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,9 @@ FIELDS: dict[str, Check] = {
                                     "digest": _text}, required=("shape", "region", "digest"))),
     "validation_before": _optional(_table({"validation_score": _optional(_number)}, required=())),
     "best_parts": _optional(_table({"learned_score": _number, "kept_score": _number}, required=())),
+    "statistics": _optional(_table({"tile": _integer(1), "objects": _list_of(_list_of(_number)),
+                                    "tiles": _list_of(_list_of(_number, lengths=(2,)))},
+                                   required=("tile", "objects", "tiles"))),
 }
 REQUIRED = ("network", "normalisation", "window", "iterations_done", "last")
 CHECKPOINTS = ("last", "best")  # the fields that name files of the folder

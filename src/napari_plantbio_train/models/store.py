@@ -70,6 +70,7 @@ class ModelRecord:
     kept_block: dict[str, Any] | None = None  # the lineage's held-out block on its first stack (training/holdout.py)
     before: dict[str, float] | None = None  # a version's parent scored on what it holds out, before its first step
     best_parts: dict[str, float] | None = None  # the best checkpoint's learned_score and kept_score
+    statistics: dict[str, Any] | None = None  # its training objects and tiles (inference/proofreading.py)
 
     @property
     def score_name(self) -> str:
@@ -174,7 +175,7 @@ class ModelStore:
                            best_iteration=meta.get("best_iteration"), postprocess=meta.get("postprocess"),
                            parent=meta.get("parent"), lineage=tuple(meta.get("lineage", ())),
                            kept_block=meta.get("kept_block"), before=meta.get("validation_before"),
-                           best_parts=meta.get("best_parts"))
+                           best_parts=meta.get("best_parts"), statistics=meta.get("statistics"))
 
     def load_checkpoint(self, record: ModelRecord, which: str = "best") -> dict[str, Any]:
         """The checkpoint's tensors and counters; only plain data is accepted from the file, and only from a file

@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import planning
 from ..inference.postprocess import params_from_truth
+from ..inference.proofreading import training_statistics
 from ..io.checks import as_stack, check_image, check_labels
 from ..job.config import ConfigError, TrainConfig
 from ..models.normalisation import Normalisation
@@ -59,6 +60,7 @@ class Material:
     extra: list[Source] = field(default_factory=list)
     weights: tuple[float, ...] = (1.0,)
     holdout: Holdout | None = None  # what validation scores (None: the block val_region of the first pair)
+    statistics: dict | None = None  # the training objects and tiles, for the proofreading queue (plain data)
 
     def pool(self) -> Pool:
         """The pairs as the window samplers draw from them, each within its training region."""
@@ -124,8 +126,27 @@ def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previ
         postprocess = (previous or {}).get("postprocess") or params_from_truth(
             crop(truth, train_region), per_slice=config.dims == "2d", anisotropy=config.anisotropy)
     weights = tuple(float(w) for w in config.pair_weights) if config.pair_weights else (1.0,) * len(sources)
-    return Material(stack, truth, first.target, classes, normalisation, window, first.foreground, train_region,
-                    val_region, postprocess, first.known, sources[1:], weights, holdout)
+    material = Material(stack, truth, first.target, classes, normalisation, window, first.foreground, train_region,
+                        val_region, postprocess, first.known, sources[1:], weights, holdout)
+    material.statistics = _statistics(config, material, previous)
+    return material
+
+
+def _statistics(config: TrainConfig, material: Material, previous: dict | None) -> dict:
+    """What the model trains on, as the proofreading queue compares new stacks with it: each pair within its
+    training region and where it is trusted (held-out voxels are not trained on). A resumed job keeps what it
+    saved; a continued one adds its own data to its parent's."""
+    if previous and previous.get("resumed") and previous.get("statistics"):
+        return previous["statistics"]
+    pairs = []
+    for index, (stack, truth, _target, known) in enumerate(material.pair(i) for i in range(1 + len(material.extra))):
+        region = material.train_region if index == 0 else material.extra[index - 1].region
+        if index == 0 and material.holdout is not None and material.holdout.withheld is not None:
+            known = known & ~material.holdout.withheld
+        pairs.append((crop(stack, region), crop(truth, region) if config.mode == "instance" else None,
+                      None if known is None else crop(known, region)))
+    return training_statistics(pairs, material.normalisation, material.window, instance=config.mode == "instance",
+                               previous=(previous or {}).get("statistics"))
 
 
 def _checked_pair(config: TrainConfig, image: np.ndarray, labels: np.ndarray, image_field: str, labels_field: str,

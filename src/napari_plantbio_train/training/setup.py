@@ -71,14 +71,16 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     if resume:
         record = store.record(config.name)
         previous_meta = {"classes": record.classes, "normalisation": record.normalisation,
-                         "postprocess": record.postprocess, "kept_block": record.kept_block}
+                         "postprocess": record.postprocess, "kept_block": record.kept_block,
+                         "statistics": record.statistics, "resumed": True}
         previous_state = store.load_checkpoint(record, "last")
     elif config.init_from is not None:
         # A new version: the parent's weights, intensity scale and classes, so what it learned carries over and
         # its outputs keep their meaning; optimiser and schedule start afresh for the new labels.
         parent = store.record(config.init_from)
         previous_meta = {"classes": parent.classes, "normalisation": parent.normalisation,
-                         "postprocess": parent.postprocess, "kept_block": parent.kept_block}
+                         "postprocess": parent.postprocess, "kept_block": parent.kept_block,
+                         "statistics": parent.statistics}
     if len(extra_pairs) != len(config.extra_images):
         raise ConfigError("extra_images", f"{len(config.extra_images)} extra pair(s) named but "
                                           f"{len(extra_pairs)} given")
@@ -116,7 +118,8 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
                         classes=material.classes, window=list(material.window),
                         validation_region=[list(r) for r in material.val_region], mode=config.mode,
                         dims=config.dims, voxel_size=list(config.voxel_size), postprocess=material.postprocess,
-                        kept_block=material.holdout.kept_block, validation=material.holdout.describe())
+                        kept_block=material.holdout.kept_block, validation=material.holdout.describe(),
+                        statistics=material.statistics)
         if parent is not None:
             writer.describe(parent=parent.name, lineage=[*parent.lineage, parent.name],
                             parent_iterations=parent.iterations_done, parent_best_score=parent.best_score)
