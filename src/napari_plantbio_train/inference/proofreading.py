@@ -34,6 +34,7 @@ from scipy.spatial import cKDTree
 
 from ..io.stacks import read_array
 from ..models.normalisation import Normalisation
+from ..models.store import ModelRecord
 from .label import LabelResult
 from .uncertainty import rank_objects
 
@@ -349,13 +350,17 @@ def with_queue(result: LabelResult, image: Any) -> LabelResult:
     the labels and uncertainty it holds (arrays, or the files they were written to)."""
     if result.labels is None or result.uncertainty is None or result.record.config.mode != "instance":
         return result
-    record = result.record
+    novelty, queue = queue_for(result.record, _loaded(result.labels), image, _loaded(result.uncertainty))
+    return replace(result, novelty=novelty, queue=tuple(queue))
+
+
+def queue_for(record: ModelRecord, labels: np.ndarray, image: Any,
+              uncertainty: np.ndarray) -> tuple[np.ndarray | None, list[QueueEntry]]:
+    """(the "new tissue" map, the queue) of labels a user is proofreading, by what ``record`` trained on."""
     normalisation = Normalisation.from_dict(record.normalisation)
-    labels, uncertainty = _loaded(result.labels), _loaded(result.uncertainty)
     statistics = record.statistics
     novelty = novelty_map(image, statistics, normalisation) if statistics else None
-    queue = error_queue(labels, image, uncertainty, statistics, normalisation, novelty)
-    return replace(result, novelty=novelty, queue=tuple(queue))
+    return novelty, error_queue(labels, image, uncertainty, statistics, normalisation, novelty)
 
 
 def queue_document(result: LabelResult) -> dict[str, Any]:
