@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from napari_plantbio_train import planning
+from napari_plantbio_train.planning.plan import LR
 from napari_plantbio_train.runtime.hardware import processes_per_machine
 from napari_plantbio_train.io import wire
 from napari_plantbio_train.training import distributed
@@ -83,7 +84,7 @@ def test_two_cpu_processes_train_one_model_reported_once(two_process_model):
     assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3, 4]
     meta = json.loads((folder / "model.json").read_text())
     assert meta["runs"] == [{"from_iteration": 0, "world_size": 2, "device": "cpu", "batch_size": 1,
-                             "iteration_step": 1, "effective_batch_size": 2, "lr": 1e-3}]
+                             "iteration_step": 1, "effective_batch_size": 2, "lr": LR}]  # the plan's rate
     preview = _of(events, Preview)[-1]  # read back from the .npy files rank 0 wrote
     z, y, x = (b - a for a, b in events[0].validation_region)
     assert preview.probabilities.shape == (2, z, y, x) and preview.labels.shape == (z, y, x)

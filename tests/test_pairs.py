@@ -11,6 +11,7 @@ import torch
 from scipy import ndimage
 
 from napari_plantbio_train import planning
+from napari_plantbio_train.planning.plan import DEFAULT_CONTOUR_WIDTH
 from napari_plantbio_train.cli import main
 from napari_plantbio_train.job.config import ConfigError, TrainConfig
 from napari_plantbio_train.training.known import touched
@@ -94,7 +95,7 @@ def test_touched_only_puts_nothing_of_the_untouched_area_in_the_loss(chloroplast
     # windows drawn with the same seed must give exactly the same loss for any network output.
     # (Instance targets mark contours from labels up to `contour_width` away in-plane and one slice away along z,
     # so the scramble keeps that far off in voxels along every axis.)
-    far = ndimage.distance_transform_edt(~material.known) > config.contour_width + 1
+    far = ndimage.distance_transform_edt(~material.known) > (config.contour_width or DEFAULT_CONTOUR_WIDTH) + 1
     other_corrected, other_auto = corrected.copy(), auto.copy()
     scramble = np.random.default_rng(1).integers(0, 5, corrected.shape).astype(corrected.dtype)
     other_corrected[far], other_auto[far] = scramble[far], scramble[far]

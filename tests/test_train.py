@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from napari_plantbio_train.job.config import ConfigError, TrainConfig
+from napari_plantbio_train.planning.plan import auto_fields
 from napari_plantbio_train.job.events import CheckpointSaved, Finished, Preview, Progress, Started, Validation
 from napari_plantbio_train.models.store import ModelError, ModelStore
 from napari_plantbio_train.training.loop import lr_at, run_to_end, train
@@ -71,7 +72,10 @@ def test_instance_3d_writes_a_complete_model(chloroplast_crop, models_dir):
     store = ModelStore(models_dir)
     assert store.names() == ["chl3d"]
     model, record = store.load_model("chl3d")
-    assert record.iterations_done == 12 and record.config == config
+    # The job as it trained: the fields given, and the plan's choices for those left empty.
+    assert record.iterations_done == 12
+    assert record.config.replace(**{f: getattr(config, f) for f in auto_fields(config)}) == config
+    assert all(getattr(record.config, f) is not None for f in auto_fields(config))
     assert record.normalisation["low"] < record.normalisation["high"]
     x = torch.zeros(1, 1, 2, 64, 64)
     assert model(x).shape == (1, 2, 2, 64, 64)

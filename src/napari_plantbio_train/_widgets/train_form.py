@@ -54,7 +54,10 @@ TIPS = {
     "painted_slices_only": "Train on a few painted slices: slices with no label at all add nothing to the loss.",
     "ignore_value": "A label value painted where the labels say nothing (left out of the loss); none: every "
                     "value is a label.",
-    "stem_stride": "Run the network at 1/2 or 1/4 of the in-plane resolution: much faster on a CPU, coarser edges.",
+    "stem_stride": "Run the network at 1/2 or 1/4 of the in-plane resolution: much faster on a CPU, coarser edges. "
+                   "auto: the plan measures the candidates here and keeps the most detailed one the time allows.",
+    "flat_levels": "3d: how many upper levels convolve in-plane only (cheap; right for thick sections). auto: the "
+                   "plan's choice.",
     "init_from": "Continue from a trained model: a new version that starts from its weights, with its network, "
                  "voxel size and classes, a lower learning rate and a short schedule.",
     "touched_only": "Only the corrected regions of the first labels (and a margin around them) count in training.",
@@ -63,9 +66,10 @@ TIPS = {
 }
 # What a parent's job fills in when continuing from it. Hardware (#GPU, #CPU) is left as it is: it belongs to this
 # machine, and a parent trained on a GPU cluster must not ask for GPUs this machine lacks.
+AUTO = "auto"
 PREFILLED = ("name", "mode", "dims", "voxel_size", "window", "lr", "iteration_step", "iteration_save",
              "keep_checkpoints", "iterations", "batch_size", "time_limit_min", "validate_every", "base_channels", "depth", "stem_stride",
-             "contour_width", "painted_slices_only", "ignore_value")
+             "flat_levels", "contour_width", "painted_slices_only", "ignore_value")
 
 
 def _spin(minimum: int, maximum: int, value: int, special: str | None = None) -> QSpinBox:
@@ -106,12 +110,13 @@ class TrainForm(QWidget):
         self.workers = _spin(1, 1024, min(defaults.workers, 64))
         self.data_workers = _spin(-1, 64, -1, special="auto")
         self.cpu_processes = _spin(1, 256, defaults.cpu_processes)
-        self.lr = QLineEdit(f"{defaults.lr:g}")
+        self.lr = QLineEdit()
+        self.lr.setPlaceholderText("auto")
         self.iteration_step = _spin(1, 1024, defaults.iteration_step)
         self.iteration_save = _spin(1, 10_000_000, defaults.iteration_save)
         self.keep_checkpoints = _spin(1, 10_000, defaults.keep_checkpoints)
         self.iterations = _spin(1, 10_000_000, defaults.iterations)
-        self.batch_size = _spin(1, 1024, defaults.batch_size)
+        self.batch_size = _spin(0, 1024, 0, special="auto")
         self.name = QLineEdit()
         self.name.setPlaceholderText("e.g. chloroplasts-3d")
         self.time_limit = QDoubleSpinBox()
@@ -123,13 +128,14 @@ class TrainForm(QWidget):
         browse.setMaximumWidth(30)
         browse.setToolTip("Choose the models folder")
         browse.clicked.connect(self._browse_models_dir)
-        self.validate_every = _spin(1, 10_000_000, defaults.validate_every)
-        self.base_channels = _spin(1, 256, defaults.base_channels)
-        self.depth = _spin(1, 8, defaults.depth)
-        self.contour_width = _spin(1, 64, defaults.contour_width)
+        # 0 (or "auto", -1 where 0 is a value) leaves the field to the plan, which says what it chose.
+        self.validate_every = _spin(0, 10_000_000, 0, special="auto")
+        self.base_channels = _spin(0, 256, 0, special="auto")
+        self.depth = _spin(0, 8, 0, special="auto")
+        self.contour_width = _spin(0, 64, 0, special="auto")
         self.stem_stride = QComboBox()
-        self.stem_stride.addItems(["1", "2", "4"])
-        self.stem_stride.setCurrentText(str(defaults.stem_stride))
+        self.stem_stride.addItems([AUTO, "1", "2", "4"])
+        self.flat_levels = _spin(-1, 8, -1, special="auto")
         self.painted_slices_only = QCheckBox("slices without labels are unpainted, not background")
         self.ignore_value = _spin(-1, 2**31 - 1, -1, special="none")
         # Not a field of the job: where this dock runs it. Off by default, so a crash can never close napari.
@@ -174,6 +180,7 @@ class TrainForm(QWidget):
             ("Network width", "base_channels", self.base_channels),
             ("Network depth", "depth", self.depth),
             ("Stem stride", "stem_stride", self.stem_stride),
+            ("In-plane levels", "flat_levels", self.flat_levels),
             ("Contour width", "contour_width", self.contour_width),
             ("Partial labels", "painted_slices_only", self.painted_slices_only),
             ("Ignore label value", "ignore_value", self.ignore_value),
@@ -242,7 +249,7 @@ class TrainForm(QWidget):
         """The fields a continued model takes from its parent (``train.INHERITED``), by field name."""
         widgets = {"mode": [self.mode], "dims": [self.dims], "voxel_size": self.voxel,
                    "base_channels": [self.base_channels], "depth": [self.depth], "stem_stride": [self.stem_stride],
-                   "contour_width": [self.contour_width]}
+                   "flat_levels": [self.flat_levels], "contour_width": [self.contour_width]}
         return {field: widgets[field] for field in INHERITED}  # a KeyError here: a new inherited field to show
 
     def _on_parent_changed(self) -> None:
@@ -283,13 +290,16 @@ class TrainForm(QWidget):
         """The form as a config, plus the fields that could not even be parsed (those keep their defaults)."""
         errors: list[ConfigError] = []
         window = _parse_window(self.window.text(), errors)
-        try:
-            lr = float(self.lr.text())
-            if not math.isfinite(lr):
-                raise ValueError
-        except ValueError:
-            errors.append(ConfigError("lr", f"{self.lr.text()!r} is not a number (e.g. 0.001 or 1e-3)"))
-            lr = TrainConfig(name="").lr
+        lr = None
+        if self.lr.text().strip() and self.lr.text().strip().lower() != AUTO:
+            try:
+                lr = float(self.lr.text())
+                if not math.isfinite(lr):
+                    raise ValueError
+            except ValueError:
+                errors.append(ConfigError("lr", f"{self.lr.text()!r} is not a number (e.g. 0.001 or 1e-3), or "
+                                                "empty for the plan to choose"))
+                lr = None
         image, labels = self.image.value, self.labels.value
         extra_images, extra_labels = self.pairs.names()
         parent: ModelRecord | None = self.continue_from.record
@@ -311,13 +321,14 @@ class TrainForm(QWidget):
             iteration_save=self.iteration_save.value(),
             keep_checkpoints=self.keep_checkpoints.value(),
             iterations=self.iterations.value(),
-            batch_size=self.batch_size.value(),
+            batch_size=self.batch_size.value() or None,
             time_limit_min=self.time_limit.value() or None,
-            validate_every=self.validate_every.value(),
-            base_channels=self.base_channels.value(),
-            depth=self.depth.value(),
-            stem_stride=int(self.stem_stride.currentText()),
-            contour_width=self.contour_width.value(),
+            validate_every=self.validate_every.value() or None,
+            base_channels=self.base_channels.value() or None,
+            depth=self.depth.value() or None,
+            stem_stride=None if self.stem_stride.currentText() == AUTO else int(self.stem_stride.currentText()),
+            flat_levels=None if self.flat_levels.value() < 0 else self.flat_levels.value(),
+            contour_width=self.contour_width.value() or None,
             painted_slices_only=self.painted_slices_only.isChecked(),
             ignore_value=None if self.ignore_value.value() < 0 else self.ignore_value.value(),
             init_from=parent.name if parent is not None else None,
@@ -336,24 +347,25 @@ class TrainForm(QWidget):
             "name": lambda v: self.name.setText(str(v)),
             "mode": self.mode.setCurrentText,
             "dims": self.dims.setCurrentText,
-            "voxel_size": lambda v: [box.setValue(float(s)) for box, s in zip(self.voxel, v)],
+            "voxel_size": lambda v: [box.setValue(float(s)) for box, s in zip(self.voxel, v or (1.0, 1.0, 1.0))],
             "window": lambda v: self.window.setText("" if v is None else ",".join(str(int(w)) for w in v)),
             "gpus": lambda v: self.gpus.setValue(-1 if v is None else int(v)),
             "workers": self.workers.setValue,
             "data_workers": lambda v: self.data_workers.setValue(-1 if v is None else int(v)),
             "cpu_processes": lambda v: self.cpu_processes.setValue(int(v)),
-            "lr": lambda v: self.lr.setText(f"{v:g}" if isinstance(v, float) else str(v)),
+            "lr": lambda v: self.lr.setText("" if v is None else f"{v:g}" if isinstance(v, float) else str(v)),
             "iteration_step": self.iteration_step.setValue,
             "iteration_save": self.iteration_save.setValue,
             "keep_checkpoints": self.keep_checkpoints.setValue,
             "iterations": self.iterations.setValue,
-            "batch_size": self.batch_size.setValue,
+            "batch_size": lambda v: self.batch_size.setValue(int(v or 0)),
             "time_limit_min": lambda v: self.time_limit.setValue(float(v or 0.0)),
-            "validate_every": self.validate_every.setValue,
-            "base_channels": self.base_channels.setValue,
-            "depth": self.depth.setValue,
-            "stem_stride": lambda v: self.stem_stride.setCurrentText(str(v)),
-            "contour_width": self.contour_width.setValue,
+            "validate_every": lambda v: self.validate_every.setValue(int(v or 0)),
+            "base_channels": lambda v: self.base_channels.setValue(int(v or 0)),
+            "depth": lambda v: self.depth.setValue(int(v or 0)),
+            "stem_stride": lambda v: self.stem_stride.setCurrentText(AUTO if v is None else str(v)),
+            "flat_levels": lambda v: self.flat_levels.setValue(-1 if v is None else int(v)),
+            "contour_width": lambda v: self.contour_width.setValue(int(v or 0)),
             "painted_slices_only": lambda v: self.painted_slices_only.setChecked(bool(v)),
             "ignore_value": lambda v: self.ignore_value.setValue(-1 if v is None else int(v)),
             "models_dir": lambda v: self.models_dir.setText(str(v)),
@@ -381,7 +393,7 @@ class TrainForm(QWidget):
             label.setText(f"{label.text()}\n{error.message}" if label.text() else error.message)
             label.setVisible(True)
             if error.field in {"validate_every", "keep_checkpoints", "data_workers", "cpu_processes", "base_channels", "depth",
-                               "stem_stride", "contour_width", "painted_slices_only", "ignore_value"}:
+                               "stem_stride", "flat_levels", "contour_width", "painted_slices_only", "ignore_value"}:
                 self.advanced_toggle.setChecked(True)
         return elsewhere
 

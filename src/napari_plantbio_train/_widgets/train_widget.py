@@ -268,7 +268,9 @@ class TrainWidget(QWidget):
         window = "×".join(str(w) for w in event.window)
         disk = "" if event.disk_bytes is None else f" Checkpoints take up to {size_text(event.disk_bytes)} of disk."
         note = f" It {event.validation_note}." if event.validation_note else ""
-        self._set_status(f"Training {event.model_dir.name} on the {event.device.upper()}, window {window}.{disk}{note}")
+        plan = "".join(f"\n{line}" for line in event.plan)  # what the plan chose for the fields left on auto
+        self._set_status(f"Training {event.model_dir.name} on the {event.device.upper()}, window {window}.{disk}"
+                         f"{note}{plan}")
 
     def _on_progress(self, event: Progress) -> None:
         """Recorded at once, shown at most once a second: on a small CPU every repaint in the GUI thread takes

@@ -122,6 +122,12 @@ def _run_train(args: argparse.Namespace, out: TextIO) -> int:
     for field in ("image", "labels"):
         if not data.get(field):
             raise ConfigError(field, "a file path is needed")
+    if config.voxel_size is None and not args.resume:  # not given: the file's own, where it says one
+        said = _file_voxel_size(data["image"])
+        if said is not None:
+            config = config.replace(voxel_size=said)
+    if args.plan:
+        return _print_plan(config, data, args, out)
     job = {"config": config.to_dict(), "data": data, "models_dir": args.models_dir, "resume": args.resume,
            "events": args.events, "quiet": args.quiet}
     processes, joined = processes_per_machine(config), distributed.environment()
@@ -132,6 +138,35 @@ def _run_train(args: argparse.Namespace, out: TextIO) -> int:
                                   node_rank=args.node_rank, master_addr=args.master_addr,
                                   master_port=args.master_port, run_id=f"plantbio-{config.name}")
     return max((int(s) for s in statuses.values() if isinstance(s, int)), default=0)
+
+
+def _file_voxel_size(path: str) -> tuple[float, float, float] | None:
+    try:
+        return read(path).voxel_size
+    except (OSError, ValueError):
+        return None  # reading it properly, with a one-line error, comes later
+
+
+def _print_plan(config: TrainConfig, data: dict[str, Any], args: argparse.Namespace, out: TextIO) -> int:
+    """``train --plan``: what the job would train with, and why, without training (seconds)."""
+    import torch
+
+    from ..training.material import checked
+    from ..training.setup import plan_job
+
+    image, labels = _read(data["image"], "image"), _read(data["labels"], "labels")
+    store = ModelStore(args.models_dir)
+    config = checked(config, store, image.shape, labels.shape, resume=args.resume)
+    device = torch.device(job_device(config))
+    resolved, plan = plan_job(config, image, labels, store=store, resume=args.resume, device=device,
+                              threads=config.workers)
+    if plan is None:
+        print("every field is given: nothing to plan", file=out)
+        return 0
+    for line in plan.lines():
+        print(line, file=out)
+    print(json.dumps({name: plan.values[name] for name in plan.auto}), file=out)
+    return 0
 
 
 def train_rank(job: dict[str, Any], out: TextIO | None = None) -> int:

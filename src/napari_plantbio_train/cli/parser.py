@@ -17,7 +17,7 @@ FIELD_OPTIONS = {
     "keep_checkpoints": "keep_checkpoints", "iterations": "iterations",
     "batch_size": "batch_size", "time_limit": "time_limit_min", "validate_every": "validate_every",
     "log_every": "log_every", "val_fraction": "val_fraction", "base_channels": "base_channels",
-    "depth": "depth", "stem_stride": "stem_stride", "contour_width": "contour_width", "seed": "seed",
+    "depth": "depth", "stem_stride": "stem_stride", "flat_levels": "flat_levels", "contour_width": "contour_width", "seed": "seed",
     "precision": "precision", "painted_slices_only": "painted_slices_only", "ignore_value": "ignore_value",
     "touched_margin": "touched_margin", "data_workers": "data_workers",
     "compile": "compile", "cpu_processes": "cpu_processes",
@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--config", metavar="JOB.json",
         help="a job file: a model folder's config.json (re-run a job, e.g. one the dock started) or a job the dock "
              "wrote; options given beside it change its fields")
-    add("--voxel-size", nargs=3, type=float, metavar=("X", "Y", "Z"), help="nm per pixel along x, y, z")
-    add("--window", type=_window, help="window size Z,Y,X (3d) or Y,X (2d)")
+    add("--voxel-size", nargs=3, type=float, metavar=("X", "Y", "Z"), help="nm per pixel along x, y, z (default, or 1 1 1: unknown; the plan reads z's from the image)")
+    add("--window", type=_window, help="window size Z,Y,X (3d) or Y,X (2d) (default: the plan's, fitted to the image)")
     add("--gpus", type=int, help="number of GPUs (0: CPU; default: 1 if CUDA is present); N > 1 trains on N GPUs "
                                  "at once, one process each (data-parallel)")
     add("--cpu-processes", type=int,
@@ -69,21 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
     add("--workers", type=int, help="CPU threads of this machine, shared by its processes")
     add("--data-workers", type=int,
         help="processes drawing training windows (default: --workers on a GPU, 0 on a CPU: the training thread)")
-    add("--lr", type=float, help="base learning rate")
+    add("--lr", type=float, help="base learning rate (default: the plan's)")
     add("--iteration-step", type=int, help="batches accumulated into one optimiser step")
     add("--iteration-save", type=int, help="checkpoint every N iterations")
     add("--keep-checkpoints", type=int, metavar="N",
         help="periodic checkpoints kept, the newest N (default 3); the last and the best are always kept")
     add("--iterations", type=int, help="iteration total")
-    add("--batch-size", type=int, help="samples per batch")
+    add("--batch-size", type=int, help="samples per batch (default: the plan's)")
     add("--time-limit", type=float, help="stop (with a checkpoint) after this many minutes")
-    add("--validate-every", type=int, help="score the held-out block every N iterations")
+    add("--validate-every", type=int, help="score the held-out block every N iterations (default: about ten times a job)")
     add("--log-every", type=int, help="write a metrics.csv row every N iterations")
     add("--val-fraction", type=float, help="share of the stack held out for validation")
-    add("--base-channels", type=int, help="channels of the network's first level")
-    add("--depth", type=int, help="downsampling steps of the network")
-    add("--stem-stride", type=int, help="in-plane stride of the first layer (1, 2 or 4)")
-    add("--contour-width", type=int, help="instance mode: width in pixels of the band between touching objects")
+    add("--base-channels", type=int, help="channels of the network's first level (default: the plan's)")
+    add("--depth", type=int, help="downsampling steps of the network (default: the plan's, fitted to the window)")
+    add("--stem-stride", type=int, help="in-plane stride of the first layer (1, 2 or 4; default: the plan's)")
+    add("--flat-levels", type=int, help="3d: upper levels convolving in-plane only (default: the plan's)")
+    add("--contour-width", type=int, help="instance mode: width in pixels of the band between touching objects (default: from the objects)")
     add("--precision", choices=PRECISIONS,
         help="auto (default): bf16 where the hardware runs it natively and a probe saw it work, else fp32")
     add("--painted-slices-only", action="store_true", default=None,
@@ -94,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--seed", type=int)
     add("--models-dir", help="models folder (default: $PLANTBIO_MODELS_DIR or the user data folder)")
     add("--resume", action="store_true", help="continue the named model from its last checkpoint")
+    add("--plan", action="store_true",
+        help="print what the plan chooses for the fields left empty (window, network, batch, ...), and why, "
+             "without training")
     add("--init-from", metavar="MODEL",
         help="continue from a named model as a new version (--name): its weights, normalisation and classes, "
              "a lower learning rate and a short schedule unless given")

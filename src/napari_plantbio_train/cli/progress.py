@@ -26,10 +26,10 @@ def _reporter(job: dict[str, Any], config: TrainConfig, rank: Rank, out: TextIO)
     def report(event: Any) -> None:
         _report(event, config, bar, out)
         if isinstance(event, Started) and rank.distributed:
-            effective = config.batch_size * config.iteration_step * rank.world_size
+            effective = event.batch_size * config.iteration_step * rank.world_size
             print(f"data-parallel over {rank.world_size} processes: effective batch {effective} (batch "
-                  f"{config.batch_size} x iteration step {config.iteration_step} x {rank.world_size}), learning "
-                  f"rate {config.lr:g}", file=out, flush=True)
+                  f"{event.batch_size} x iteration step {config.iteration_step} x {rank.world_size}), learning "
+                  f"rate {event.lr:g}", file=out, flush=True)
 
     return report
 
@@ -58,9 +58,11 @@ def _report(event: Any, config: TrainConfig, bar: "ProgressLine | None", out: Te
             print(f"precision {event.precision_reason}", file=out, flush=True)
         if event.validation_note:
             print(event.validation_note, file=out, flush=True)
+        for line in event.plan:
+            print(line, file=out, flush=True)
         if event.batch_hint is not None:
             print(f"the GPU's free memory holds about {event.batch_hint} windows per batch "
-                  f"(samples per batch: {config.batch_size})", file=out, flush=True)
+                  f"(samples per batch: {event.batch_size})", file=out, flush=True)
     elif isinstance(event, Progress) and bar:
         bar.update(event)
     elif isinstance(event, Validation):

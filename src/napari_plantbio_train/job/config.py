@@ -38,33 +38,39 @@ def default_workers() -> int:
 
 @dataclass
 class TrainConfig:
-    """Every field of the training form; only ``name`` (plus the data) has no working default."""
+    """Every field of the training form; only ``name`` (plus the data) has no working default.
+
+    A field left None is the plan's to choose (planning/plan.py: from the data, this machine and the budget);
+    a model folder's ``config.json`` holds the job as it trained, every field filled in.
+    """
 
     name: str
     mode: Mode = "semantic"
     dims: Dims = "3d"
     image: str | None = None
     labels: str | None = None
-    voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)  # x, y, z in nm, as on the form
-    window: tuple[int, ...] | None = None  # (z, y, x) in 3D, (y, x) in 2D; None picks one from the image
+    # x, y, z in nm, as on the form; None, or napari's default 1/1/1: unknown (the plan reads z's from the image)
+    voxel_size: tuple[float, float, float] | None = None
+    window: tuple[int, ...] | None = None  # (z, y, x) in 3D, (y, x) in 2D
     gpus: int | None = None  # None: one GPU when CUDA is present, else the CPU; N > 1: N data-parallel processes
     workers: int = field(default_factory=default_workers)  # CPU threads of the machine, shared by its processes
     cpu_processes: int = 1  # on the CPU: data-parallel processes per machine (gloo), for CPU clusters
     data_workers: int | None = None  # processes drawing windows; None: `workers` on a GPU, none on a CPU
-    lr: float = 1e-3
+    lr: float | None = None
     iteration_step: int = 1  # gradient accumulation: windows of this many batches make one optimiser step
     iteration_save: int = 500
     keep_checkpoints: int = 3  # periodic checkpoints kept (the newest); the last and the best are kept besides
     iterations: int = 5000
-    batch_size: int = 2
+    batch_size: int | None = None
     time_limit_min: float | None = None
-    validate_every: int = 200
+    validate_every: int | None = None
     log_every: int = 10
     val_fraction: float = 0.15
-    base_channels: int = 16
-    depth: int = 4
-    stem_stride: int = 1
-    contour_width: int = 4  # instance mode: pixels of boundary band between two touching objects
+    base_channels: int | None = None
+    depth: int | None = None
+    stem_stride: int | None = None  # the network runs at 1/stride of the in-plane resolution (1, 2 or 4)
+    flat_levels: int | None = None  # 3D: upper levels that convolve in-plane only (cheaper; for thick sections)
+    contour_width: int | None = None  # instance mode: pixels of boundary band between two touching objects
     compile: bool = False  # torch.compile the network (GPU jobs: slower start, faster steps)
     precision: str = "auto"  # "auto": bf16 where the hardware runs it natively (see hardware.py), else fp32
     painted_slices_only: bool = False  # slices without any label are unpainted, not background: ignored
@@ -89,6 +95,8 @@ class TrainConfig:
     @property
     def anisotropy(self) -> float:
         """z spacing over in-plane spacing: the network keeps flat kernels while z is much coarser."""
+        if self.voxel_size is None:
+            return 1.0
         x, y, z = self.voxel_size
         return float(z) / ((float(x) + float(y)) / 2.0)
 
@@ -114,19 +122,25 @@ class TrainConfig:
             bad("mode", f"{self.mode!r} is not one of {', '.join(MODES)}")
         if self.dims not in DIMS:
             bad("dims", f"{self.dims!r} is not one of {', '.join(DIMS)}")
-        if len(self.voxel_size) != 3 or not all(_positive_number(v) for v in self.voxel_size):
+        if self.voxel_size is not None and (len(self.voxel_size) != 3
+                                            or not all(_positive_number(v) for v in self.voxel_size)):
             bad("voxel_size", f"{self.voxel_size!r} must be three positive numbers of nm per pixel (x, y, z)")
-        for name in ("workers", "iteration_step", "iteration_save", "keep_checkpoints", "iterations", "batch_size",
-                     "validate_every", "log_every", "base_channels", "depth", "contour_width"):
+        for name in ("workers", "iteration_step", "iteration_save", "keep_checkpoints", "iterations", "log_every"):
             value = getattr(self, name)
             if not _whole_number(value, 1):
                 bad(name, f"{value!r} must be a whole number of at least 1")
+        for name in ("batch_size", "validate_every", "base_channels", "depth", "contour_width"):  # None: the plan's
+            value = getattr(self, name)
+            if value is not None and not _whole_number(value, 1):
+                bad(name, f"{value!r} must be a whole number of at least 1, or empty for the plan to choose")
+        if self.flat_levels is not None and not _whole_number(self.flat_levels, 0):
+            bad("flat_levels", f"{self.flat_levels!r} must be a whole number of levels (0: none), or empty")
         if self.data_workers is not None and not _whole_number(self.data_workers, 0):
             bad("data_workers", f"{self.data_workers!r} must be a whole number of processes (0: draw windows in the "
                                 "training thread), or empty for automatic")
-        if self.stem_stride not in (1, 2, 4):
-            bad("stem_stride", f"{self.stem_stride!r} must be 1, 2 or 4")
-        if not _positive_number(self.lr) or self.lr > 1:
+        if self.stem_stride is not None and self.stem_stride not in (1, 2, 4):
+            bad("stem_stride", f"{self.stem_stride!r} must be 1, 2 or 4, or empty for the plan to choose")
+        if self.lr is not None and (not _positive_number(self.lr) or self.lr > 1):
             bad("lr", f"{self.lr!r} must be a positive number no larger than 1 (typical: 1e-4 to 3e-3)")
         if self.time_limit_min is not None and not _positive_number(self.time_limit_min):
             bad("time_limit_min", f"{self.time_limit_min!r} must be a positive number of minutes, or empty")
@@ -169,7 +183,7 @@ class TrainConfig:
     # ----- serialisation --------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["voxel_size"] = list(self.voxel_size)
+        out["voxel_size"] = None if self.voxel_size is None else list(self.voxel_size)
         out["window"] = None if self.window is None else list(self.window)
         for name in ("extra_images", "extra_labels"):
             out[name] = list(getattr(self, name))

@@ -27,6 +27,9 @@ class Started:
     precision: str = "fp32"  # of the forward pass: "fp32" or "bf16" (see hardware.py)
     batch_hint: int | None = None  # on a GPU: about how many windows per batch its free memory holds
     precision_reason: str = ""  # why this format: verified here, fallen back from a crash, or asked for
+    plan: tuple[str, ...] = ()  # what the plan chose for the fields left empty, and why (planning/plan.py)
+    batch_size: int | None = None  # windows per batch, as the job runs (given or planned)
+    lr: float | None = None  # base learning rate, as the job runs
     disk_bytes: int | None = None  # about the most disk the job's checkpoints take at once (ModelWriter.planned_bytes)
     validation_note: str = ""  # what validation holds out (training/holdout.py), or why the job cannot validate
 

@@ -24,19 +24,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..job.config import TrainConfig
+from ..job.config import ConfigError, TrainConfig
 from ..models.network import levels
 from .fingerprint import Fingerprint, fingerprint
 from .timing import step_seconds
+from .window import room_to_validate, deepest, held_out_size
 
 AUTO_FIELDS = ("voxel_size", "window", "stem_stride", "flat_levels", "depth", "base_channels", "lr", "batch_size",
                "validate_every", "contour_width")
 TARGET_ITERATIONS = 2000  # on the chloroplast job, validation F1 still rose at 1,750 iterations (benchmarks/)
-UNTIMED_BUDGET_S = 3600.0  # without a time limit, the pace the plan aims for: the iteration total within an hour
-MIN_VALIDATION = 32  # pixels of the held-out block along its axis (sampling.split_validation's floor)
+UNTIMED_BUDGET_S = 3600.0  # without a time limit, the pace the plan aims for: TARGET_ITERATIONS within an hour
 BASE_CHANNELS = 16
 LR = 2e-3  # the benchmarks' rate at batch 2-4 (1e-3 learned slower in the same minutes)
 ANISOTROPIC = 2.0  # z steps beyond this many in-plane steps are a coarse z, for distances and the network
+DEFAULT_CONTOUR_WIDTH = 4  # pixels of boundary band between touching objects; 2 for objects under 12 px radius
 
 
 @dataclass(frozen=True)
@@ -116,16 +117,22 @@ def auto_fields(config: TrainConfig) -> tuple[str, ...]:
 
 
 def make_plan(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, device: torch.device,
-              precision: str, threads: int | None = None, known: np.ndarray | None = None,
-              out_channels: int = 2, measure: bool = True) -> Plan:
-    """The plan for ``config`` on this data and this machine (``precision``: the verdict the job runs in)."""
+              precision: str, threads: int | None = None, known: np.ndarray | None = None, measure: bool = True,
+              prints: Fingerprint | None = None) -> Plan:
+    """The plan for ``config`` on this data and this machine (``precision``: the verdict the job runs in).
+
+    ``measure=False`` chooses the cheapest candidate without timing any (what the precision probe runs); ``prints``
+    is a fingerprint already taken of this data.
+    """
     image, labels = np.asarray(image), np.asarray(labels)
     stack = image[np.newaxis] if image.ndim == 2 else image
     auto = auto_fields(config)
     reasons: list[str] = []
     threads = threads or (config.workers if device.type == "cpu" else os.cpu_count() or 1)
-    prints = fingerprint(stack, labels[np.newaxis] if labels.ndim == 2 else labels, mode=config.mode,
-                         dims=config.dims, known=known)
+    if prints is None:
+        prints = fingerprint(stack, labels[np.newaxis] if labels.ndim == 2 else labels, mode=config.mode,
+                             dims=config.dims, known=known)
+    out_channels = 2 if config.mode == "instance" else max(2, len(prints.shares or ()))
     values: dict[str, Any] = {}
 
     voxel, source = _voxel_size(config, prints, auto, reasons)
@@ -133,7 +140,9 @@ def make_plan(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, dev
     anisotropy = float(voxel[2]) / ((float(voxel[0]) + float(voxel[1])) / 2.0)
 
     budget = float(config.time_limit_min) * 60.0 if config.time_limit_min else UNTIMED_BUDGET_S
-    target = min(config.iterations, TARGET_ITERATIONS)
+    # The pace a network must keep: enough iterations to learn in the budget, whatever the iteration total (a
+    # job asked for 100 iterations should not get a network that learns nothing in 2,000).
+    target = TARGET_ITERATIONS
     candidates = _candidates(config, stack.shape, device, anisotropy)
     timed: list[Candidate] = []
     chosen = candidates[0]
@@ -146,8 +155,9 @@ def make_plan(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, dev
         timed = [chosen]
     values.update(window=chosen.window, stem_stride=chosen.stem_stride, depth=chosen.depth,
                   batch_size=chosen.batch_size)
-    if config.spatial_dims == 3:
-        values["flat_levels"] = chosen.flat_levels
+    if config.spatial_dims == 3:  # concrete: how many levels are flat, whether chosen or from the voxel size
+        values["flat_levels"] = sum(k[0] == 1 for k in _levels(config, chosen.depth, anisotropy, chosen.stem_stride,
+                                                                chosen.flat_levels, chosen.window).kernels)
     if len(candidates) > 1:
         too_slow = [c for c in timed if c.seconds is not None and c is not chosen and c.seconds > chosen.seconds]
         if too_slow and chosen.seconds:
@@ -163,7 +173,7 @@ def make_plan(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, dev
     if seconds:
         expected = int(min(config.iterations, budget / seconds)) if config.time_limit_min else config.iterations
     values["validate_every"] = _validation_interval(expected or config.iterations)
-    values["contour_width"] = 2 if prints.radius is not None and prints.radius < 12 else 4
+    values["contour_width"] = 2 if prints.radius is not None and prints.radius < 12 else DEFAULT_CONTOUR_WIDTH
     return Plan(auto=auto, values=values, voxel_source=source, budget_seconds=budget,
                 timed=bool(config.time_limit_min), seconds_per_iteration=seconds, expected_iterations=expected,
                 candidates=tuple(timed), fingerprint=prints, device=device.type, precision=precision,
@@ -192,7 +202,7 @@ def _candidates(config: TrainConfig, shape: tuple[int, int, int], device: torch.
     the image with room for the held-out block."""
     three = config.spatial_dims == 3
     gpu = device.type == "cuda"
-    batch = config.batch_size or (8 if gpu else 2) if three else config.batch_size or (16 if gpu else 4)
+    batch = config.batch_size or ((8 if gpu else 2) if three else (16 if gpu else 4))
     options: list[tuple[int, int | None, tuple[int, ...]]] = []
     if three:
         for stem, flat, z, xy in ((4, 2, 4, 512), (2, 2, 4, 256), (2, 2, 8, 256), (2, 0, 4, 256), (2, 0, 8, 256),
@@ -213,6 +223,9 @@ def _candidates(config: TrainConfig, shape: tuple[int, int, int], device: torch.
         candidate = _fitted(config, shape, stem, flat, window, batch, anisotropy)
         if candidate is not None and candidate not in found:
             found.append(candidate)
+    if not found and config.window is not None:
+        raise ConfigError("window", f"{tuple(config.window)} fits none of the networks this job can build; check "
+                                    "it against the nearest valid sizes planning.problems gives")
     if not found:  # nothing of the list fits (a tiny image): the smallest network that does
         found.append(_smallest(config, shape, batch, anisotropy))
     return found
@@ -220,37 +233,43 @@ def _candidates(config: TrainConfig, shape: tuple[int, int, int], device: torch.
 
 def _fitted(config: TrainConfig, shape: tuple[int, int, int], stem: int, flat: int | None, window: tuple[int, ...],
             batch: int, anisotropy: float) -> Candidate | None:
-    """The candidate shrunk to the image (with room for validation) and its depth to the window; None where the
-    user's own window or network cannot be kept."""
+    """The candidate fitted to the image: square in-plane, inside it, divisible by its network, and with room beside
+    it for the held-out block (planning.window's rule); its depth fitted to the window. A window the user gave is
+    kept as given: None where this network cannot take it."""
     three = config.spatial_dims == 3
     z, y, x = shape
-    given_window = config.window is not None
-    window = list(window)
+    flat = flat if three else None
+    if config.window is not None:
+        given = tuple(int(w) for w in config.window)
+        given = given[1:] if not three and len(given) == 3 else given
+        depth = config.depth or deepest(config.replace(flat_levels=flat), stem, given)
+        divisor = _levels(config, depth, anisotropy, stem, flat, given).divisor
+        if any(w % d for w, d in zip(given, divisor)):
+            return None
+        return Candidate(stem, flat, given, depth, batch)
+    wanted = list(window)
     if three:
-        window[0] = min(window[0], z)
-    room = [max(1, s - MIN_VALIDATION) if s > 2 * MIN_VALIDATION else max(1, s // 2) for s in (y, x)]
-    longest = max(range(2), key=lambda i: (y, x)[i])  # the validation block is held out along one axis only
-    for i, axis in enumerate((-2, -1)):
-        limit = (y, x)[i] if i != longest else room[i]
-        if not given_window:
-            window[axis] = min(window[axis], limit)
-    depth = config.depth
-    if depth is None:
-        inner = min(window[-2:]) // stem
-        depth = int(max(1, min(4, math.floor(math.log2(max(inner, 2) / 8)) + 1)))
-    z_pools = int(math.log2(window[0])) if three else None
-    plan = levels(config.spatial_dims, depth=depth, anisotropy=anisotropy, stem_stride=stem,
-                  max_z_pools=z_pools, flat_levels=flat if three else None)
-    divisor = plan.divisor
-    if given_window:
-        if any(w % d for w, d in zip(window, divisor)):
-            return None
-        fitted = tuple(window)
-    else:
-        fitted = tuple(max(d, (w // d) * d) for w, d in zip(window, divisor))
-        if any(f > s for f, s in zip(fitted[-2:], (y, x))):
-            return None
-    return Candidate(stem, flat if three else None, fitted, depth, batch)
+        wanted[0] = min(wanted[0], z)
+    side = min(wanted[-1], y, x)
+    wanted[-2:] = [side, side]
+    depth = config.depth or int(max(1, min(4, math.floor(math.log2(max(side // stem, 2) / 8)) + 1)))
+    divisor = _levels(config, depth, anisotropy, stem, flat, wanted).divisor
+    fitted = [max(d, (w // d) * d) for w, d in zip(wanted, divisor)]
+    fitted = room_to_validate(fitted, (z, y, x)[-len(fitted):], divisor, config.val_fraction)
+    fitted[-2:] = [min(fitted[-2:])] * 2  # square: every in-plane rotation (and 8 test-time variants) applies
+    spatial = (y, x)
+    if any(f > s for f, s in zip(fitted[-2:], spatial)):
+        return None
+    if all(held_out_size(s, f, config.val_fraction) is None for s, f in zip(spatial, fitted[-2:])):
+        return None
+    return Candidate(stem, flat, tuple(fitted), depth, batch)
+
+
+def _levels(config: TrainConfig, depth: int, anisotropy: float, stem: int, flat: int | None,
+            window: tuple[int, ...] | list[int]):
+    three = config.spatial_dims == 3
+    return levels(config.spatial_dims, depth=depth, anisotropy=anisotropy, stem_stride=stem,
+                  max_z_pools=int(math.log2(window[0])) if three else None, flat_levels=flat if three else None)
 
 
 def _smallest(config: TrainConfig, shape: tuple[int, int, int], batch: int, anisotropy: float) -> Candidate:

@@ -30,30 +30,65 @@ def stack_shape(shape: tuple[int, ...]) -> tuple[int, int, int] | None:
     return None
 
 
+DEFAULT_STEM_STRIDE = 1  # what a field left to the plan stands for before the plan has chosen
+DEFAULT_DEPTH = 4
+DEFAULT_BASE_CHANNELS = 16
+
+
 def network_for(config: TrainConfig, image_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
     """Constructor arguments of the network a job trains (input and output channels aside).
 
-    In 3D, z is halved at most as often as the window's z size allows: a stack of a few serial sections
-    cannot be pooled along z as often as in-plane, whatever the voxel size says.
+    A planned job has every field filled in (planning.plan). Before the plan, a field left empty stands for the
+    least demanding choice the plan could make (stem stride 1, depth 4 or fewer where a given window needs it),
+    so a window the user gave is judged by the networks it could still get. In 3D, z is halved at most as often
+    as the window's z size allows: a stack of a few serial sections cannot be pooled along z as often as
+    in-plane, whatever the voxel size says.
     """
-    kwargs: dict[str, Any] = dict(spatial_dims=config.spatial_dims, base_channels=config.base_channels,
-                                  depth=config.depth, anisotropy=config.anisotropy, stem_stride=config.stem_stride)
-    if config.spatial_dims == 3:
-        z = None
-        if config.window is not None and len(config.window) == 3:
-            z = int(config.window[0])
-        elif image_shape is not None and stack_shape(image_shape) is not None:
-            z = min(DEFAULT_WINDOW_Z, stack_shape(image_shape)[0])
-        if z is not None and z >= 1:
-            kwargs["max_z_pools"] = int(math.log2(z))
+    stem = config.stem_stride or DEFAULT_STEM_STRIDE
+    kwargs: dict[str, Any] = dict(spatial_dims=config.spatial_dims,
+                                  base_channels=config.base_channels or DEFAULT_BASE_CHANNELS,
+                                  depth=config.depth or deepest(config, stem), anisotropy=config.anisotropy,
+                                  stem_stride=stem)
+    if config.flat_levels is not None and config.spatial_dims == 3:
+        kwargs["flat_levels"] = config.flat_levels
+    z_pools = _z_pools(config, image_shape)
+    if z_pools is not None:
+        kwargs["max_z_pools"] = z_pools
     return kwargs
+
+
+def deepest(config: TrainConfig, stem: int, window: tuple[int, ...] | None = None) -> int:
+    """The deepest network (at most DEFAULT_DEPTH levels) whose downsampling a window fits: the given one, or
+    the job's own; without either, DEFAULT_DEPTH."""
+    window = window or (tuple(int(w) for w in config.window) if config.window is not None else None)
+    if window is None:
+        return DEFAULT_DEPTH
+    for depth in range(DEFAULT_DEPTH, 0, -1):
+        net = levels(config.spatial_dims, depth=depth, anisotropy=config.anisotropy, stem_stride=stem,
+                     max_z_pools=int(math.log2(window[0])) if config.spatial_dims == 3 and window[0] >= 1 else None,
+                     flat_levels=config.flat_levels if config.spatial_dims == 3 else None)
+        if all(w % d == 0 for w, d in zip(window[-len(net.divisor):], net.divisor)):
+            return depth
+    return 1
+
+
+def _z_pools(config: TrainConfig, image_shape: tuple[int, ...] | None) -> int | None:
+    if config.spatial_dims != 3:
+        return None
+    z = None
+    if config.window is not None and len(config.window) == 3:
+        z = int(config.window[0])
+    elif image_shape is not None and stack_shape(image_shape) is not None:
+        z = min(DEFAULT_WINDOW_Z, stack_shape(image_shape)[0])
+    return int(math.log2(z)) if z is not None and z >= 1 else None
 
 
 def divisor_for(config: TrainConfig, image_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
     """What every window axis must be divisible by, from the network the job builds."""
     net = network_for(config, image_shape)
     return levels(net["spatial_dims"], depth=net["depth"], anisotropy=net["anisotropy"],
-                  stem_stride=net["stem_stride"], max_z_pools=net.get("max_z_pools")).divisor
+                  stem_stride=net["stem_stride"], max_z_pools=net.get("max_z_pools"),
+                  flat_levels=net.get("flat_levels")).divisor
 
 
 def window_for(config: TrainConfig, image_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
@@ -70,11 +105,11 @@ def window_for(config: TrainConfig, image_shape: tuple[int, ...] | None = None) 
     if image_shape is not None:
         spatial = stack_shape(image_shape)[-len(window):]
         window = [min(w, (s // d) * d) if s >= d else w for w, s, d in zip(window, spatial, divisor)]
-        window = _room_to_validate(window, spatial, divisor, config.val_fraction)
+        window = room_to_validate(window, spatial, divisor, config.val_fraction)
     return tuple(max(d, (w // d) * d) for w, d in zip(window, divisor))
 
 
-def _room_to_validate(window: list[int], spatial: tuple[int, ...], divisor: tuple[int, ...],
+def room_to_validate(window: list[int], spatial: tuple[int, ...], divisor: tuple[int, ...],
                       fraction: float) -> list[int]:
     """A default window as large as a small image leaves no room beside it for the validation block: narrow it
     along the longer in-plane axis, to the largest size that does (if one does)."""
@@ -174,7 +209,8 @@ def _check_window(config: TrainConfig, image_shape, labels_shape, bad) -> None:
         if 0 in stack:
             bad("image", f"the image is empty (shape {tuple(image_shape)})")
             return
-        y, x = smallest_image(config, image_shape)
+        # Fields left to the plan can still give the smallest network: judge the image by that one.
+        y, x = smallest_image(config if config.depth is not None else config.replace(depth=1), image_shape)
         if config.window is None and not ((stack[1] >= y and stack[2] >= x) or (stack[1] >= x and stack[2] >= y)):
             bad("image", f"{stack[1]} x {stack[2]} pixels is too small to train on: the smallest image this job "
                          f"trains on is {y} x {x} (or {x} x {y}): the network's smallest window, and room beside "

@@ -103,8 +103,10 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
 
     validated = bool(material.holdout.parts)
     yield Started(folder, config.iterations, start, material.window, device.type, material.val_region,
-                  run.verdict.precision, run.batch_hint, run.verdict.reason,
-                  writer.planned_bytes(model) if writer is not None else None, material.holdout.note)
+                  precision=run.verdict.precision, batch_hint=run.batch_hint, precision_reason=run.verdict.reason,
+                  plan=tuple(run.plan.lines()) if run.plan is not None else (), batch_size=config.batch_size,
+                  lr=config.lr, disk_bytes=writer.planned_bytes(model) if writer is not None else None,
+                  validation_note=material.holdout.note)
     began, limit = time.perf_counter(), (config.time_limit_min or 0) * 60.0
     seconds_ema: float | None = None
     iteration, last_saved, last_validated, reason = start, start, start, "completed"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import planning
+from ..planning.plan import DEFAULT_CONTOUR_WIDTH
 from ..inference.postprocess import params_from_truth
 from ..inference.proofreading import training_statistics
 from ..io.checks import as_stack, check_image, check_labels
@@ -172,7 +173,8 @@ def _source(config: TrainConfig, stack: np.ndarray, truth: np.ndarray, known: np
     if config.mode == "semantic":
         target = semantic_target(truth, classes).astype(np.uint8 if len(classes) < 256 else np.int64)
         return Source(stack, target, target > 0, known, truth=truth)
-    target = instance_targets(truth, per_slice=config.dims == "2d", contour_width=config.contour_width)
+    width = config.contour_width or DEFAULT_CONTOUR_WIDTH  # a job planned (planning.plan) always has one
+    target = instance_targets(truth, per_slice=config.dims == "2d", contour_width=width)
     target = target.astype(np.uint8)
     return Source(stack, target, target[0] > 0, known, truth=truth)
 
@@ -184,7 +186,7 @@ def _check_fits(shape: tuple[int, ...], window: tuple[int, int, int], index: int
                                               f"image ({s} pixels along {axis})")
 
 
-INHERITED = ("mode", "dims", "voxel_size", "base_channels", "depth", "stem_stride", "contour_width")
+INHERITED = ("mode", "dims", "voxel_size", "base_channels", "depth", "stem_stride", "flat_levels", "contour_width")
 
 
 def inherit(config: TrainConfig, parent: ModelRecord) -> TrainConfig:

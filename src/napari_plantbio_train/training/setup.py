@@ -22,10 +22,12 @@ from ..job.config import ConfigError, TrainConfig
 from ..models.network import UNet
 from ..models.store import ModelStore, ModelWriter
 from ..planning import network_for
+from ..planning.plan import Plan, auto_fields, make_plan
 from ..runtime.hardware import Probe, Verdict, autocast_for, choose_precision, usable
 from ..runtime.memory import suggest_batch_size
 from .distributed import Rank, gather
 from .loader import window_batches
+from .known import painted
 from .material import Material, checked, prepare
 
 
@@ -48,6 +50,7 @@ class Run:
     verdict: Verdict
     autocast: Any
     batch_hint: int | None
+    plan: Plan | None = None  # what the plan chose for the fields left empty (None: every field was given)
 
 
 def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
@@ -67,6 +70,12 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     check_stack(image, field="image")
     check_labels(labels, field="labels")
     config = checked(config, store, np.shape(image), np.shape(labels), resume=resume)
+    device = torch.device(rank.device)
+    if device.type == "cpu":
+        torch.set_num_threads(rank.threads(config.workers))
+    # Every field left empty is chosen now, once, from the data and this machine (rank 0 plans for all).
+    config, plan = plan_job(config, image, labels, store=store, resume=resume, device=device,
+                            threads=rank.threads(config.workers), rank=rank)
     previous_state, previous_meta, parent = None, None, None
     if resume:
         record = store.record(config.name)
@@ -88,9 +97,6 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
                        auto_labels=auto_labels, reviewed=reviewed)
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also copies rank 0's)
-    device = torch.device(rank.device)
-    if device.type == "cpu":
-        torch.set_num_threads(rank.threads(config.workers))
     out_channels = 2 if config.mode == "instance" else len(material.classes)
     if parent is not None:
         model = UNet.from_spec(parent.network).to(device)
@@ -125,6 +131,8 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
                             parent_iterations=parent.iterations_done, parent_best_score=parent.best_score)
         writer.describe(runs=[*writer.meta.get("runs", []), _run_record(config, rank, start)],
                         precision=verdict.to_dict())
+        if plan is not None:
+            writer.describe(plan=plan.to_dict())
         best_score = writer.meta.get("best_score")
 
     # A resumed job draws new windows, not the same ones; on a GPU, worker processes keep batches ready.
@@ -141,7 +149,38 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
             forward = torch.compile(net)  # optional: minutes of compiling first, then faster steps
     return Run(config=config, material=material, model=model, net=net, forward=forward, optimizer=optimizer,
                writer=writer, folder=folder, start=start, best_score=best_score, batches=batches, device=device,
-               verdict=verdict, autocast=autocast, batch_hint=batch_hint)
+               verdict=verdict, autocast=autocast, batch_hint=batch_hint, plan=plan)
+
+
+def plan_job(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, store: ModelStore, resume: bool,
+             device: torch.device, threads: int, rank: Rank | None = None) -> tuple[TrainConfig, Plan | None]:
+    """The job with every field left empty chosen (planning.plan), and the plan; a resumed job keeps the choices
+    it was trained with. In a job of several processes rank 0 plans and the others take its plan."""
+    if resume:
+        trained = store.record(config.name).config
+        config = config.replace(**{name: getattr(trained, name) for name in auto_fields(config)})
+    if not auto_fields(config):
+        return config, None
+    plan = None
+    if rank is None or rank.is_main:
+        stack = np.asarray(image)
+        truth = np.asarray(labels)
+        known = painted(config, truth[np.newaxis] if truth.ndim == 2 else truth)[1]
+        # The cheapest candidate is what the precision probe runs (a crash there costs a child process); the
+        # candidates are then timed in the format the probe found working.
+        first = make_plan(config, stack, truth, device=device, precision="fp32", threads=threads, known=known,
+                          measure=False)
+        probe_config = first.apply(config)
+        out_channels = 2 if config.mode == "instance" else max(2, len(first.fingerprint.shares or ()))
+        network = {**network_for(probe_config, stack.shape), "in_channels": 1, "out_channels": out_channels}
+        verdict = usable(choose_precision(config.precision, device,
+                                          Probe(network, tuple(probe_config.window), probe_config.batch_size,
+                                                config.mode)))
+        plan = make_plan(config, stack, truth, device=device, precision=verdict.precision, threads=threads,
+                         known=known, prints=first.fingerprint)
+    if rank is not None:
+        plan = gather(rank, plan)[0]
+    return plan.apply(config), plan
 
 
 def _first_stream(rank: Rank, processes: int) -> int | None:
