@@ -18,6 +18,7 @@ from napari.layers import Labels
 from napari_plantbio_train.job.config import ConfigError
 from napari_plantbio_train.job.events import LabelProgress
 from napari_plantbio_train.job.kinds import POSTPROCESS_DEFAULTS
+from napari_plantbio_train.inference.uncertainty import rank_objects
 
 AutoLabelWidget = pytest.importorskip("napari_plantbio_train._widgets.label_widget").AutoLabelWidget
 
@@ -296,12 +297,12 @@ def test_uncertainty_layer_and_the_next_uncertain_object(dock, qtbot, chloroplas
     assert doubt.data.shape == image.shape and 0 <= doubt.data.min() and doubt.data.max() <= 1
     np.testing.assert_allclose(doubt.scale, SCALE)
     queue = widget.proofread
-    assert len(queue.ranked) == result.objects > 0 and queue.next_button.isEnabled()
-    scores = [o.uncertainty for o in queue.ranked]
-    assert scores == sorted(scores, reverse=True)
-    first = queue.next()
     labels = viewer.layers["raw [chl]"]
+    assert len(queue.entries) == result.objects > 0 and queue.next_button.isEnabled()
+    ranked = rank_objects(np.asarray(labels.data), np.asarray(doubt.data))  # no queue in the result: by doubt
+    assert [e.id for e in queue.entries] == [o.id for o in ranked]
+    first = queue.next()
     assert labels.selected_label == first.id
     expected = np.asarray(first.centroid) * labels.scale + labels.translate
     np.testing.assert_allclose(viewer.camera.center[-2:], expected[-2:], atol=1e-6)
-    assert queue.next().id == queue.ranked[1 % len(queue.ranked)].id
+    assert queue.next().id == queue.entries[1 % len(queue.entries)].id

@@ -221,6 +221,20 @@ def continuation(parent: ModelRecord, name: str) -> TrainConfig:
         labels=None, extra_images=(), extra_labels=(), pair_weights=None, touched_only=False, auto_labels=None)
 
 
+def correction_round(parent: ModelRecord, name: str) -> TrainConfig:
+    """The job "Retrain on corrections" starts after a proofreading round: the continuation of ``parent`` as
+    ``name``, trusting only what the user corrected or reviewed (``touched_only``), since the rest of an
+    auto-label result is the parent's own guess and teaches it nothing."""
+    return continuation(parent, name).replace(touched_only=True)
+
+
+def round_number(parent: ModelRecord) -> int:
+    """Which proofreading round continuing ``parent`` makes: 1 for a model trained from scratch, one more for
+    each version it was continued from."""
+    ancestors = parent.lineage or ((parent.parent,) if parent.parent else ())
+    return len(ancestors) + 1
+
+
 def _window3(window: tuple[int, ...]) -> tuple[int, int, int]:
     """Windows are drawn from (Z, Y, X) stacks; a 2D job's window is one slice thick."""
     return window if len(window) == 3 else (1, *window)  # type: ignore[return-value]
