@@ -18,7 +18,6 @@ from napari.layers import Labels
 from napari_plantbio_train.job.config import ConfigError
 from napari_plantbio_train.job.events import LabelProgress
 from napari_plantbio_train.job.kinds import POSTPROCESS_DEFAULTS
-from napari_plantbio_train.inference.uncertainty import rank_objects
 
 AutoLabelWidget = pytest.importorskip("napari_plantbio_train._widgets.label_widget").AutoLabelWidget
 
@@ -298,9 +297,11 @@ def test_uncertainty_layer_and_the_next_uncertain_object(dock, qtbot, chloroplas
     np.testing.assert_allclose(doubt.scale, SCALE)
     queue = widget.proofread
     labels = viewer.layers["raw [chl]"]
-    assert len(queue.entries) == result.objects > 0 and queue.next_button.isEnabled()
-    ranked = rank_objects(np.asarray(labels.data), np.asarray(doubt.data))  # no queue in the result: by doubt
-    assert [e.id for e in queue.entries] == [o.id for o in ranked]
+    assert result.objects > 0 and queue.next_button.isEnabled()
+    assert result.queue, "the child wrote the proofreading queue beside the uncertainty"
+    assert [e.id for e in queue.entries] == [e.id for e in result.queue]
+    scores = [e.score for e in result.queue]
+    assert scores == sorted(scores, reverse=True), "likeliest error first"
     first = queue.next()
     assert labels.selected_label == first.id
     expected = np.asarray(first.centroid) * labels.scale + labels.translate

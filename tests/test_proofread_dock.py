@@ -43,7 +43,7 @@ def test_keys_accept_erase_and_jump_on_the_current_object(queue):
     viewer, layer, widget = queue
     press(layer, "next")
     assert widget.current.id == 2 and layer.selected_label == 2
-    np.testing.assert_allclose(viewer.camera.center[-2:], (11.5, 11.5))
+    np.testing.assert_allclose(viewer.scene.camera.center[-2:], (11.5, 11.5))
     press(layer, "accept")  # object 2 reviewed as it is, the view moves on to 3
     assert widget.reviewed[layer.data == 2].all() and widget.reviewed.sum() == 32
     assert widget.current.id == 3 and (layer.data == 2).sum() == 32

@@ -119,7 +119,8 @@ class ProofreadQueue(QWidget):
         self.position = (self.position + 1) % len(self.entries)
         target = self.entries[self.position]
         world = np.asarray(target.centroid) * self.layer.scale + self.layer.translate
-        self.viewer.camera.center = tuple(world[-3:] if world.size >= 3 else world)
+        camera = self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera  # napari 0.9
+        camera.center = tuple(world[-3:] if world.size >= 3 else world)
         if world.size == 3:
             self.viewer.dims.set_point(0, float(world[0]))
         self.layer.selected_label = target.id
