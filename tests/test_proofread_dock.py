@@ -3,8 +3,11 @@ current object, the reviewed mask growing as the user paints, and the retrain jo
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
+from scipy import ndimage
 from napari.utils.key_bindings import coerce_keybinding
 
 from napari_plantbio_train._widgets.corrections import auto_label_metadata
@@ -14,6 +17,8 @@ from napari_plantbio_train.job.config import ConfigError
 from napari_plantbio_train.job.events import Validation
 from napari_plantbio_train.models.store import ModelStore
 from napari_plantbio_train.training.material import round_number
+
+JOB_TIMEOUT_MS = 240_000  # a 20-iteration continuation in a child, on a slow shared CPU
 
 
 def entry(object_id: int, centroid: tuple[float, ...]) -> QueueEntry:
@@ -94,3 +99,31 @@ def test_retrain_job_continues_the_model_on_what_was_reviewed(queue, tiny_models
     viewer.layers.remove(layer)
     with pytest.raises(ConfigError, match="removed"):
         widget.retrain_job()
+
+
+def test_retrain_on_corrections_runs_the_round_in_a_child(make_napari_viewer, qtbot, tiny_models, tmp_path,
+                                                          chloroplast_crop):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models / "chl", models / "chl")
+    viewer = make_napari_viewer()
+    image, truth = chloroplast_crop
+    raw = viewer.add_image(image, name="raw")
+    auto = truth.astype(np.uint32)
+    layer = viewer.add_labels(auto.copy(), name="raw [chl]", metadata=auto_label_metadata("chl", "raw [chl]", auto))
+    found = ndimage.find_objects(auto)
+    ids = [i + 1 for i, box in enumerate(found) if box is not None][:10]
+    widget = ProofreadQueue(viewer, lambda: models)
+    widget.load(layer, np.zeros(auto.shape, np.float32), image=raw, record=ModelStore(models).record("chl"),
+                queue=[entry(i, tuple((s.start + s.stop) / 2 for s in found[i - 1])) for i in ids])
+    widget.next()
+    for _ in ids[:-1]:
+        widget.accept()  # sites enough that one in five is held out to score "learned"
+    widget.erase()
+    assert widget.retrain(), widget.round_info.text()
+    assert not widget.retrain_button.isEnabled() and widget.retrain() is False, "one round at a time"
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=JOB_TIMEOUT_MS)
+    text = widget.round_info.text()
+    assert ModelStore(models).record("chl-v2").parent == "chl", text
+    assert widget.before is not None and widget.before.iteration == 0, text
+    assert text.startswith(f"Round 1: before {widget.before.score:.3f}") and "chl-v2 saved" in text
+    assert widget.retrain_button.isEnabled()
