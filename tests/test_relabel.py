@@ -4,7 +4,6 @@ whole-stack run gives there, the rest afterwards, never over what the user revie
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from napari_plantbio_train.inference.label import LabelSettings, label_stack
 from napari_plantbio_train.inference.relabel import join_across, merge_relabelled, near_regions
