@@ -1,15 +1,30 @@
-"""One proofreading round on the chloroplast stack: does correcting a few objects and training again pay?
+"""Proofreading rounds on the chloroplast stack: does correcting a few objects and training again pay, and how soon?
 
-Trains on the left half (x < 1097) for ``--train-minutes``, auto-labels the right half with an uncertainty map,
-then acts as a user with the truth at hand: the ``--fix`` most uncertain objects (by the ranking the dock
-shows, not by their score) are replaced by the truth around them. The model is continued (a new version,
-``--init-from``) for ``--continue-minutes`` on the right half with these corrected labels, trusting only the
-corrected regions (``touched_only``, unless ``--trust-all``), together with the left half it was trained on
-(``--balance``: shares of windows from the corrected and the original pair; ``--balance 1 0`` leaves the left
-half out), and the right half is labelled again. Reports matched-object F1 on the right half, leaving out the
-corrected regions, before and after, and the wall time of the round (label, correct, continue, label).
+Trains on the left half (x < 1097) for ``--train-minutes``, then plays ``--rounds`` proofreading rounds on the
+right half as two simulated users with the truth at hand:
 
-    .venv/bin/python benchmarks/proofread_round.py [--train-minutes 10] [--continue-minutes 3] [--fix 10]
+- ``queue``: fixes the first ``--fix`` entries of the proofreading queue the dock shows (inference/proofreading.py:
+  doubt, unlike the training objects, size and shape, new tissue), skipping objects already fixed;
+- ``oracle``: fixes the ``--fix`` worst objects, as a careful biologist who sees every error would: predicted
+  objects and missed true objects by their best IoU with the other side, lowest first.
+
+A fix makes the labels the truth around the object (8 pixels in-plane) and over every true object it touches.
+Each round then trains a new version for ``--continue-minutes`` trusting only what was corrected so far
+(``touched_only`` with the cumulative fixes as the reviewed mask), beside the left half it was trained on
+(``--balance``), and labels the right half again: the blocks near this round's fixes and the queue's next
+entries first (what the user waits for), the rest afterwards (while they proofread), never over their fixes.
+Two ways to train each round (``--strategy``): ``continue`` the last version, or retrain from the ``base`` model
+on all corrections so far (round 1 is the same for both, and run once).
+
+Reports, per user, strategy and round: the queue's precision (of its first 10 entries, how many are real
+errors: predicted objects without a true object at IoU >= 0.5; beside it the doubt-only ranking's and the share
+of errors among all objects), matched-object F1 and AP50 on the right half outside the fixes so far, before
+and after the round, the new version's validation scores (held-out corrections, left-half block; before and
+best), each phase's seconds and the seconds the user waits (all but the relabelling of the far blocks).
+
+    .venv/bin/python benchmarks/proofread_round.py [--train-minutes 10] [--continue-minutes 3] [--rounds 3]
+    # end-to-end check on a crop in a few minutes:
+    .venv/bin/python benchmarks/proofread_round.py --train-minutes 0.3 --continue-minutes 0.2 --crop 640 512
 
 Run it alone. Results are appended to benchmarks/results/proofread_round.txt.
 """
@@ -33,16 +48,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append  # noqa: E402
 from train_real import DATA, JOBS  # noqa: E402
 
-from napari_plantbio_train.job.config import TrainConfig  # noqa: E402
 from napari_plantbio_train.evaluation.evaluate import evaluate  # noqa: E402
-from napari_plantbio_train.job.events import run_to_end  # noqa: E402
 from napari_plantbio_train.inference.label import LabelSettings, label_stack  # noqa: E402
-from napari_plantbio_train.models.store import ModelStore  # noqa: E402
-from napari_plantbio_train.training.material import continuation  # noqa: E402
-from napari_plantbio_train.training.loop import train  # noqa: E402
+from napari_plantbio_train.inference.proofreading import queue_for, with_queue  # noqa: E402
+from napari_plantbio_train.inference.relabel import (ROUND_BLOCK_VOXELS, join_across, merge_relabelled,  # noqa: E402
+                                                     near_regions)
 from napari_plantbio_train.inference.uncertainty import rank_objects  # noqa: E402
+from napari_plantbio_train.job.config import TrainConfig  # noqa: E402
+from napari_plantbio_train.job.events import run_to_end  # noqa: E402
+from napari_plantbio_train.models.store import ModelStore  # noqa: E402
+from napari_plantbio_train.training.loop import train  # noqa: E402
+from napari_plantbio_train.training.material import continuation  # noqa: E402
 
 SPLIT_X = 1097
+FIX_RING = 8  # in-plane pixels of truth painted around a fixed object
+FIRST = 10  # the queue's precision is measured over its first this many entries
 
 
 def scores_outside(labels: np.ndarray, truth: np.ndarray, fixed: np.ndarray) -> dict[str, float]:
@@ -55,70 +75,223 @@ def scores_outside(labels: np.ndarray, truth: np.ndarray, fixed: np.ndarray) -> 
     return {k: round(float(scores[k]), 4) for k in ("f1_50", "ap_50", "n_pred", "n_true", "foreground_iou")}
 
 
+def best_iou(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
+    """For each object of ``a``, its largest IoU with an object of ``b`` (0 for none)."""
+    a, b = a.ravel().astype(np.int64), b.ravel().astype(np.int64)
+    size_a, size_b = np.bincount(a), np.bincount(b)
+    both = (a > 0) & (b > 0)
+    width = int(b.max()) + 1
+    codes, overlap = np.unique(a[both] * width + b[both], return_counts=True)
+    ia, ib = np.divmod(codes, width)
+    iou = overlap / (size_a[ia] + size_b[ib] - overlap)
+    out = {int(i): 0.0 for i in np.flatnonzero(size_a) if i}
+    for i, v in zip(ia, iou):
+        out[int(i)] = max(out[int(i)], float(v))
+    return out
+
+
+def real_errors(labels: np.ndarray, truth: np.ndarray) -> set[int]:
+    """Predicted objects with no true object at IoU >= 0.5 (above 0.5 a match is one to one)."""
+    return {i for i, v in best_iou(labels, truth).items() if v < 0.5}
+
+
+def precision_at(ids: list[int], errors: set[int]) -> float:
+    first = ids[:FIRST]
+    return round(sum(i in errors for i in first) / max(1, len(first)), 3)
+
+
+def picks(user: str, labels: np.ndarray, truth: np.ndarray, queue: list, fixed: np.ndarray,
+          count: int) -> list[tuple[str, int]]:
+    """What the user fixes this round: ("pred", id) objects of the labels or ("true", id) missed true objects."""
+    fixed_ids = _mostly_in(labels, fixed)
+    if user == "queue":
+        return [("pred", e.id) for e in queue if e.id not in fixed_ids][:count]
+    worst = [(v, -int(np.count_nonzero(labels == i)), "pred", i) for i, v in best_iou(labels, truth).items()
+             if i not in fixed_ids]
+    missed_ids = _mostly_in(truth, fixed)
+    worst += [(v, -int(np.count_nonzero(truth == i)), "true", i) for i, v in best_iou(truth, labels).items()
+              if v < 0.5 and i not in missed_ids]
+    return [(kind, i) for _, _, kind, i in sorted(worst)[:count]]
+
+
+def _mostly_in(labels: np.ndarray, mask: np.ndarray) -> set[int]:
+    inside = np.bincount(labels[mask].ravel(), minlength=int(labels.max()) + 1)
+    sizes = np.bincount(labels.ravel(), minlength=int(labels.max()) + 1)
+    return {int(i) for i in np.flatnonzero(inside * 2 > sizes) if i}
+
+
+def fix(labels: np.ndarray, truth: np.ndarray, chosen: list[tuple[str, int]]) -> np.ndarray:
+    """The voxels the user repaints for the chosen objects: around each, and every true object it touches."""
+    region = np.zeros(labels.shape, bool)
+    for kind, i in chosen:
+        region |= (labels == i) if kind == "pred" else (truth == i)
+    region = ndimage.binary_dilation(region, structure=np.ones((1, 3, 3), bool), iterations=FIX_RING)
+    touched = np.unique(truth[region])
+    return region | np.isin(truth, touched[touched > 0])
+
+
+def relabel(model: str, image: np.ndarray, layer: np.ndarray, reviewed: np.ndarray, near: list, models_dir: Path,
+            settings: LabelSettings) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Label again near the corrections first, then the rest, each merged into the layer around the user's work;
+    (the new layer, the new uncertainty map, seconds of each part and the share of the stack labelled first)."""
+    layer = layer.copy()
+    t = time.perf_counter()
+    first, _ = run_to_end(label_stack(model, image, models_dir=models_dir, settings=settings, near=near,
+                                      uncertainty=True))
+    after = merge_relabelled(layer, first.labels, first.cores, reviewed)
+    near_seconds = time.perf_counter() - t
+    t = time.perf_counter()
+    rest, _ = run_to_end(label_stack(model, image, models_dir=models_dir, settings=settings, near=near, far=True,
+                                     uncertainty=True))
+    merge_relabelled(layer, rest.labels, rest.cores, reviewed, first_id=after)
+    join_across(layer, first.cores, rest.cores)
+    uncertainty = rest.uncertainty
+    for core in first.cores:
+        where = tuple(slice(a, b) for a, b in core)
+        uncertainty[where] = first.uncertainty[where]
+    share = sum(np.prod([b - a for a, b in c]) for c in first.cores) / layer.size
+    return layer, uncertainty, {"relabel_near": near_seconds, "relabel_far": time.perf_counter() - t,
+                                "near_share": round(float(share), 3)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-minutes", type=float, default=10.0)
     parser.add_argument("--continue-minutes", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fix", type=int, default=10)
+    parser.add_argument("--users", nargs="+", choices=("queue", "oracle"), default=["queue", "oracle"])
+    parser.add_argument("--strategy", nargs="+", choices=("continue", "base"), default=["continue", "base"],
+                        help="from round 2: continue the last version, or retrain the base on all corrections")
     parser.add_argument("--touched-margin", type=int, default=24)
-    parser.add_argument("--trust-all", action="store_true", help="train on the whole corrected half")
     parser.add_argument("--balance", type=float, nargs=2, default=(1.0, 1.0), metavar=("CORRECTED", "LEFT"))
     parser.add_argument("--overlap", type=float, default=0.25,
                         help="of the auto-label windows (0.25 labels the half in about half the time of 0.5)")
+    parser.add_argument("--block-voxels", type=int, default=ROUND_BLOCK_VOXELS,
+                        help="blocks of the relabelling: 'near' runs the blocks that meet the corrections")
+    parser.add_argument("--next", type=int, default=10, help="queue entries after the fixed ones relabelled first")
+    parser.add_argument("--crop", type=int, nargs=2, metavar=("Y", "X"),
+                        help="rows 0..Y and X columns on each side of the split: a quick end-to-end check")
     parser.add_argument("--first-model", type=Path, metavar="FOLDER",
                         help="a model this script trained on the left half before (its folder): skip that training")
     args = parser.parse_args()
     image = tifffile.imread(DATA / "chloroplast3d" / "image.tif")
-    truth = tifffile.imread(DATA / "chloroplast3d" / "labels.tif")
-    left, right = (slice(None), slice(None), slice(0, SPLIT_X)), (slice(None), slice(None), slice(SPLIT_X, None))
-    lines = [f"=== {datetime.datetime.now().isoformat(timespec='seconds')} proofread_round {vars(args)}",
-             f"load average before: {os.getloadavg()}"]
+    truth_all = tifffile.imread(DATA / "chloroplast3d" / "labels.tif")
+    rows, width = (slice(None), None) if args.crop is None else (slice(0, args.crop[0]), args.crop[1])
+    left = (slice(None), rows, slice(0 if width is None else SPLIT_X - width, SPLIT_X))
+    right = (slice(None), rows, slice(SPLIT_X, None if width is None else SPLIT_X + width))
+    left_image, left_truth = np.ascontiguousarray(image[left]), np.ascontiguousarray(truth_all[left])
+    image, truth = np.ascontiguousarray(image[right]), np.ascontiguousarray(truth_all[right])
+    header = [f"=== {datetime.datetime.now().isoformat(timespec='seconds')} proofread_round {vars(args)}",
+              f"load average before: {os.getloadavg()}"]
+    print("\n".join(header), flush=True)
     stamp = int(time.time())
+    workers = os.cpu_count() or 1
     if args.first_model:
-        models_dir, first = args.first_model.parent, ModelStore(args.first_model.parent).record(args.first_model.name)
-        first = first.config
+        models_dir, base = args.first_model.parent, args.first_model.name
     else:
-        models_dir = Path(tempfile.mkdtemp(prefix="plantbio-proofread-"))
-        first = TrainConfig(name=f"round-{stamp}", iterations=100_000, iteration_save=100_000,
-                            time_limit_min=args.train_minutes, workers=os.cpu_count() or 1, **JOBS["chloroplast3d"])
-        run_to_end(train(first, image[left], truth[left], models_dir=models_dir))
+        models_dir, base = Path(tempfile.mkdtemp(prefix="plantbio-proofread-")), f"round-{stamp}"
+        first = TrainConfig(name=base, iterations=100_000, iteration_save=100_000, time_limit_min=args.train_minutes,
+                            workers=workers, **JOBS["chloroplast3d"])
+        run_to_end(train(first, left_image, left_truth, models_dir=models_dir))
+    store = ModelStore(models_dir)
+    settings = LabelSettings(overlap=args.overlap, block_voxels=args.block_voxels)
+    window = store.record(base).window
+    grow = tuple(int(w) // 2 for w in (window if len(window) == 3 else (1, *window)))
 
-    round_start = time.perf_counter()
-    phases = {}
-    settings = LabelSettings(overlap=args.overlap)
-    before, _ = run_to_end(label_stack(first.name, image[right], models_dir=models_dir, uncertainty=True,
-                                       settings=settings))
-    phases["label"] = time.perf_counter() - round_start
-    ranked = rank_objects(before.labels, before.uncertainty)[:args.fix]
-    # The user's fix: around each doubtful object (and its neighbourhood), the labels become the truth.
-    fixed = ndimage.binary_dilation(np.isin(before.labels, [o.id for o in ranked]), iterations=8)
-    right_truth = truth[right]
-    touched = np.unique(right_truth[fixed])
-    fixed |= np.isin(right_truth, touched[touched > 0])  # a corrected object is corrected whole
-    corrected = np.where(fixed, right_truth, before.labels).astype(np.uint32)
-    left_share = args.balance[1]
-    second = continuation(ModelStore(models_dir).record(first.name), f"round-{stamp}-v2").replace(
-        iterations=100_000, iteration_save=100_000, time_limit_min=args.continue_minutes,
-        workers=os.cpu_count() or 1, touched_only=not args.trust_all, touched_margin=args.touched_margin,
-        pair_weights=tuple(args.balance) if left_share else None)
-    extra = [(image[left], truth[left])] if left_share else []
     t = time.perf_counter()
-    run_to_end(train(second, image[right], corrected, extra_pairs=extra, auto_labels=before.labels,
-                     models_dir=models_dir))
-    phases["continue"] = time.perf_counter() - t
-    t = time.perf_counter()
-    after, _ = run_to_end(label_stack(second.name, image[right], models_dir=models_dir, settings=settings))
-    phases["label_again"] = time.perf_counter() - t
-    round_seconds = time.perf_counter() - round_start
+    start, _ = run_to_end(label_stack(base, image, models_dir=models_dir, uncertainty=True, settings=settings))
+    start = with_queue(start, image)
+    initial = {"labels": start.labels.astype(np.uint32), "queue": list(start.queue),
+               "uncertainty": start.uncertainty, "seconds": time.perf_counter() - t}
+    lines = list(header)
 
-    row = {"fixed_objects": len(ranked), "fixed_voxels_share": round(float(fixed.mean()), 4),
-           "before": scores_outside(before.labels, right_truth, fixed),
-           "after": scores_outside(after.labels, right_truth, fixed), "round_seconds": round(round_seconds),
-           "phase_seconds": {k: round(v) for k, v in phases.items()}}
-    lines += [json.dumps(row), f"load average after: {os.getloadavg()}"]
-    print("\n".join(lines), flush=True)
+    def report(row: dict) -> None:
+        lines.append(json.dumps(row))
+        print(lines[-1], flush=True)
+
+    for user in args.users:
+        shared: dict | None = None  # round 1 is the same for every strategy
+        for strategy in args.strategy:
+            state = dict(model=base, layer=initial["labels"].copy(), queue=initial["queue"],
+                         uncertainty=initial["uncertainty"], fixed=np.zeros(image.shape, bool))
+            history = []
+            for number in range(1, args.rounds + 1):
+                if number == 1 and shared is not None:
+                    state, row = dict(shared["state"]), dict(shared["row"], strategy=strategy)
+                else:
+                    state, row = play_round(number, user, strategy, state, image, truth, (left_image, left_truth),
+                                            base, store, settings, grow, args, stamp, workers)
+                    if number == 1:
+                        shared = {"state": dict(state), "row": row}
+                if number == 1:
+                    row["seconds"]["label_first"] = round(initial["seconds"])
+                history.append(row)
+                report(row)
+            final_fixed = state["fixed"]
+            report({"user": user, "strategy": strategy, "summary": True,
+                    "initial_outside_all_fixes": scores_outside(initial["labels"], truth, final_fixed),
+                    "after_all_rounds": history[-1]["after"],
+                    "f1_gain_round_1": round(history[0]["after"]["f1_50"] - history[0]["before"]["f1_50"], 4),
+                    "waiting_seconds": [r["waiting_seconds"] for r in history]})
+    lines.append(f"load average after: {os.getloadavg()}")
+    print(lines[-1], flush=True)
     append("proofread_round", lines)
     return 0
+
+
+def play_round(number: int, user: str, strategy: str, state: dict, image: np.ndarray, truth: np.ndarray,
+               original: tuple[np.ndarray, np.ndarray], base: str, store: ModelStore, settings: LabelSettings,
+               grow: tuple[int, ...], args: argparse.Namespace, stamp: int, workers: int) -> tuple[dict, dict]:
+    """One round: rank, fix by script, train a new version, label again. Returns the new state and its row."""
+    seconds: dict[str, float] = {}
+    layer, queue, fixed_before = state["layer"], state["queue"], state["fixed"]
+    errors = real_errors(layer, truth)
+    open_ids = [e.id for e in queue if e.id not in _mostly_in(layer, fixed_before)]
+    doubt = [o.id for o in rank_objects(layer, state["uncertainty"]) if o.id in set(open_ids)]
+    open_errors = errors & set(open_ids)
+    t = time.perf_counter()
+    chosen = picks(user, layer, truth, queue, fixed_before, args.fix)
+    fixed = fixed_before | fix(layer, truth, chosen)
+    # The truth's ids above the layer's, so that a repainted object never shares an id with one left as it was.
+    corrected = np.where(fixed, truth.astype(np.uint32) + np.uint32(layer.max()), layer).astype(np.uint32)
+    seconds["fix"] = time.perf_counter() - t
+
+    parent = store.record(state["model"] if strategy == "continue" or number == 1 else base)
+    name = f"round-{stamp}-{user}-{strategy}-{number}"
+    job = continuation(parent, name).replace(
+        iterations=100_000, iteration_save=100_000, time_limit_min=args.continue_minutes, workers=workers,
+        touched_only=True, touched_margin=args.touched_margin,
+        pair_weights=tuple(args.balance) if args.balance[1] else None)
+    extra = [original] if args.balance[1] else []
+    t = time.perf_counter()
+    # Trusted: everything corrected so far (the reviewed mask), whatever the new version's parent labelled.
+    run_to_end(train(job, image, corrected, extra_pairs=extra, auto_labels=layer, reviewed=fixed,
+                     models_dir=store.root))
+    seconds["continue"] = time.perf_counter() - t
+    record = store.record(name)
+
+    picked = [i for kind, i in chosen if kind == "pred"]
+    upcoming = [i for i in open_ids if i not in picked][:args.next]
+    near = near_regions(image.shape, fixed & ~fixed_before, corrected, upcoming, grow)
+    after_layer, uncertainty, times = relabel(name, image, corrected, fixed, near, store.root, settings)
+    seconds.update({k: v for k, v in times.items() if k != "near_share"})
+    t = time.perf_counter()
+    _, queue_after = queue_for(record, after_layer, image, uncertainty)
+    seconds["queue"] = time.perf_counter() - t
+    waiting = seconds["fix"] + seconds["continue"] + seconds["relabel_near"]
+    row = {"user": user, "strategy": strategy, "round": number, "model": name,
+           "queue_precision_at_10": precision_at(open_ids, open_errors),
+           "doubt_precision_at_10": precision_at(doubt, open_errors),
+           "error_share": round(len(open_errors) / max(1, len(open_ids)), 3),
+           "fixed_objects": len(chosen), "fixed_voxels_share": round(float(fixed.mean()), 4),
+           "before": scores_outside(layer, truth, fixed), "after": scores_outside(after_layer, truth, fixed),
+           "validation": {"before": record.before, "best": record.best_score, "best_parts": record.best_parts,
+                          "iterations": record.iterations_done},
+           "near_share": times["near_share"], "seconds": {k: round(v, 1) for k, v in seconds.items()},
+           "waiting_seconds": round(waiting)}
+    new_state = dict(model=name, layer=after_layer, queue=queue_after, uncertainty=uncertainty, fixed=fixed)
+    return new_state, row
 
 
 if __name__ == "__main__":

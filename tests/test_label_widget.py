@@ -296,12 +296,14 @@ def test_uncertainty_layer_and_the_next_uncertain_object(dock, qtbot, chloroplas
     assert doubt.data.shape == image.shape and 0 <= doubt.data.min() and doubt.data.max() <= 1
     np.testing.assert_allclose(doubt.scale, SCALE)
     queue = widget.proofread
-    assert len(queue.ranked) == result.objects > 0 and queue.next_button.isEnabled()
-    scores = [o.uncertainty for o in queue.ranked]
-    assert scores == sorted(scores, reverse=True)
-    first = queue.next()
     labels = viewer.layers["raw [chl]"]
+    assert result.objects > 0 and queue.next_button.isEnabled()
+    assert result.queue, "the child wrote the proofreading queue beside the uncertainty"
+    assert [e.id for e in queue.entries] == [e.id for e in result.queue]
+    scores = [e.score for e in result.queue]
+    assert scores == sorted(scores, reverse=True), "likeliest error first"
+    first = queue.next()
     assert labels.selected_label == first.id
     expected = np.asarray(first.centroid) * labels.scale + labels.translate
     np.testing.assert_allclose(viewer.camera.center[-2:], expected[-2:], atol=1e-6)
-    assert queue.next().id == queue.ranked[1 % len(queue.ranked)].id
+    assert queue.next().id == queue.entries[1 % len(queue.entries)].id

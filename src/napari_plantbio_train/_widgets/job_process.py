@@ -162,6 +162,13 @@ class StoredResult:
     original: Any
 
 
+def _read_queue(path: Path) -> tuple | None:
+    """The queue a child wrote (``predict --queue``), or None where it wrote none."""
+    from ..inference.proofreading import queue_from_document
+
+    return queue_from_document(json.loads(path.read_text())) if path.is_file() else None
+
+
 def labelled_in_child(record: Any, image: str, options: list[str], *, models_dir: str | Path,
                       probabilities: bool, uncertainty: bool, lazy: bool, folder: JobFolder | None = None,
                       stop: threading.Event | None = None) -> Generator[Event, None, Any]:
@@ -179,25 +186,28 @@ def labelled_in_child(record: Any, image: str, options: list[str], *, models_dir
         outputs["probabilities"] = str(results / "probabilities.zarr")
     if uncertainty:
         outputs["uncertainty"] = str(results / "uncertainty.zarr")
+        if record.config.mode == "instance":  # the proofreading queue, likeliest error first (proofreading.py)
+            outputs["queue"] = str(results / "queue.json")
     try:
         last = yield from label_in_child(record.name, image, outputs, options, models_dir=models_dir, folder=folder,
                                          stop=stop)
         if last is None or last.cancelled:
             shutil.rmtree(results, ignore_errors=True)
             return LabelResult(None, None, record, None, 0.0 if last is None else last.seconds)
+        queue = _read_queue(results / "queue.json")
         if not lazy:
             arrays = {name: np.asarray(zarr.open_array(store=str(results / f"{name}.zarr"), mode="r"))
                       for name in ("labels", "probabilities", "uncertainty") if (results / f"{name}.zarr").exists()}
             shutil.rmtree(results, ignore_errors=True)
             return StoredResult(LabelResult(arrays["labels"], arrays.get("probabilities"), record, last.objects,
-                                            last.seconds, arrays.get("uncertainty")), None, None)
+                                            last.seconds, arrays.get("uncertainty"), queue=queue), None, None)
         # The model's own result stays beside the one the user will paint into (a copy on disk, not in memory).
         shutil.copytree(results / "labels.zarr", results / "original.zarr")
         labels = zarr.open_array(store=str(results / "labels.zarr"), mode="r+")
         opened = {name: zarr.open_array(store=str(results / f"{name}.zarr"), mode="r")
                   for name in ("probabilities", "uncertainty") if name in outputs}
         result = LabelResult(labels, opened.get("probabilities"), record, last.objects, last.seconds,
-                             opened.get("uncertainty"))
+                             opened.get("uncertainty"), queue=queue)
         return StoredResult(result, results, zarr.open_array(store=str(results / "original.zarr"), mode="r"))
     except BaseException:
         shutil.rmtree(results, ignore_errors=True)

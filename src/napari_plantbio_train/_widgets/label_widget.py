@@ -83,7 +83,7 @@ class AutoLabelWidget(QWidget):
         self.show_doubt = QCheckBox("show uncertainty and rank objects by it")
         # Where the job runs: a separate program by default, so a crash can never close napari.
         self.in_process = QCheckBox("label in napari's own process (a crash there would close napari)")
-        self.proofread = ProofreadQueue(napari_viewer)
+        self.proofread = ProofreadQueue(napari_viewer, lambda: self.models_dir)
         self.label_button, self.cancel_button = QPushButton("Label"), QPushButton("Cancel", enabled=False)
         self.progress = QProgressBar(format="idle", value=0)
         self.warning, self.status = QLabel(wordWrap=True), StatusLine()
@@ -329,7 +329,7 @@ class AutoLabelWidget(QWidget):
         if stored is not None and stored.folder is not None:
             self._results[str(stored.folder)] = [*added, labels]
         if result.uncertainty is not None and result.record.config.mode == "instance":
-            self.proofread.load(labels, result.uncertainty)
+            self.proofread.load(labels, result.uncertainty, queue=result.queue, image=job.layer, record=result.record)
         objects = f", {result.objects} objects" if result.objects is not None else ""
         self._set_status(f"Added {job.name!r} ({result.seconds:.1f} s{objects}).")
 

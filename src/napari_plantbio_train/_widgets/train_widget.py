@@ -21,7 +21,7 @@ from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QSizePolicy, QVBox
 from .. import planning
 from ..io.files import size_text
 from ..job.config import ConfigError, TrainConfig
-from ..job.events import CheckpointSaved, Finished, Preview, Progress, Started, Validation
+from ..job.events import CheckpointSaved, Finished, Preview, Progress, Started, Validation, parts_text
 from ..job.kinds import score_name
 from ..models.store import ModelStore
 from ..runtime.hardware import processes_per_machine
@@ -267,9 +267,10 @@ class TrainWidget(QWidget):
         self.progress.setValue(event.start_iteration)
         window = "×".join(str(w) for w in event.window)
         disk = "" if event.disk_bytes is None else f" Checkpoints take up to {size_text(event.disk_bytes)} of disk."
+        note = f" It {event.validation_note}." if event.validation_note else ""
         plan = "".join(f"\n{line}" for line in event.plan)  # what the plan chose for the fields left on auto
         self._set_status(f"Training {event.model_dir.name} on the {event.device.upper()}, window {window}.{disk}"
-                         f"{plan}")
+                         f"{note}{plan}")
 
     def _on_progress(self, event: Progress) -> None:
         """Recorded at once, shown at most once a second: on a small CPU every repaint in the GUI thread takes
@@ -294,8 +295,9 @@ class TrainWidget(QWidget):
     def _on_validation(self, event: Validation) -> None:
         self.plot.add_score(event.iteration, event.score)
         name = score_name(self.config.mode) if self.config is not None else "score"
-        self._set_status(f"Iteration {event.iteration}: {name} {event.score:.3f}"
-                         f"{' (best so far)' if event.is_best else ''} on the held-out block.")
+        when = "Before training" if event.iteration == 0 else f"Iteration {event.iteration}"
+        self._set_status(f"{when}: {name} {event.score:.3f}{parts_text(event.metrics)}"
+                         f"{' (best so far)' if event.is_best else ''} on what is held out.")
 
     def _on_checkpoint(self, event: CheckpointSaved) -> None:
         if event.reason in ("stop", "final"):

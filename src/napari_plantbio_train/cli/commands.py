@@ -96,6 +96,8 @@ def _pairs(args: argparse.Namespace) -> dict[str, Any]:
         fields["pair_weights"] = tuple(args.balance)
     if args.touched_only is not None:
         fields["touched_only"], fields["auto_labels"] = True, args.touched_only
+    if args.reviewed is not None:
+        fields["reviewed"] = args.reviewed
     return fields
 
 
@@ -179,7 +181,7 @@ def train_rank(job: dict[str, Any], out: TextIO | None = None) -> int:
     config, out = TrainConfig.from_dict(job["config"]), out or sys.stdout
     stop = threading.Event()
     with _signals_set(stop) as received, distributed.process_group(job_device(config)) as rank:
-        image, labels, extra, auto_labels = _read_data(config, job["data"])
+        image, labels, extra, auto_labels, reviewed = _read_data(config, job["data"])
         # Rank 0 alone polls the STOP file: the ranks agree on stopping anyway, and only it may delete the file,
         # once it owns the folder (its Started event): before that the file may be another running job's.
         stop_path = wire.stop_file(ModelStore(job["models_dir"]).folder(config.name)) if rank.is_main else None
@@ -190,7 +192,7 @@ def train_rank(job: dict[str, Any], out: TextIO | None = None) -> int:
 
         report = _reporter(job, config, rank, out)
         try:
-            events = train(config, image, labels, extra_pairs=extra, auto_labels=auto_labels,
+            events = train(config, image, labels, extra_pairs=extra, auto_labels=auto_labels, reviewed=reviewed,
                            models_dir=job["models_dir"], resume=job["resume"], stop=stopping, rank=rank)
             while True:
                 try:
@@ -228,14 +230,17 @@ def _launched_rank(job: dict[str, Any]) -> int:
 
 def _read_data(config: TrainConfig, data: dict[str, Any]) -> tuple[np.ndarray, np.ndarray,
                                                                     list[tuple[np.ndarray, np.ndarray]],
-                                                                    np.ndarray | None]:
+                                                                    np.ndarray | None, np.ndarray | None]:
     image, labels = _read_pair(data["image"], data["labels"], "image", "labels")
     extra = [_read_pair(i, lab, "extra_images", "extra_labels")
              for i, lab in zip(data.get("extra_images") or (), data.get("extra_labels") or ())]
     auto_labels = None
+    reviewed = None
     if config.touched_only and data.get("auto_labels"):
         auto_labels = _read(data["auto_labels"], "auto_labels")
-    return image, labels, extra, auto_labels
+        if data.get("reviewed"):
+            reviewed = _read(data["reviewed"], "reviewed")
+    return image, labels, extra, auto_labels, reviewed
 
 
 def _check_before_launch(config: TrainConfig, data: dict[str, Any], args: argparse.Namespace) -> None:
@@ -292,14 +297,18 @@ def _run_predict(args: argparse.Namespace, out: TextIO) -> int:
     settings = LabelSettings(overlap=args.overlap, tta=args.tta, batch_size=args.batch_size, precision=args.precision,
                              device=args.device, which=args.checkpoint, postprocess=postprocess,
                              block_voxels=args.block_voxels, workers=args.workers, scheduler=args.scheduler)
+    _check_queue_targets(args)
     stop = threading.Event()
     bar = None if args.quiet or args.events == "jsonl" else ProgressLine(out)
     report = JsonLines(out) if args.events == "jsonl" else None
+    # The queue ranks by doubt among other signs: without a file for the uncertainty it is kept in memory.
+    uncertainty = args.uncertainty or (True if args.queue else None)
+    kept: dict[str, Any] = {}
     with _signals_set(stop) as received:
-        for event in label_stack(args.model, image, models_dir=args.models_dir, output=args.output,
-                                 probabilities=args.probabilities, uncertainty=args.uncertainty,
-                                 settings=settings, overwrite=args.overwrite,
-                                 stop=stop):
+        events = label_stack(args.model, image, models_dir=args.models_dir, output=args.output,
+                             probabilities=args.probabilities, uncertainty=uncertainty, settings=settings,
+                             overwrite=args.overwrite, stop=stop)
+        for event in _keeping_result(events, kept):
             if report is not None:
                 report(event)
                 if isinstance(event, LabelFinished) and event.cancelled:
@@ -317,7 +326,47 @@ def _run_predict(args: argparse.Namespace, out: TextIO) -> int:
                 _line(bar, out, f"{status} in {_duration(event.seconds)}{objects}")
                 if event.cancelled:
                     return stopped_status(received) or 130
+    if args.queue:
+        _write_queue(args, kept["result"], image)
     return 0
+
+
+def _keeping_result(events: Any, kept: dict[str, Any]) -> Iterator[Any]:
+    """The events of a job's generator; what it returns is put into ``kept["result"]``."""
+    kept["result"] = yield from events
+
+
+def _check_queue_targets(args: argparse.Namespace) -> None:
+    """The queue's files are checked with the other outputs, before any work."""
+    for option, suffixes in (("queue", (".json",)), ("novelty", (".npy", ".tif", ".tiff"))):
+        path = getattr(args, option)
+        if path is None:
+            continue
+        if option == "novelty" and not args.queue:
+            raise ConfigError("novelty", "the new-tissue map comes with the queue: give --queue too")
+        if Path(path).suffix.lower() not in suffixes:
+            raise ConfigError(option, f"{Path(path).name}: write it as {' or '.join(suffixes)}")
+        if Path(path).exists() and not args.overwrite:
+            raise ConfigError(option, f"{path} exists; give --overwrite to replace it")
+
+
+def _write_queue(args: argparse.Namespace, result: Any, image: Any) -> None:
+    from ..inference.proofreading import queue_document, with_queue
+    from ..io.files import atomic_write, atomic_write_json
+
+    result = with_queue(result, image)
+    if result.queue is None:
+        raise ConfigError("queue", f"model {args.model!r} is a {result.record.config.mode} model: the queue ranks "
+                                   "objects of an instance model")
+    atomic_write_json(Path(args.queue), queue_document(result))
+    if args.novelty and result.novelty is not None:
+        path = Path(args.novelty)
+        if path.suffix.lower() == ".npy":
+            atomic_write(path, lambda handle: np.save(handle, result.novelty, allow_pickle=False))
+        else:
+            import tifffile
+
+            atomic_write(path, lambda handle: tifffile.imwrite(handle, result.novelty))
 
 
 def _run_evaluate(args: argparse.Namespace, out: TextIO) -> int:

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="trust only the regions of the first --labels that differ from this auto-label result (the one "
              "they were corrected from), plus --touched-margin pixels around them; the rest is ignored")
     add("--touched-margin", type=int, help="pixels of context around each correction (default 16)")
+    add("--reviewed", metavar="MASK",
+        help="with --touched-only: a mask (non-zero: reviewed) of voxels checked by hand, trusted like the "
+             "corrections even where the labels did not change (objects accepted as right)")
     add("--mode", choices=MODES, help="semantic (classes) or instance (touching objects apart)")
     add("--dims", choices=DIMS, help="2d: every slice on its own; 3d: the stack is one volume")
     add("--name", help="unique model name (a safe folder name); required unless --config gives it")
@@ -134,6 +137,11 @@ def _add_predict(commands: Any) -> None:
     add("--models-dir", help="models folder (default: $PLANTBIO_MODELS_DIR or the user data folder)")
     add("--probabilities", help="also write the probability maps to this .zarr path")
     add("--uncertainty", help="also write a map of the model's doubt (0..1) to this .zarr or .tif path")
+    add("--queue", metavar="QUEUE.json",
+        help="instance models: also write the proofreading queue, the objects from the likeliest error down "
+             "(doubt, unlike the training objects, size or shape, new tissue), as JSON")
+    add("--novelty", metavar="MAP.npy|MAP.tif",
+        help="with --queue: also write the 'new tissue' map (0..1 per tile: how unlike the training stack)")
     add("--checkpoint", choices=("best", "last"), default="best", help="which weights to use (default best)")
     add("--precision", choices=PRECISIONS, default="auto",
         help="auto: bf16 where the hardware runs it natively and a probe saw it work, else fp32")

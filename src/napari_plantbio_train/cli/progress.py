@@ -11,7 +11,7 @@ from typing import Any, TextIO
 from ..io import wire
 from ..io.files import size_text
 from ..job.config import TrainConfig
-from ..job.events import CheckpointSaved, Finished, Progress, Started, Validation
+from ..job.events import CheckpointSaved, Finished, Progress, Started, Validation, parts_text
 from ..training.distributed import Rank
 
 
@@ -56,6 +56,8 @@ def _report(event: Any, config: TrainConfig, bar: "ProgressLine | None", out: Te
               flush=True)
         if event.precision_reason:
             print(f"precision {event.precision_reason}", file=out, flush=True)
+        if event.validation_note:
+            print(event.validation_note, file=out, flush=True)
         for line in event.plan:
             print(line, file=out, flush=True)
         if event.batch_hint is not None:
@@ -65,7 +67,7 @@ def _report(event: Any, config: TrainConfig, bar: "ProgressLine | None", out: Te
         bar.update(event)
     elif isinstance(event, Validation):
         _line(bar, out, f"iteration {event.iteration}: validation score {event.score:.4f}"
-                        + (" (best)" if event.is_best else ""))
+                        + parts_text(event.metrics) + (" (best)" if event.is_best else ""))
     elif isinstance(event, CheckpointSaved) and event.reason != "best":
         _line(bar, out, f"checkpoint ({event.reason}) at iteration {event.iteration}: {event.path}")
     elif isinstance(event, Finished):

@@ -20,7 +20,7 @@ def match_instances(pred: np.ndarray, truth: np.ndarray, iou_threshold: float = 
     segmentations agree perfectly (all scores 1.0); if only one is empty, precision, recall and f1 are 0.0.
     """
     tp, n_pred, n_true, iou_sum = _match_counts(*_same_shape(pred, truth), iou_threshold)
-    return _instance_scores(tp, n_pred, n_true, iou_sum)
+    return instance_scores(tp, n_pred, n_true, iou_sum)
 
 
 def match_instances_per_slice(pred: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float]:
@@ -36,7 +36,7 @@ def match_instances_per_slice(pred: np.ndarray, truth: np.ndarray, iou_threshold
     for pred_slice, truth_slice in zip(pred, truth):
         totals += _match_counts(pred_slice, truth_slice, iou_threshold)
     tp, n_pred, n_true, iou_sum = totals
-    return _instance_scores(int(tp), int(n_pred), int(n_true), float(iou_sum))
+    return instance_scores(int(tp), int(n_pred), int(n_true), float(iou_sum))
 
 
 def foreground_iou(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -127,7 +127,8 @@ def _match_counts(pred: np.ndarray, truth: np.ndarray, iou_threshold: float) -> 
     return int(matched.size), n_pred, n_true, float(matched.sum())
 
 
-def _instance_scores(tp: int, n_pred: int, n_true: int, iou_sum: float) -> dict[str, float]:
+def instance_scores(tp: int, n_pred: int, n_true: int, iou_sum: float) -> dict[str, float]:
+    """The scores of a matching from its counts (also of several matchings pooled: counts add up)."""
     if n_pred == 0 and n_true == 0:
         precision = recall = f1 = 1.0
     else:

@@ -15,7 +15,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,9 @@ from . import blockwise
 from .predictor import labels_from_probabilities, make_predictor
 from .sliding import TTA_CHOICES, predict_stack, with_tta
 from .uncertainty import entropy_map
+
+
+Region3 = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
 
 class LabelCancelled(Exception):
@@ -96,6 +99,9 @@ class LabelResult:
     objects: int | None
     seconds: float
     uncertainty: Any | None = None  # entropy of the probabilities, 0..1 (see uncertainty.py)
+    novelty: np.ndarray | None = None  # the "new tissue" map, one value per tile (proofreading.with_queue)
+    queue: tuple | None = None  # proofreading.QueueEntry, likeliest error first (proofreading.with_queue)
+    cores: tuple | None = None  # (start, stop) per (z, y, x) axis of each block written (a `near` run: some)
 
 
 @dataclass(frozen=True)
@@ -123,13 +129,18 @@ class _Job:
 
 def label_stack(model: str, image: Any, *, models_dir: str | Path | None = None, output: Any = None,
                 probabilities: Any = None, uncertainty: Any = None, settings: LabelSettings | None = None,
-                overwrite: bool = False,
-                stop: StopSignal = None) -> Generator[LabelEvent, None, LabelResult]:
+                overwrite: bool = False, stop: StopSignal = None, near: Sequence[Region3] | None = None,
+                far: bool = False) -> Generator[LabelEvent, None, LabelResult]:
     """Label `image` ((Y, X) or (Z, Y, X): numpy, dask or zarr) with the named model; yields events.
 
     `output` is None (a numpy array is returned), an array to fill, or a ``.zarr`` / ``.tif`` path.
     `probabilities` is None (not kept), True (in memory) or a ``.zarr`` path / array for the (K, ...) maps;
     `uncertainty` likewise for a map of the model's doubt, shaped like the image.
+
+    `near` ((start, stop) per (z, y, x) axis, for each region) labels only the blocks whose core meets one of
+    the regions (with `far`, only the others): a proofreading round relabels around the corrections first and
+    the rest afterwards. Blocks are those of a whole-stack run, so inside them the result is the whole run's
+    (its ids numbered from 1 among the blocks labelled); the result's `cores` says which were written.
     """
     started = time.perf_counter()
     settings = settings or LabelSettings()
@@ -144,7 +155,8 @@ def label_stack(model: str, image: Any, *, models_dir: str | Path | None = None,
     job = _make_job(record, store, settings, shape, image)
     window3 = job.window3
     halo = _halo(settings.halo, window3, record)
-    blocks = blockwise.plan_blocks(shape, window3, job.overlap, halo, settings.block_voxels)
+    planned = blockwise.plan_blocks(shape, window3, job.overlap, halo, settings.block_voxels)
+    blocks = planned if near is None else [b for b in planned if blockwise.meets(b, near) != far]
     windows = {b.index: blockwise.count_windows(b, window3, job.overlap) for b in blocks}
     total_windows = sum(windows.values())
 
@@ -152,7 +164,7 @@ def label_stack(model: str, image: Any, *, models_dir: str | Path | None = None,
         raise ConfigError("output", "a cluster writes its result into a file the workers can reach: give an "
                                     "output .zarr or .tif path")
     image_shape = tuple(int(s) for s in image.shape)
-    chunks = tuple(b - a for a, b in blocks[0].core)[-len(image_shape):]
+    chunks = tuple(b - a for a, b in planned[0].core)[-len(image_shape):]
     labels_dtype = np.uint32 if job.mode == "instance" else np.min_scalar_type(max(job.classes or [0]))
     voxel_size = tuple(record.config.voxel_size)
     labels_out = Output(output, image_shape, labels_dtype, chunks, overwrite=overwrite, voxel_size=voxel_size)
@@ -170,7 +182,8 @@ def label_stack(model: str, image: Any, *, models_dir: str | Path | None = None,
         objects = yield from _run(job, blocks, windows, image, labels_out, probs_out, unc_out, settings, stop)
         result = LabelResult(labels_out.finish(), probs_out.finish() if probs_out is not None else None, record,
                              objects, time.perf_counter() - started,
-                             unc_out.finish() if unc_out is not None else None)
+                             unc_out.finish() if unc_out is not None else None,
+                             cores=tuple(b.core for b in blocks))
     except BaseException as exc:
         outputs = [out for out in (labels_out, probs_out, unc_out) if out is not None]
         for out in outputs:

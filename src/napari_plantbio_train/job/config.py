@@ -83,6 +83,8 @@ class TrainConfig:
     touched_only: bool = False  # trust only voxels near where the first labels differ from `auto_labels`
     touched_margin: int = 16  # in-plane pixels of context around each correction (z: scaled by anisotropy)
     auto_labels: str | None = None  # the auto-label result the first pair's labels were corrected from
+    # With touched_only: a mask of the voxels the user reviewed (painted, erased, accepted), trusted with the changes.
+    reviewed: str | None = None
     seed: int = 0
 
     # ----- derived values -------------------------------------------------------------------------------------
@@ -211,7 +213,7 @@ class TrainConfig:
 
 # ----- the job file -------------------------------------------------------------------------------------------
 JOB_KIND = "napari-plantbio-train job"
-DATA_FIELDS = ("image", "labels", "extra_images", "extra_labels", "auto_labels")
+DATA_FIELDS = ("image", "labels", "extra_images", "extra_labels", "auto_labels", "reviewed")
 
 
 def job_document(config: TrainConfig, data: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -242,7 +244,7 @@ def read_job_document(document: Any) -> tuple[TrainConfig, dict[str, Any]]:
     else:
         config, data = TrainConfig.from_dict(document), {}
     where = {"image": config.image, "labels": config.labels, "extra_images": config.extra_images,
-             "extra_labels": config.extra_labels, "auto_labels": config.auto_labels}
+             "extra_labels": config.extra_labels, "auto_labels": config.auto_labels, "reviewed": config.reviewed}
     where.update({k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in DATA_FIELDS})
     return config, where
 

@@ -31,6 +31,7 @@ class Started:
     batch_size: int | None = None  # windows per batch, as the job runs (given or planned)
     lr: float | None = None  # base learning rate, as the job runs
     disk_bytes: int | None = None  # about the most disk the job's checkpoints take at once (ModelWriter.planned_bytes)
+    validation_note: str = ""  # what validation holds out (training/holdout.py), or why the job cannot validate
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,19 @@ class Progress:
 class Validation:
     iteration: int
     score: float  # the one number to watch: mean IoU (semantic) or matched-object F1 at IoU 0.5 (instance)
+    # The first part's metrics, and each part's score: learned_score (the job's own held-out labels) and,
+    # where the original pair is given, kept_score (the lineage's block there); ``score`` is their mean.
     metrics: dict[str, float] = field(default_factory=dict)
     is_best: bool = False
+
+
+def parts_text(metrics: dict[str, float]) -> str:
+    """A validation's part scores in words ('' for a job with one part): what a job learned and what it kept."""
+    if "kept_score" not in metrics:
+        return ""
+    learned = metrics.get("learned_score")
+    words = [] if learned is None else [f"learned {learned:.3f}"]
+    return " (" + ", ".join([*words, f"kept {metrics['kept_score']:.3f}"]) + ")"
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,14 @@ FIELDS: dict[str, Check] = {
     "postprocess": _optional(_table({}, required=())),
     "parent": _optional(_text),
     "lineage": _list_of(_text),
+    "kept_block": _optional(_table({"shape": _list_of(_integer(1), lengths=(3,)),
+                                    "region": _list_of(_list_of(_integer(0), lengths=(2,)), lengths=(3,)),
+                                    "digest": _text}, required=("shape", "region", "digest"))),
+    "validation_before": _optional(_table({"validation_score": _optional(_number)}, required=())),
+    "best_parts": _optional(_table({"learned_score": _number, "kept_score": _number}, required=())),
+    "statistics": _optional(_table({"tile": _integer(1), "objects": _list_of(_list_of(_number)),
+                                    "tiles": _list_of(_list_of(_number, lengths=(2,)))},
+                                   required=("tile", "objects", "tiles"))),
 }
 REQUIRED = ("network", "normalisation", "window", "iterations_done", "last")
 CHECKPOINTS = ("last", "best")  # the fields that name files of the folder

@@ -36,7 +36,7 @@ FORMAT_VERSION = 1
 DESCRIBED = ("network", "normalisation", "classes", "window", "mode", "dims", "voxel_size", "postprocess",
              "precision")
 METRIC_FIELDS = ("iteration", "loss", "lr", "seconds_per_iteration", "data_seconds", "validation_score",
-                 "elapsed_seconds")
+                 "elapsed_seconds", "learned_score", "kept_score")
 
 
 def default_models_dir() -> Path:
@@ -67,6 +67,10 @@ class ModelRecord:
     postprocess: dict[str, float] | None = None
     parent: str | None = None  # the model this one continued from (a new version), if any
     lineage: tuple[str, ...] = ()  # its ancestors, oldest first
+    kept_block: dict[str, Any] | None = None  # the lineage's held-out block on its first stack (training/holdout.py)
+    before: dict[str, float] | None = None  # a version's parent scored on what it holds out, before its first step
+    best_parts: dict[str, float] | None = None  # the best checkpoint's learned_score and kept_score
+    statistics: dict[str, Any] | None = None  # its training objects and tiles (inference/proofreading.py)
 
     @property
     def score_name(self) -> str:
@@ -169,7 +173,9 @@ class ModelStore:
                            window=tuple(meta["window"]), iterations_done=meta["iterations_done"],
                            last=meta["last"], best=meta.get("best"), best_score=meta.get("best_score"),
                            best_iteration=meta.get("best_iteration"), postprocess=meta.get("postprocess"),
-                           parent=meta.get("parent"), lineage=tuple(meta.get("lineage", ())))
+                           parent=meta.get("parent"), lineage=tuple(meta.get("lineage", ())),
+                           kept_block=meta.get("kept_block"), before=meta.get("validation_before"),
+                           best_parts=meta.get("best_parts"), statistics=meta.get("statistics"))
 
     def load_checkpoint(self, record: ModelRecord, which: str = "best") -> dict[str, Any]:
         """The checkpoint's tensors and counters; only plain data is accepted from the file, and only from a file
@@ -348,7 +354,8 @@ class ModelWriter:
         periodic = min(config.keep_checkpoints, saves)
         return (periodic + 1) * 3 * best + best
 
-    def save_best(self, iteration: int, weights: dict[str, Any], score: float) -> Path:
+    def save_best(self, iteration: int, weights: dict[str, Any], score: float | None) -> Path:
+        """The best weights so far (``score`` None: a job that cannot validate keeps its final weights)."""
         path = self.folder / "checkpoints/best.pt"
         self._write_checkpoint(path, {"model": weights, "iteration": iteration, "description": self.description()})
         self.meta.update(best="checkpoints/best.pt", best_score=score, best_iteration=iteration)

@@ -33,9 +33,12 @@ def painted(config: TrainConfig, truth: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def touched(corrected: np.ndarray, auto_labels: np.ndarray, margin: int, *, anisotropy: float = 1.0,
-            per_slice: bool = False) -> np.ndarray:
+            per_slice: bool = False, reviewed: np.ndarray | None = None) -> np.ndarray:
     """Voxels within ``margin`` in-plane pixels of a correction (where ``corrected`` differs from the auto-label
-    result it was made from).
+    result it was made from, or that the user ``reviewed``: painted, erased or accepted as right).
+
+    The dock tracks what the user reviews as they work, so an object accepted as right, or painted over with
+    its own id, is trusted too: differencing alone sees only what changed.
 
     The margin gives each correction its context: the background ring around a deleted false object and the
     edge of a painted one are what the network must learn there. Along z the margin is measured in the same
@@ -45,6 +48,11 @@ def touched(corrected: np.ndarray, auto_labels: np.ndarray, margin: int, *, anis
         raise ConfigError("auto_labels", f"shape {auto_labels.shape} differs from the corrected labels' "
                                          f"{corrected.shape}")
     changed = corrected != auto_labels
+    if reviewed is not None:
+        if reviewed.shape != corrected.shape:
+            raise ConfigError("reviewed", f"shape {reviewed.shape} differs from the corrected labels' "
+                                          f"{corrected.shape}")
+        changed |= reviewed.astype(bool, copy=False)
     if not changed.any():
         raise ConfigError("touched_only", "the labels are identical to the auto-label result: nothing was "
                                           "corrected, so there is nothing to train on")

@@ -30,7 +30,7 @@ from ..runtime.hardware import job_device, processes_per_machine
 from ..runtime.memory import OutOfMemory, largest_fitting, out_of_memory_message, try_step
 from .distributed import Rank, agree, gather, mean, weights_digest
 from .setup import set_up
-from .validation import score_region
+from .validation import PART_SCORES, score_region
 
 WARMUP_ITERATIONS = 100
 
@@ -49,12 +49,13 @@ def lr_at(iteration: int, progress: float, base_lr: float, warmup: int) -> float
 
 def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
           extra_pairs: Sequence[tuple[np.ndarray, np.ndarray]] = (), auto_labels: np.ndarray | None = None,
-          models_dir: str | Path | None = None, resume: bool = False,
+          reviewed: np.ndarray | None = None, models_dir: str | Path | None = None, resume: bool = False,
           stop: StopSignal = None, rank: Rank | None = None) -> Generator[Event, None, Path]:
     """Train (or resume) the named model; yields events and returns the model folder.
 
     `extra_pairs` are more (image, labels) pairs sampled beside the first in the shares `config.pair_weights`;
-    `auto_labels` is the auto-label result the first labels were corrected from (`config.touched_only`).
+    `auto_labels` is the auto-label result the first labels were corrected from (`config.touched_only`), and
+    `reviewed` where the user reviewed them (painted, erased or accepted), trusted beside what changed.
     `rank` places this process in a data-parallel job (see distributed.py; its process group already joined):
     every rank runs the whole loop on its own windows, rank 0 alone writes the model folder and yields events.
     """
@@ -64,8 +65,8 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         raise ConfigError(field, f"{processes_per_machine(config)} processes train as a job of their own: start it "
                                  "with the command line (napari-plantbio-train train), which launches them")
     rank = rank if rank is not None else Rank(device=job_device(config))
-    events = _train(config, image, labels, extra_pairs=extra_pairs, auto_labels=auto_labels, models_dir=models_dir,
-                    resume=resume, stop=stop, rank=rank)
+    events = _train(config, image, labels, extra_pairs=extra_pairs, auto_labels=auto_labels, reviewed=reviewed,
+                    models_dir=models_dir, resume=resume, stop=stop, rank=rank)
     if rank.is_main:
         return (yield from _owning(ModelStore(models_dir), config.name, events))
     while True:  # the other ranks do the same work with nothing to report
@@ -91,36 +92,42 @@ def _owning(store: ModelStore, name: str, events: Generator[Event, None, Path]) 
 
 def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
            extra_pairs: Sequence[tuple[np.ndarray, np.ndarray]], auto_labels: np.ndarray | None,
-           models_dir: str | Path | None, resume: bool, stop: StopSignal,
+           reviewed: np.ndarray | None, models_dir: str | Path | None, resume: bool, stop: StopSignal,
            rank: Rank) -> Generator[Event, None, Path]:
-    run = set_up(config, image, labels, extra_pairs=extra_pairs, auto_labels=auto_labels, models_dir=models_dir,
-                 resume=resume, rank=rank)
+    run = set_up(config, image, labels, extra_pairs=extra_pairs, auto_labels=auto_labels, reviewed=reviewed,
+                 models_dir=models_dir, resume=resume, rank=rank)
     config, material, model, net, forward = run.config, run.material, run.model, run.net, run.forward
     optimizer, writer, device, autocast, batches = run.optimizer, run.writer, run.device, run.autocast, run.batches
     start, best_score, folder = run.start, run.best_score, run.folder
     target_dtype = torch.long if config.mode == "semantic" else torch.float32
 
+    validated = bool(material.holdout.parts)
     yield Started(folder, config.iterations, start, material.window, device.type, material.val_region,
                   precision=run.verdict.precision, batch_hint=run.batch_hint, precision_reason=run.verdict.reason,
                   plan=tuple(run.plan.lines()) if run.plan is not None else (), batch_size=config.batch_size,
-                  lr=config.lr, disk_bytes=writer.planned_bytes(model) if writer is not None else None)
+                  lr=config.lr, disk_bytes=writer.planned_bytes(model) if writer is not None else None,
+                  validation_note=material.holdout.note)
     began, limit = time.perf_counter(), (config.time_limit_min or 0) * 60.0
     seconds_ema: float | None = None
     iteration, last_saved, last_validated, reason = start, start, start, "completed"
 
-    def validation(at: int) -> Generator[Event, None, float]:
-        """Score the held-out block, show it, and keep the weights if they are the best so far."""
+    def validation(at: int, eligible: bool = True) -> Generator[Event, None, dict]:
+        """Score what is held out, show it, and keep the weights if they are the best so far (``eligible``:
+        weights this job trained; the parent's, scored before the first step, are only the "before")."""
         nonlocal best_score
         result = score_region(model, material, config, device, autocast)
-        is_best = best_score is None or result.score > best_score
+        is_best = eligible and (best_score is None or result.score > best_score)
         yield Validation(at, result.score, result.metrics, is_best)
-        yield Preview(at, result.probabilities, result.labels, tuple(a for a, _ in material.val_region),
-                      result.channel_names)
+        if result.offset is not None:
+            yield Preview(at, result.probabilities, result.labels, result.offset, result.channel_names)
+        # Plain finite numbers or nothing: model.json refuses NaN (a semantic part with no class present scores it).
+        parts = {k: result.metrics[k] for k in PART_SCORES if math.isfinite(result.metrics.get(k, math.nan))}
         if is_best:
             best_score = result.score
+            writer.describe(best_parts=parts)
             yield CheckpointSaved(at, writer.save_best(at, _cpu_state(model), best_score), "best")
         model.train()
-        return result.score
+        return {"validation_score": result.score if math.isfinite(result.score) else None, **parts}
 
     def accumulate() -> tuple[float, float]:
         """Gradients of `iteration_step` batches (one optimiser step); returns (loss, seconds waiting for data)."""
@@ -151,6 +158,11 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
             writer.describe(replica_weights=replicas)
         return writer.save(at, state, keep=keep)
 
+    if writer is not None and validated and config.init_from is not None and start == 0:
+        # The parent's weights on what this job holds out: the "before" of the round, for the dock and model.json.
+        before = yield from validation(0, eligible=False)
+        writer.describe(validation_before=before)
+        writer.log({"iteration": 0, **before, "elapsed_seconds": time.perf_counter() - began})
     model.train()
     while iteration < config.iterations:
         stopping, elapsed = agree(rank, stop_requested(stop), time.perf_counter() - began)
@@ -185,9 +197,9 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
 
         row = {"iteration": iteration, "loss": loss_sum, "lr": lr, "seconds_per_iteration": seconds,
                "data_seconds": data_seconds, "elapsed_seconds": time.perf_counter() - began}
-        if writer is not None and (iteration % config.validate_every == 0 or iteration == config.iterations):
-            score = yield from validation(iteration)  # the other ranks wait for it at the next agreement
-            row["validation_score"] = score
+        if writer is not None and validated and (iteration % config.validate_every == 0
+                                                 or iteration == config.iterations):
+            row.update((yield from validation(iteration)))  # the other ranks wait for it at the next agreement
             last_validated = iteration
         if writer is not None and (iteration % config.log_every == 0 or "validation_score" in row):
             writer.log(row)
@@ -197,12 +209,14 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
             if path is not None:
                 yield CheckpointSaved(iteration, path, "save")
 
-    if writer is not None and reason == "time limit" and last_validated != iteration:
+    if writer is not None and validated and reason == "time limit" and last_validated != iteration:
         # A time-limited job is a finished job for its user: score what it reached (a stop request skips this
         # to end quickly).
-        score = yield from validation(iteration)
-        writer.log({"iteration": iteration, "validation_score": score,
-                    "elapsed_seconds": time.perf_counter() - began})
+        scores = yield from validation(iteration)
+        writer.log({"iteration": iteration, **scores, "elapsed_seconds": time.perf_counter() - began})
+    if writer is not None and not validated:
+        # Nothing to choose by: the end of the schedule is the best this job can vouch for.
+        yield CheckpointSaved(iteration, writer.save_best(iteration, _cpu_state(model), None), "best")
     # Decided alike on every rank (the save compares replicas): a new model has no checkpoint until it saves one.
     if iteration != last_saved or not (resume or last_saved != start):
         final = reason == "completed"

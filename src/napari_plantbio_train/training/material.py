@@ -2,8 +2,9 @@
 
 Everything here runs before the first iteration and knows nothing of the loop: which voxels are trusted
 (known.py), the class list or instance maps, the intensity normalisation (the parent's when continuing, so
-a new version's inputs keep their meaning), the held-out validation block of the first pair, and the
-fine-tuning defaults a continued model starts from.
+a new version's inputs keep their meaning), what validation holds out (holdout.py: a block of the first pair,
+held-out corrections, the lineage's block on the original pair), and the fine-tuning defaults a continued
+model starts from.
 """
 
 from __future__ import annotations
@@ -16,24 +17,29 @@ import numpy as np
 from .. import planning
 from ..planning.plan import DEFAULT_CONTOUR_WIDTH
 from ..inference.postprocess import params_from_truth
+from ..inference.proofreading import training_statistics
 from ..io.checks import as_stack, check_image, check_labels
 from ..job.config import ConfigError, TrainConfig
 from ..models.normalisation import Normalisation
 from ..models.store import ModelRecord, ModelStore
+from .holdout import Holdout, plan_holdout, whole
 from .known import combine, painted, touched
 from .loader import Pool
-from .sampling import MixedSampler, Region, WindowSampler, crop, split_validation
+from .sampling import MixedSampler, Region, WindowSampler, crop
 from .targets import class_values, instance_targets, semantic_target
 
 
 @dataclass
 class Source:
-    """One more image + labels pair, drawn from whole (the held-out block comes from the first pair only)."""
+    """One more image + labels pair, drawn from within its region (all of it, unless it holds the lineage's
+    held-out block)."""
 
     stack: np.ndarray  # (Z, Y, X)
     target: np.ndarray
     foreground: np.ndarray
     known: np.ndarray | None
+    region: Region | None = None  # None: the whole stack
+    truth: np.ndarray | None = None  # the labels as given (instance ids), for validation
 
 
 @dataclass
@@ -54,12 +60,23 @@ class Material:
     known: np.ndarray | None = None  # (Z, Y, X) bool where labels can be trusted; None: everywhere
     extra: list[Source] = field(default_factory=list)
     weights: tuple[float, ...] = (1.0,)
+    holdout: Holdout | None = None  # what validation scores (None: the block val_region of the first pair)
+    statistics: dict | None = None  # the training objects and tiles, for the proofreading queue (plain data)
 
     def pool(self) -> Pool:
-        """The pairs as the window samplers draw from them (the first within its training region only)."""
-        pairs = [(self.stack, self.target, self.foreground, self.known, self.train_region)]
-        pairs += [(s.stack, s.target, s.foreground, s.known, _whole(s.stack.shape)) for s in self.extra]
+        """The pairs as the window samplers draw from them, each within its training region."""
+        withheld = None if self.holdout is None else self.holdout.withheld
+        known = self.known if withheld is None else self.known & ~withheld  # held-out corrections: never in the loss
+        pairs = [(self.stack, self.target, self.foreground, known, self.train_region)]
+        pairs += [(s.stack, s.target, s.foreground, s.known, s.region or whole(s.stack.shape)) for s in self.extra]
         return Pool(pairs, self.weights, _window3(self.window), self.normalisation)
+
+    def pair(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(stack, labels as given, target, trusted mask) of pair ``index`` (0: the first)."""
+        if index == 0:
+            return self.stack, self.truth, self.target, self.known
+        source = self.extra[index - 1]
+        return source.stack, source.truth, source.target, source.known
 
     def sampler(self, rng: np.random.Generator) -> WindowSampler | MixedSampler:
         return self.pool().sampler(rng)
@@ -67,8 +84,12 @@ class Material:
 
 def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previous: dict | None,
             extra_pairs: Sequence[tuple[np.ndarray, np.ndarray]] = (),
-            auto_labels: np.ndarray | None = None) -> Material:
-    """Check the data against the job and derive targets, normalisation and the held-out block."""
+            auto_labels: np.ndarray | None = None, reviewed: np.ndarray | None = None) -> Material:
+    """Check the data against the job and derive targets, normalisation and what validation holds out.
+
+    ``previous`` is the parent's (or, resuming, the model's own) description: classes, normalisation,
+    post-processing and the lineage's kept block. ``reviewed`` marks voxels the user reviewed in the first
+    labels (painted, erased or accepted), trusted with the corrections in a touched-only job."""
     pairs = [_checked_pair(config, image, labels, "image", "labels")]
     pairs += [_checked_pair(config, i, lab, "extra_images", "extra_labels", index)
               for index, (i, lab) in enumerate(extra_pairs, start=2)]
@@ -78,7 +99,8 @@ def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previ
             raise ConfigError("auto_labels", "trusting only the corrected regions needs the auto-label result the "
                                              "labels were corrected from")
         near = touched(truth, as_stack(auto_labels, field="auto_labels"), config.touched_margin,
-                       anisotropy=config.anisotropy, per_slice=config.dims == "2d")
+                       anisotropy=config.anisotropy, per_slice=config.dims == "2d",
+                       reviewed=None if reviewed is None else as_stack(reviewed, field="reviewed"))
         pairs[0] = (stack, truth, combine(known, near))
     if previous is not None:
         classes, normalisation = previous.get("classes"), Normalisation.from_dict(previous["normalisation"])
@@ -94,15 +116,38 @@ def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previ
     stack, truth, _ = pairs[0]
     first = sources[0]
     # With a trusted-voxel mask, the held-out block is placed by what is trusted, never by labels nobody vouches for.
-    train_region, val_region = split_validation(stack.shape, _window3(window), config.val_fraction,
-                                                first.foreground if first.known is None else first.known)
+    holdout = plan_holdout([(s.stack, s.known) for s in sources], _window3(window), config.val_fraction,
+                           first.foreground if first.known is None else first.known, touched=config.touched_only,
+                           inherited=(previous or {}).get("kept_block"))
+    for source, region in zip(sources, holdout.train_regions):
+        source.region = region
+    train_region, val_region = holdout.train_regions[0], holdout.first_region
     postprocess = None
     if config.mode == "instance":
         postprocess = (previous or {}).get("postprocess") or params_from_truth(
             crop(truth, train_region), per_slice=config.dims == "2d", anisotropy=config.anisotropy)
     weights = tuple(float(w) for w in config.pair_weights) if config.pair_weights else (1.0,) * len(sources)
-    return Material(stack, truth, first.target, classes, normalisation, window, first.foreground, train_region,
-                    val_region, postprocess, first.known, sources[1:], weights)
+    material = Material(stack, truth, first.target, classes, normalisation, window, first.foreground, train_region,
+                        val_region, postprocess, first.known, sources[1:], weights, holdout)
+    material.statistics = _statistics(config, material, previous)
+    return material
+
+
+def _statistics(config: TrainConfig, material: Material, previous: dict | None) -> dict:
+    """What the model trains on, as the proofreading queue compares new stacks with it: each pair within its
+    training region and where it is trusted (held-out voxels are not trained on). A resumed job keeps what it
+    saved; a continued one adds its own data to its parent's."""
+    if previous and previous.get("resumed") and previous.get("statistics"):
+        return previous["statistics"]
+    pairs = []
+    for index, (stack, truth, _target, known) in enumerate(material.pair(i) for i in range(1 + len(material.extra))):
+        region = material.train_region if index == 0 else material.extra[index - 1].region
+        if index == 0 and material.holdout is not None and material.holdout.withheld is not None:
+            known = known & ~material.holdout.withheld
+        pairs.append((crop(stack, region), crop(truth, region) if config.mode == "instance" else None,
+                      None if known is None else crop(known, region)))
+    return training_statistics(pairs, material.normalisation, material.window, instance=config.mode == "instance",
+                               previous=(previous or {}).get("statistics"))
 
 
 def _checked_pair(config: TrainConfig, image: np.ndarray, labels: np.ndarray, image_field: str, labels_field: str,
@@ -127,11 +172,11 @@ def _source(config: TrainConfig, stack: np.ndarray, truth: np.ndarray, known: np
             classes: list[int] | None) -> Source:
     if config.mode == "semantic":
         target = semantic_target(truth, classes).astype(np.uint8 if len(classes) < 256 else np.int64)
-        return Source(stack, target, target > 0, known)
+        return Source(stack, target, target > 0, known, truth=truth)
     width = config.contour_width or DEFAULT_CONTOUR_WIDTH  # a job planned (planning.plan) always has one
     target = instance_targets(truth, per_slice=config.dims == "2d", contour_width=width)
     target = target.astype(np.uint8)
-    return Source(stack, target, target[0] > 0, known)
+    return Source(stack, target, target[0] > 0, known, truth=truth)
 
 
 def _check_fits(shape: tuple[int, ...], window: tuple[int, int, int], index: int) -> None:
@@ -139,10 +184,6 @@ def _check_fits(shape: tuple[int, ...], window: tuple[int, int, int], index: int
         if w > s:
             raise ConfigError("extra_images", f"pair {index}: the window's {axis} size {w} is larger than the "
                                               f"image ({s} pixels along {axis})")
-
-
-def _whole(shape: tuple[int, ...]) -> Region:
-    return tuple((0, int(s)) for s in shape)  # type: ignore[return-value]
 
 
 INHERITED = ("mode", "dims", "voxel_size", "base_channels", "depth", "stem_stride", "flat_levels", "contour_width")
@@ -178,6 +219,20 @@ def continuation(parent: ModelRecord, name: str) -> TrainConfig:
         name=name, init_from=parent.name, lr=parent.config.lr * FINE_TUNE_LR_FACTOR,
         iterations=min(parent.config.iterations, FINE_TUNE_MAX_ITERATIONS), time_limit_min=None, image=None,
         labels=None, extra_images=(), extra_labels=(), pair_weights=None, touched_only=False, auto_labels=None)
+
+
+def correction_round(parent: ModelRecord, name: str) -> TrainConfig:
+    """The job "Retrain on corrections" starts after a proofreading round: the continuation of ``parent`` as
+    ``name``, trusting only what the user corrected or reviewed (``touched_only``), since the rest of an
+    auto-label result is the parent's own guess and teaches it nothing."""
+    return continuation(parent, name).replace(touched_only=True)
+
+
+def round_number(parent: ModelRecord) -> int:
+    """Which proofreading round continuing ``parent`` makes: 1 for a model trained from scratch, one more for
+    each version it was continued from."""
+    ancestors = parent.lineage or ((parent.parent,) if parent.parent else ())
+    return len(ancestors) + 1
 
 
 def _window3(window: tuple[int, ...]) -> tuple[int, int, int]:

@@ -55,7 +55,7 @@ class Run:
 
 def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
            extra_pairs: Sequence[tuple[np.ndarray, np.ndarray]], auto_labels: np.ndarray | None,
-           models_dir: str | Path | None, resume: bool, rank: Rank) -> Run:
+           models_dir: str | Path | None, resume: bool, rank: Rank, reviewed: np.ndarray | None = None) -> Run:
     """Check the job against its data, prepare the material, build (or restore) the network and its optimiser,
     choose the number format, open the model folder (rank 0) and start the window stream."""
     store = ModelStore(models_dir)
@@ -80,19 +80,21 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     if resume:
         record = store.record(config.name)
         previous_meta = {"classes": record.classes, "normalisation": record.normalisation,
-                         "postprocess": record.postprocess}
+                         "postprocess": record.postprocess, "kept_block": record.kept_block,
+                         "statistics": record.statistics, "resumed": True}
         previous_state = store.load_checkpoint(record, "last")
     elif config.init_from is not None:
         # A new version: the parent's weights, intensity scale and classes, so what it learned carries over and
         # its outputs keep their meaning; optimiser and schedule start afresh for the new labels.
         parent = store.record(config.init_from)
         previous_meta = {"classes": parent.classes, "normalisation": parent.normalisation,
-                         "postprocess": parent.postprocess}
+                         "postprocess": parent.postprocess, "kept_block": parent.kept_block,
+                         "statistics": parent.statistics}
     if len(extra_pairs) != len(config.extra_images):
         raise ConfigError("extra_images", f"{len(config.extra_images)} extra pair(s) named but "
                                           f"{len(extra_pairs)} given")
     material = prepare(config, image, labels, previous=previous_meta, extra_pairs=extra_pairs,
-                       auto_labels=auto_labels)
+                       auto_labels=auto_labels, reviewed=reviewed)
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also copies rank 0's)
     out_channels = 2 if config.mode == "instance" else len(material.classes)
@@ -121,7 +123,9 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         writer.describe(network=model.spec, normalisation=material.normalisation.to_dict(),
                         classes=material.classes, window=list(material.window),
                         validation_region=[list(r) for r in material.val_region], mode=config.mode,
-                        dims=config.dims, voxel_size=list(config.voxel_size), postprocess=material.postprocess)
+                        dims=config.dims, voxel_size=list(config.voxel_size), postprocess=material.postprocess,
+                        kept_block=material.holdout.kept_block, validation=material.holdout.describe(),
+                        statistics=material.statistics)
         if parent is not None:
             writer.describe(parent=parent.name, lineage=[*parent.lineage, parent.name],
                             parent_iterations=parent.iterations_done, parent_best_score=parent.best_score)

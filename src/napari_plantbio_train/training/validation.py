@@ -1,19 +1,23 @@
-"""Scoring the held-out block while a model trains.
+"""Scoring what a job holds out while it trains.
 
-The block is predicted exactly as auto-labelling will predict a new stack (sliding windows, Gaussian blending,
-the same post-processing), so the validation score is an honest preview of what a user will get, and the
-same arrays double as the preview layers shown in napari.
+Each held-out box (holdout.py: the block of the first pair, held-out corrections, the lineage's block on the
+original pair) is predicted exactly as auto-labelling will predict a new stack (sliding windows, Gaussian
+blending, the same post-processing), so the validation score is an honest preview of what a user will get, and
+the first box's arrays double as the preview layers shown in napari. Boxes of one part are pooled (object
+counts add up), and the score is the mean of the parts': what the job learned, and what it kept.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ..evaluation.metrics import foreground_iou, match_instances, match_instances_per_slice, semantic_scores
+from ..evaluation.metrics import (foreground_iou, instance_scores, match_instances, match_instances_per_slice,
+                                  semantic_scores)
 from ..inference.predictor import labels_from_probabilities, make_predictor
 from ..inference.sliding import predict_stack
 from ..job.kinds import channel_names
@@ -21,9 +25,11 @@ from .sampling import crop
 
 if TYPE_CHECKING:
     from ..job.config import TrainConfig
+    from .holdout import Box
     from .material import Material
 
 VALIDATION_OVERLAP = 0.25  # fewer windows than auto-label's 0.5: validation runs many times per job
+PART_SCORES = ("learned_score", "kept_score")  # metrics (and metrics.csv columns) of the parts, by part name
 
 
 @dataclass(frozen=True)
@@ -33,36 +39,84 @@ class RegionScore:
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
     channel_names: tuple[str, ...] = ()
+    offset: tuple[int, int, int] | None = None  # of the preview arrays in the first pair (None: no preview)
 
 
 def score_region(model: torch.nn.Module, material: "Material", config: "TrainConfig", device: torch.device,
                  autocast: Any) -> RegionScore:
-    """Predict the held-out block, then label and score it."""
+    """Predict every held-out box, label and score it; the parts' scores, their mean and the first box's maps.
+
+    The metrics are the first part's (pooled over its boxes), with each part's score beside them
+    (``learned_score``, ``kept_score``)."""
     model.eval()
-    image = material.normalisation.apply(crop(material.stack, material.val_region))
-    probabilities = predict_stack(make_predictor(model, config.mode, device, autocast), image,
-                                  spatial_dims=config.spatial_dims, window=material.window,
+    predictor = make_predictor(model, config.mode, device, autocast)
+    scores: dict[str, float] = {}
+    first: dict[str, float] | None = None
+    preview: tuple[np.ndarray, np.ndarray, tuple[int, int, int]] | None = None
+    for part in material.holdout.parts:
+        judged = []
+        for box in part.boxes:
+            probabilities, labels, metrics = _score_box(predictor, material, config, box)
+            judged.append(metrics)
+            if preview is None and box.pair == 0:
+                preview = (probabilities, labels, tuple(a for a, _ in box.region))  # type: ignore[assignment]
+        pooled = _pooled(judged, config.mode)
+        scores[f"{part.name}_score"] = pooled["score"]
+        first = pooled if first is None else first
+    score = float(np.mean(list(scores.values()))) if scores else math.nan
+    metrics = {k: v for k, v in (first or {}).items() if k != "score"} | scores
+    names = channel_names(config.mode, material.classes)
+    if preview is None:
+        return RegionScore(score, metrics, channel_names=names)
+    return RegionScore(score, metrics, preview[0], preview[1], names, preview[2])
+
+
+def _score_box(predictor: Any, material: "Material", config: "TrainConfig",
+               box: "Box") -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    stack, truth, target, known = material.pair(box.pair)
+    image = material.normalisation.apply(crop(stack, box.region))
+    probabilities = predict_stack(predictor, image, spatial_dims=config.spatial_dims, window=material.window,
                                   overlap=VALIDATION_OVERLAP, batch_size=config.batch_size)
-    truth = crop(material.truth if config.mode == "instance" else material.target, material.val_region)
-    known = None if material.known is None else crop(material.known, material.val_region)
-    args = (probabilities, truth, config.mode, config.dims, material.classes, material.postprocess, known)
-    score, metrics, labels = judge(*args)
-    return RegionScore(score, metrics, probabilities, labels, channel_names(config.mode, material.classes))
+    expected = crop(truth if config.mode == "instance" else target, box.region)
+    # Held-out corrections are scored where they lie; a block wherever its pair's labels are trusted.
+    scored = box.mask if box.mask is not None else (None if known is None else crop(known, box.region))
+    _, metrics, labels = judge(probabilities, expected, config.mode, config.dims, material.classes,
+                               material.postprocess, scored)
+    return probabilities, labels, metrics
+
+
+def _pooled(judged: list[dict[str, float]], mode: str) -> dict[str, float]:
+    """One part's metrics from its boxes': object counts add up; a semantic part averages its boxes' IoUs."""
+    if len(judged) == 1:
+        out = dict(judged[0])
+    elif mode == "instance":
+        tp, n_pred, n_true = (sum(m[k] for m in judged) for k in ("tp", "n_pred", "n_true"))
+        iou_sum = sum(m["tp"] * m["mean_matched_iou"] for m in judged if m["tp"])
+        pooled = instance_scores(int(tp), int(n_pred), int(n_true), float(iou_sum))
+        out = {k: pooled[k] for k in ("f1", "precision", "recall", "n_pred", "n_true", "tp", "mean_matched_iou")}
+        out["foreground_iou"] = float(np.mean([m["foreground_iou"] for m in judged]))
+    else:
+        values = [m["mean_iou"] for m in judged if not math.isnan(m["mean_iou"])]
+        out = {"mean_iou": float(np.mean(values)) if values else math.nan}
+    out["score"] = out["f1"] if mode == "instance" else out["mean_iou"]
+    return out
 
 
 def judge(probabilities: np.ndarray, truth: np.ndarray, mode: str, dims: str, classes: list[int] | None,
           postprocess: dict[str, float] | None,
           known: np.ndarray | None = None) -> tuple[float, dict[str, float], np.ndarray]:
     """Labels from the probabilities and their scores against the truth (object ids for instance models,
-    class indices for semantic ones), counting only where labels were painted (`known`)."""
+    class indices for semantic ones), counting only where labels are trusted (`known`): predicted and true
+    objects alike are cut to it, since outside it the labels vouch for nothing."""
     labels = labels_from_probabilities(probabilities, mode, dims, classes, postprocess)
     if mode == "instance":
         judged = labels if known is None else np.where(known, labels, 0)
+        truth = truth if known is None else np.where(known, truth, 0)
         match = match_instances_per_slice if dims == "2d" else match_instances
         scores = match(judged, truth, 0.5)
         metrics = {"f1": scores["f1"], "precision": scores["precision"], "recall": scores["recall"],
                    "foreground_iou": foreground_iou(judged, truth), "n_pred": scores["n_pred"],
-                   "n_true": scores["n_true"]}
+                   "n_true": scores["n_true"], "tp": scores["tp"], "mean_matched_iou": scores["mean_matched_iou"]}
         score = float(scores["f1"])
     else:
         predicted = probabilities.argmax(0)

@@ -1,0 +1,97 @@
+"""Labelling again after a proofreading round: near the corrections first, the rest afterwards, never over the
+user's own work.
+
+A continued model changes most where it was corrected, and the user looks next where the queue points; so a
+round labels the blocks that meet those places first (``label_stack(near=...)``: the very blocks, and so the
+very result, of a whole-stack run) and the other blocks after it, while the user is already proofreading.
+Each part is merged into the labels the user is correcting: what they reviewed (painted, erased, accepted) stays
+as they left it, and a new object lying mostly there is dropped rather than cut into a sliver around their
+work. Objects the two parts cut at a block face are joined where their faces mostly coincide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from .blockwise import UnionFind, mutual_best_pairs, sequential_ids
+
+Region = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+ROUND_BLOCK_VOXELS = 8 * 2**20  # blocks of a round: small enough that "near" leaves much of a stack for later
+
+
+def near_regions(shape: tuple[int, int, int], reviewed: np.ndarray | None, labels: np.ndarray | None = None,
+                 ids: Iterable[int] = (), grow: tuple[int, int, int] = (0, 0, 0)) -> list[Region]:
+    """Boxes around what a continued model can change first: each reviewed region, and the objects ``ids`` of
+    ``labels`` (the queue's next entries), grown by ``grow`` voxels per (z, y, x) axis."""
+    boxes: list[tuple[slice, ...]] = []
+    if reviewed is not None and np.any(reviewed):
+        boxes += [b for b in ndimage.find_objects(ndimage.label(np.asarray(reviewed, bool))[0]) if b is not None]
+    wanted = sorted({int(i) for i in ids if int(i) > 0})
+    if labels is not None and wanted:
+        found = ndimage.find_objects(np.asarray(labels), max_label=max(wanted))
+        boxes += [found[i - 1] for i in wanted if found[i - 1] is not None]
+    return [tuple((max(0, s.start - g), min(n, s.stop + g)) for s, g, n in zip(box, grow, shape))  # type: ignore
+            for box in boxes]
+
+
+def merge_relabelled(current: Any, new: np.ndarray, cores: Sequence[Region], reviewed: np.ndarray | None,
+                     *, first_id: int | None = None) -> int:
+    """Write ``new`` labels (ids from 1, as a ``near`` run gives them) into ``current`` inside ``cores``, in place.
+
+    Reviewed voxels keep the user's labels; a new object lying mostly (half or more) in them is left out. New
+    ids start at ``first_id`` (default: above every id in ``current``), so they never join an object outside
+    the cores. Returns the next free id."""
+    start = int(np.max(current)) + 1 if first_id is None else int(first_id)
+    for core in cores:
+        where = tuple(slice(a, b) for a, b in core)
+        part = np.asarray(new[where]).astype(np.int64)
+        kept = np.zeros(part.shape, bool) if reviewed is None else np.asarray(reviewed[where], bool)
+        top = int(part.max()) if part.size else 0
+        inside = np.bincount(part[kept].ravel(), minlength=top + 1)
+        sizes = np.bincount(part.ravel(), minlength=top + 1)
+        dropped = inside * 2 >= np.maximum(sizes, 1)
+        dropped[0] = True
+        values = np.where(dropped[part], 0, part + start - 1)
+        old = np.asarray(current[where])
+        current[where] = np.where(kept, old, values).astype(old.dtype, copy=False)
+    return start + int(np.max(new)) if np.size(new) else start
+
+
+def join_across(labels: Any, first: Sequence[Region], second: Sequence[Region]) -> int:
+    """Join objects that a block face between a core of ``first`` and one of ``second`` cuts in two: ids whose
+    voxels on the two sides of the face mostly coincide (mutual best matches, as blocks of one run are joined)
+    become one. ``labels`` is renumbered 1..n in place; returns n."""
+    array = np.asarray(labels)
+    top = int(array.max()) if array.size else 0
+    links = UnionFind(top + 1)
+    for a in first:
+        for b in second:
+            for one, other in _faces(a, b):
+                for x, y in mutual_best_pairs(np.asarray(array[one]), np.asarray(array[other])):
+                    links.union(x, y)
+    joined, _ = sequential_ids(links.final_ids()[array])
+    labels[...] = joined.astype(array.dtype, copy=False)
+    return int(joined.max()) if joined.size else 0
+
+
+def _faces(a: Region, b: Region) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """The planes of voxels on each side of the face two cores share (none when they do not touch)."""
+    out = []
+    for axis in range(3):
+        for low, high in ((a, b), (b, a)):
+            if low[axis][1] != high[axis][0]:
+                continue
+            span = [(max(p, q), min(r, s)) for (p, r), (q, s) in zip(a, b)]
+            if any(lo >= hi for k, (lo, hi) in enumerate(span) if k != axis):
+                continue
+            near = [slice(lo, hi) for lo, hi in span]
+            far = list(near)
+            near[axis] = slice(low[axis][1] - 1, low[axis][1])
+            far[axis] = slice(high[axis][0], high[axis][0] + 1)
+            pair = (tuple(near), tuple(far)) if low is a else (tuple(far), tuple(near))
+            out.append(pair)
+    return out

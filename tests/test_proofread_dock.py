@@ -1,0 +1,129 @@
+"""The proofreading row of the auto-label dock in a real viewer: one key each to accept, erase or skip the
+current object, the reviewed mask growing as the user paints, and the retrain job it builds from both."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from napari.utils.key_bindings import coerce_keybinding
+
+from napari_plantbio_train._widgets.corrections import auto_label_metadata
+from napari_plantbio_train._widgets.proofread import KEYS, ProofreadQueue
+from napari_plantbio_train.inference.proofreading import QueueEntry
+from napari_plantbio_train.job.config import ConfigError
+from napari_plantbio_train.job.events import Validation
+from napari_plantbio_train.models.store import ModelStore
+from napari_plantbio_train.training.material import round_number
+
+JOB_TIMEOUT_MS = 240_000  # a 20-iteration continuation in a child, on a slow shared CPU
+
+
+def entry(object_id: int, centroid: tuple[float, ...]) -> QueueEntry:
+    return QueueEntry(object_id, 0.9, 0.1, 0.9, 0.2, 0.3, "unlike the training objects", centroid, 16)
+
+
+@pytest.fixture
+def queue(make_napari_viewer):
+    """Three square objects on two slices, queued 2, 3, 1."""
+    viewer = make_napari_viewer()
+    labels = np.zeros((2, 40, 40), np.uint32)
+    labels[:, 2:6, 2:6], labels[:, 10:14, 10:14], labels[:, 20:24, 30:34] = 1, 2, 3
+    image = viewer.add_image(np.random.default_rng(0).random(labels.shape, np.float32), name="raw")
+    layer = viewer.add_labels(labels, name="raw [chl]", metadata=auto_label_metadata("chl", "raw [chl]", labels))
+    widget = ProofreadQueue(viewer)
+    widget.load(layer, np.zeros(labels.shape, np.float32), image=image,
+                queue=[entry(2, (0.5, 11.5, 11.5)), entry(3, (0.5, 21.5, 31.5)), entry(1, (0.5, 3.5, 3.5))])
+    return viewer, layer, widget
+
+
+def press(layer, action: str) -> None:
+    """What napari runs for the key bound on the layer."""
+    layer.keymap[coerce_keybinding(KEYS[action])](layer)
+
+
+def test_keys_accept_erase_and_jump_on_the_current_object(queue):
+    viewer, layer, widget = queue
+    press(layer, "next")
+    assert widget.current.id == 2 and layer.selected_label == 2
+    np.testing.assert_allclose(viewer.scene.camera.center[-2:], (11.5, 11.5))
+    press(layer, "accept")  # object 2 reviewed as it is, the view moves on to 3
+    assert widget.reviewed[layer.data == 2].all() and widget.reviewed.sum() == 32
+    assert widget.current.id == 3 and (layer.data == 2).sum() == 32
+    press(layer, "erase")  # object 3 gone, its voxels reviewed (through napari's paint event), on to 1
+    assert not (layer.data == 3).any() and widget.reviewed[:, 20:24, 30:34].all()
+    assert widget.current.id == 1 and widget.reviewed.sum() == 64
+    layer.undo()  # napari's undo brings the erased object back
+    assert (layer.data == 3).sum() == 32
+
+
+def test_painting_adds_to_the_reviewed_region_as_it_happens(queue):
+    _, layer, widget = queue
+    assert not widget.reviewed.any() and not widget.retrain_button.isEnabled()
+    layer.brush_size = 3
+    layer.paint((1, 30, 10), 5)
+    painted = layer.data == 5
+    assert painted.any() and widget.reviewed[painted].all()
+    assert widget.reviewed.sum() == painted.sum(), "only what was painted"
+    layer.fill((0, 3, 3), 7)  # a fill replaces object 1 on its slice
+    assert widget.reviewed[0, 2:6, 2:6].all() and not widget.reviewed[1, 2:6, 2:6].any()
+
+
+def test_retrain_job_continues_the_model_on_what_was_reviewed(queue, tiny_models):
+    viewer, layer, widget = queue
+    widget.models_dir = lambda: tiny_models
+    widget.record = ModelStore(tiny_models).record("chl")
+    with pytest.raises(ConfigError) as caught:
+        widget.retrain_job()
+    assert caught.value.field == "reviewed"
+    assert widget.retrain() is False and "nothing is corrected yet" in widget.round_info.text()
+    widget.next()
+    widget.accept()
+    assert widget.retrain_button.isEnabled()
+    config, data, folder = widget.retrain_job()
+    try:
+        assert config.name == "chl-v2" and config.init_from == "chl" and config.touched_only
+        reviewed = np.load(data["reviewed"])
+        np.testing.assert_array_equal(reviewed > 0, layer.data == 2)
+        np.testing.assert_array_equal(np.load(data["auto_labels"]), np.load(data["labels"]))
+    finally:
+        folder.close()
+    assert round_number(widget.record) == 1
+    widget.round = 1
+    widget._on_train_event(Validation(0, 0.25, {"learned_score": 0.1, "kept_score": 0.4}, False))
+    widget._on_train_event(Validation(50, 0.5, {"learned_score": 0.6, "kept_score": 0.4}, True))
+    assert widget.round_info.text() == ("Round 1: before 0.250 (learned 0.100, kept 0.400) → "
+                                        "best 0.500 (learned 0.600, kept 0.400)")
+    viewer.layers.remove(layer)
+    with pytest.raises(ConfigError, match="removed"):
+        widget.retrain_job()
+
+
+def test_retrain_on_corrections_runs_the_round_in_a_child(make_napari_viewer, qtbot, tiny_models, tmp_path,
+                                                          chloroplast_crop):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models / "chl", models / "chl")
+    viewer = make_napari_viewer()
+    image, truth = chloroplast_crop
+    raw = viewer.add_image(image, name="raw")
+    auto = truth.astype(np.uint32)
+    layer = viewer.add_labels(auto.copy(), name="raw [chl]", metadata=auto_label_metadata("chl", "raw [chl]", auto))
+    found = ndimage.find_objects(auto)
+    ids = [i + 1 for i, box in enumerate(found) if box is not None][:10]
+    widget = ProofreadQueue(viewer, lambda: models)
+    widget.load(layer, np.zeros(auto.shape, np.float32), image=raw, record=ModelStore(models).record("chl"),
+                queue=[entry(i, tuple((s.start + s.stop) / 2 for s in found[i - 1])) for i in ids])
+    widget.next()
+    for _ in ids[:-1]:
+        widget.accept()  # sites enough that one in five is held out to score "learned"
+    widget.erase()
+    assert widget.retrain(), widget.round_info.text()
+    assert not widget.retrain_button.isEnabled() and widget.retrain() is False, "one round at a time"
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=JOB_TIMEOUT_MS)
+    text = widget.round_info.text()
+    assert ModelStore(models).record("chl-v2").parent == "chl", text
+    assert widget.before is not None and widget.before.iteration == 0, text
+    assert text.startswith(f"Round 1: before {widget.before.score:.3f}") and "chl-v2 saved" in text
+    assert widget.retrain_button.isEnabled()

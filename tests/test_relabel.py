@@ -1,0 +1,74 @@
+"""Labelling again after a round (inference/relabel.py): near the corrections first, with the very result a
+whole-stack run gives there, the rest afterwards, never over what the user reviewed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_plantbio_train.inference.label import LabelSettings, label_stack
+from napari_plantbio_train.inference.relabel import join_across, merge_relabelled, near_regions
+from napari_plantbio_train.job.events import run_to_end
+
+# Blocks of about a quarter of the 4 x 192 x 192 crop, and thresholds at which the 20-iteration model finds objects.
+SETTINGS = LabelSettings(block_voxels=60_000, precision="fp32",
+                         postprocess={"fg_threshold": 0.3, "seed_threshold": 0.0, "min_size": 1})
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """The same objects, whatever their ids: every id of one side meets exactly one id of the other."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+def test_relabelling_near_corrections_equals_a_full_relabel_in_its_blocks(tiny_models, chloroplast_crop):
+    image, _ = chloroplast_crop
+    full, _ = run_to_end(label_stack("chl", image, models_dir=tiny_models, settings=SETTINGS, probabilities=True))
+    assert full.labels.max() > 0 and len(full.cores) > 2
+    reviewed = np.zeros(image.shape, bool)
+    reviewed[:, 20:50, 20:50] = True  # where the user corrected
+    regions = near_regions(image.shape, reviewed, grow=(0, 8, 8))
+    near, _ = run_to_end(label_stack("chl", image, models_dir=tiny_models, settings=SETTINGS, probabilities=True,
+                                     near=regions))
+    assert 0 < len(near.cores) < len(full.cores), "only the blocks that meet the corrections"
+    touched = np.zeros(image.shape, bool)
+    for core in near.cores:
+        where = tuple(slice(a, b) for a, b in core)
+        touched[where] = True
+        np.testing.assert_array_equal(near.probabilities[(slice(None), *where)],
+                                      full.probabilities[(slice(None), *where)])
+    assert touched[:, 20:50, 20:50].all()
+    assert same_partition(near.labels[touched], full.labels[touched])
+    assert not near.labels[~touched].any(), "nothing is written outside the blocks it labels"
+
+    rest, _ = run_to_end(label_stack("chl", image, models_dir=tiny_models, settings=SETTINGS, near=regions, far=True))
+    assert len(rest.cores) == len(full.cores) - len(near.cores)
+    assert not rest.labels[touched].any() and same_partition(rest.labels[~touched], full.labels[~touched])
+
+
+def test_merging_keeps_what_the_user_reviewed():
+    current = np.zeros((1, 20, 40), np.uint32)
+    current[0, 2:8, 2:8] = 5  # the user's painted object
+    reviewed = current > 0
+    new = np.zeros_like(current)
+    new[0, 2:8, 2:9] = 1  # the model's version of the same object: mostly in the reviewed region, dropped
+    new[0, 12:18, 2:8] = 2
+    new[0, 12:18, 15:25] = 3  # cut by the face between the two cores at x = 20
+    left, right = ((0, 1), (0, 20), (0, 20)), ((0, 1), (0, 20), (20, 40))
+    after = merge_relabelled(current, new, [left], reviewed)
+    assert after == 9 and (current[reviewed] == 5).all() and not current[0, 2:8, 8].any()
+    assert set(np.unique(current[0, 12:18, :20])) == {0, 7, 8}
+    rest = np.zeros_like(current)
+    rest[0, 12:18, 20:25] = 1  # the far part, labelled afterwards
+    merge_relabelled(current, rest, [right], reviewed, first_id=after)
+    assert len(np.unique(current[0, 12:18, 15:25])) == 2, "two ids before the join"
+    assert join_across(current, [left], [right]) == 3
+    assert len(np.unique(current[0, 12:18, 15:25])) == 1 and current[0, 3, 3] != current[0, 14, 18]
+
+
+def test_near_regions_cover_reviewed_voxels_and_queued_objects():
+    labels = np.zeros((2, 50, 50), np.uint16)
+    labels[:, 30:40, 30:45] = 4
+    reviewed = np.zeros(labels.shape, bool)
+    reviewed[0, 5:10, 5:10] = True
+    regions = near_regions(labels.shape, reviewed, labels, ids=[4, 9], grow=(1, 3, 3))
+    assert regions == [((0, 2), (2, 13), (2, 13)), ((0, 2), (27, 43), (27, 48))]
