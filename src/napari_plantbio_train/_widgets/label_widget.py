@@ -24,14 +24,15 @@ from ..inference.label import LabelResult, LabelSettings, label_stack
 from ..job.config import ConfigError
 from ..job.events import LabelFinished, LabelProgress, LabelStarted
 from ..job.kinds import POSTPROCESS_DEFAULTS
-from ..models.store import ModelRecord, ModelStore, default_models_dir
-from .common import WARNING_STYLE, StatusLine, StoppableWorker, row
+from ..models.store import ModelRecord, ModelStore
+from .common import WARNING_STYLE, ModelsFolderField, StatusLine, StoppableWorker, follow, row
 from .corrections import auto_label_metadata
 from .job_process import ChildDied, JobFolder, StoredResult, labelled_in_child, remove_stale_results, source_path
 from .layer_picker import LayerPicker, level0
 from .model_info import channel_names, voxel_size_message
 from .model_sharing import ModelSharing
 from .proofread import ProofreadQueue
+from .settings import settings_for
 from .versions import describe_version, fill_model_box, folder_stamp
 
 if TYPE_CHECKING:
@@ -62,7 +63,10 @@ class AutoLabelWidget(QWidget):
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.store = ModelStore(models_dir if models_dir is not None else default_models_dir())
+        # The models folder is the docks' one setting (settings.py), unless a script gives this dock its own.
+        self.settings = settings_for(models_dir)
+        self.store = ModelStore(self.settings.models_dir)
+        self.models_field = ModelsFolderField(self.settings)
         self.image_picker = LayerPicker(napari_viewer, Image)
         self.model_box, self.refresh_button = QComboBox(), QPushButton("Refresh")
         # Long model descriptions must not widen the dock: the box elides them, its popup shows them whole.
@@ -90,6 +94,7 @@ class AutoLabelWidget(QWidget):
 
         layout = QFormLayout(self)
         layout.addRow("Image", self.image_picker)
+        layout.addRow("Models folder", self.models_field)
         layout.addRow("Model", row(self.model_box, self.refresh_button))
         self.sharing = ModelSharing(self.store, lambda: self.model_box.currentData(), self.refresh_models,
                                     self._set_status)
@@ -124,6 +129,7 @@ class AutoLabelWidget(QWidget):
         self._poll = QTimer(self, interval=self.POLL_MS)
         self._poll.timeout.connect(self._look_again)
         self._poll.start()
+        follow(self.settings.models_dir_changed, self, "_use_models_dir")
         self.refresh_models()
 
     # ----- readable state -------------------------------------------------------------------------------------
@@ -154,6 +160,12 @@ class AutoLabelWidget(QWidget):
                              batch_size=self.batch_size.value(), postprocess=post)
 
     # ----- the models folder ----------------------------------------------------------------------------------
+    def _use_models_dir(self, folder: Path) -> None:
+        """Another dock (or this one's field) changed the models folder: list its models."""
+        self.store = ModelStore(folder)
+        self.sharing.store = self.store
+        self.refresh_models()
+
     def refresh_models(self) -> list[str]:
         """Re-read the models folder (created if missing); the picked model stays picked while it exists."""
         try:
