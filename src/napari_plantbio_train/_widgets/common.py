@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import threading
 import weakref
+from enum import Enum
 from typing import Any
 
 from napari.qt.threading import GeneratorWorker
-from psygnal import SignalInstance
+from psygnal import Signal, SignalInstance
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
 
@@ -119,3 +120,52 @@ class ModelsFolderField(QWidget):
     def _show(self, folder: Any) -> None:
         if self.edit.text() != str(folder):
             self.edit.setText(str(folder))
+
+
+class JobState(str, Enum):
+    """Where a dock's job is; the dock's buttons and progress bar are drawn from this alone."""
+
+    IDLE = "idle"
+    PREPARING = "preparing"  # started: reading, planning, loading the model, launching the child
+    RUNNING = "running"  # the engine said it started
+    STOPPING = "stopping"  # the user (or a closed dock, a removed layer) asked it to stop
+    DONE = "done"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+    @property
+    def active(self) -> bool:
+        return self in (JobState.PREPARING, JobState.RUNNING, JobState.STOPPING)
+
+
+_ENDS = {JobState.DONE, JobState.STOPPED, JobState.FAILED}
+_MOVES = {
+    JobState.IDLE: {JobState.PREPARING},
+    JobState.PREPARING: {JobState.RUNNING, JobState.STOPPING, *_ENDS},
+    JobState.RUNNING: {JobState.STOPPING, *_ENDS},
+    JobState.STOPPING: _ENDS,
+    **{end: {JobState.PREPARING} for end in _ENDS},
+}
+
+
+class DockState:
+    """One evented value per dock (careamics-napari's pattern): the job's state, which the widgets subscribe to,
+    instead of each handler setting buttons and guessing the state back from a progress bar. A move the job
+    cannot make (done to running) raises: a dock that lost track of its job is a bug to see, not to draw."""
+
+    changed = Signal(object)  # the new JobState
+
+    def __init__(self) -> None:
+        self._state = JobState.IDLE
+
+    @property
+    def state(self) -> JobState:
+        return self._state
+
+    def set(self, state: JobState) -> None:
+        if state == self._state:
+            return
+        if state not in _MOVES[self._state]:
+            raise ValueError(f"a job cannot go from {self._state.value} to {state.value}")
+        self._state = state
+        self.changed.emit(state)

@@ -25,7 +25,7 @@ from ..job.config import ConfigError
 from ..job.events import LabelFinished, LabelProgress, LabelStarted
 from ..job.kinds import POSTPROCESS_DEFAULTS
 from ..models.store import ModelRecord, ModelStore
-from .common import WARNING_STYLE, ModelsFolderField, StatusLine, StoppableWorker, follow, row
+from .common import WARNING_STYLE, DockState, JobState, ModelsFolderField, StatusLine, StoppableWorker, follow, row
 from .corrections import auto_label_metadata
 from .job_process import ChildDied, JobFolder, StoredResult, labelled_in_child, remove_stale_results, source_path
 from .layer_picker import LayerPicker, level0
@@ -64,9 +64,9 @@ class AutoLabelWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         # The models folder is the docks' one setting (settings.py), unless a script gives this dock its own.
-        self.settings = settings_for(models_dir)
-        self.store = ModelStore(self.settings.models_dir)
-        self.models_field = ModelsFolderField(self.settings)
+        self.dock_settings = settings_for(models_dir)
+        self.store = ModelStore(self.dock_settings.models_dir)
+        self.models_field = ModelsFolderField(self.dock_settings)
         self.image_picker = LayerPicker(napari_viewer, Image)
         self.model_box, self.refresh_button = QComboBox(), QPushButton("Refresh")
         # Long model descriptions must not widen the dock: the box elides them, its popup shows them whole.
@@ -107,6 +107,10 @@ class AutoLabelWidget(QWidget):
             layout.addRow(widget)
 
         self.worker: StoppableWorker | None = None
+        # The job's state, the one thing the buttons and the progress bar's words follow (_draw_state).
+        self.state = DockState()
+        self.state.changed.connect(self._draw_state)
+        self._counted = False  # the running (or last) job said how many windows it has: the bar shows them
         self.result: LabelResult | None = None
         self.error: BaseException | None = None
         self.last_event: Any = None
@@ -129,7 +133,7 @@ class AutoLabelWidget(QWidget):
         self._poll = QTimer(self, interval=self.POLL_MS)
         self._poll.timeout.connect(self._look_again)
         self._poll.start()
-        follow(self.settings.models_dir_changed, self, "_use_models_dir")
+        follow(self.dock_settings.models_dir_changed, self, "_use_models_dir")
         self.refresh_models()
 
     # ----- readable state -------------------------------------------------------------------------------------
@@ -261,10 +265,8 @@ class AutoLabelWidget(QWidget):
         worker.finished.connect(self._on_worker_finished)
         self.worker = worker
         self._running_stops.add(stop)
-        self.label_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setRange(0, 0)  # busy until the engine says how many windows there are
-        self.progress.setFormat("preparing…")
+        self._counted = False
+        self.state.set(JobState.PREPARING)
         self._set_status(f"Loading {record.name!r} to label {layer.name!r}…")
         worker.start()
         return True
@@ -274,7 +276,7 @@ class AutoLabelWidget(QWidget):
         if self.worker is None:
             return False
         self.worker.stop_event.set()
-        self.cancel_button.setEnabled(False)
+        self.state.set(JobState.STOPPING)
         self._set_status(f"{reason + ': ' if reason else ''}cancelling…")
         return True
 
@@ -299,6 +301,9 @@ class AutoLabelWidget(QWidget):
     def _on_event(self, event: Any) -> None:
         self.last_event = event
         if isinstance(event, LabelStarted):
+            self._counted = True
+            if self.state.state == JobState.PREPARING:  # a cancel asked while loading stays a cancel
+                self.state.set(JobState.RUNNING)
             self.progress.setRange(0, max(1, event.windows))
             self.progress.setValue(0)
             self.progress.setFormat("%v / %m windows")
@@ -357,13 +362,22 @@ class AutoLabelWidget(QWidget):
     def _on_worker_finished(self) -> None:
         if self.worker is not None:
             self._running_stops.discard(self.worker.stop_event)
+        cancelled = self._stopping() or (isinstance(self.last_event, LabelFinished) and self.last_event.cancelled)
         self.worker, self._job = None, None
-        self.label_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        if self.progress.maximum() == 0 or self.error is not None:
-            self.progress.setRange(0, 1)
+        self.state.set(JobState.FAILED if self.error is not None else
+                       JobState.STOPPED if cancelled else JobState.DONE)
+
+    def _draw_state(self, state: JobState) -> None:
+        """Buttons and the progress bar's words for a state; the numbers come from the job's events."""
+        self.label_button.setEnabled(not state.active)
+        self.cancel_button.setEnabled(state in (JobState.PREPARING, JobState.RUNNING))
+        if state == JobState.PREPARING:
+            self.progress.setRange(0, 0)  # busy until the engine says how many windows there are
+            self.progress.setFormat("preparing…")
+        elif not state.active and (state == JobState.FAILED or not self._counted):
+            self.progress.setRange(0, 1)  # nothing was counted (or it failed): no half-full bar left behind
             self.progress.setValue(0)
-            self.progress.setFormat("failed" if self.error is not None else "idle")
+            self.progress.setFormat(state.value)
 
     def _stopping(self) -> bool:
         return self.worker is not None and self.worker.stop_event.is_set()

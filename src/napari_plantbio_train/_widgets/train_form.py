@@ -14,7 +14,7 @@ from ..job.kinds import DIMS, MODES
 from ..job.voxels import voxel_size_from_scale
 from ..models.store import ModelRecord
 from ..training.material import INHERITED, continuation
-from .common import ModelsFolderField, column, error_label
+from .common import ModelsFolderField, column, error_label, follow
 from .corrections import TouchedOption, auto_labels_of
 from .layer_picker import LayerPicker, source_of
 from .pairs import ExtraPairs
@@ -126,8 +126,8 @@ class TrainForm(QWidget):
         self.time_limit.setDecimals(1)
         self.time_limit.setSpecialValueText("none")
         # One folder for every dock (settings.py): this field edits the shared setting and follows it.
-        self.settings = settings or shared_settings()
-        self.models_field = ModelsFolderField(self.settings)
+        self.dock_settings = settings or shared_settings()
+        self.models_field = ModelsFolderField(self.dock_settings)
         self.models_dir = self.models_field.edit
         # 0 (or "auto", -1 where 0 is a value) leaves the field to the plan, which says what it chose.
         self.validate_every = _spin(0, 10_000_000, 0, special="auto")
@@ -213,7 +213,7 @@ class TrainForm(QWidget):
 
         self.image.currentIndexChanged.connect(self._defaults_from_image)
         self._defaults_from_image()
-        self.models_dir.textChanged.connect(lambda *_: self.continue_from.set_root(self.models_folder()))
+        follow(self.dock_settings.models_dir_changed, self.continue_from, "set_root")
         self.continue_from.parent_changed.connect(self._on_parent_changed)
         self.continue_from.models_changed.connect(self._on_models_changed)
 
@@ -280,8 +280,8 @@ class TrainForm(QWidget):
     # ----- reading and writing --------------------------------------------------------------------------------
     def models_folder(self) -> Path:
         """The folder in the field, made the setting of every dock (a job reads it: the docks must agree)."""
-        self.settings.set_models_dir(self.models_dir.text())
-        return self.settings.models_dir
+        self.dock_settings.set_models_dir(self.models_dir.text())
+        return self.dock_settings.models_dir
 
     def read(self) -> tuple[TrainConfig, list[ConfigError]]:
         """The form as a config, plus the fields that could not even be parsed (those keep their defaults)."""
@@ -365,7 +365,7 @@ class TrainForm(QWidget):
             "contour_width": lambda v: self.contour_width.setValue(int(v or 0)),
             "painted_slices_only": lambda v: self.painted_slices_only.setChecked(bool(v)),
             "ignore_value": lambda v: self.ignore_value.setValue(-1 if v is None else int(v)),
-            "models_dir": lambda v: (self.models_dir.setText(str(v)), self.settings.set_models_dir(v)),
+            "models_dir": lambda v: (self.models_dir.setText(str(v)), self.dock_settings.set_models_dir(v)),
             "image": lambda v: setattr(self.image, "value", v),
             "labels": lambda v: setattr(self.labels, "value", v),
             "init_from": self.continue_from.select,
