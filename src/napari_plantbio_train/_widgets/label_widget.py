@@ -135,6 +135,7 @@ class AutoLabelWidget(QWidget):
         self._poll.start()
         follow(self.dock_settings.models_dir_changed, self, "_use_models_dir")
         self.refresh_models()
+        self._on_model_changed()  # an empty list never says its index changed
 
     # ----- readable state -------------------------------------------------------------------------------------
     @property
@@ -205,8 +206,16 @@ class AutoLabelWidget(QWidget):
 
     def _on_model_changed(self, *_args: Any) -> None:
         record = self.record
-        self.post_group.setVisible(record is not None and record.config.mode == "instance")
-        if record is not None:
+        # Before a model is picked the thresholds are the model's to say: blank and disabled, not 0.000.
+        self.post_group.setVisible(record is None or record.config.mode == "instance")
+        for box in self.post_boxes.values():
+            box.setSpecialValueText("" if record is not None else " ")
+            box.setEnabled(record is not None)
+        if record is None:
+            for box in self.post_boxes.values():
+                box.setValue(box.minimum())  # shown as the blank special value
+            self._shown_postprocess = {}
+        else:
             self.batch_size.setValue(int(record.config.batch_size))
             saved = {**POSTPROCESS_DEFAULTS, **(record.postprocess or {})}
             for key, box in self.post_boxes.items():
