@@ -24,6 +24,13 @@ from .versions import ContinueFromBox, next_version_name
 if TYPE_CHECKING:
     import napari
 
+# Remembered for the next dock and session (settings.py): the choices a user makes once for their machine and
+# material. Not the name (a new job is a new model), nor what comes from the data (layers, voxel size, a parent).
+REMEMBERED = ("mode", "dims", "window", "gpus", "workers", "data_workers", "cpu_processes", "lr", "iteration_step",
+              "iteration_save", "keep_checkpoints", "iterations", "batch_size", "time_limit_min", "validate_every",
+              "base_channels", "depth", "stem_stride", "flat_levels", "contour_width", "painted_slices_only",
+              "ignore_value", "touched_margin")
+
 # Shown beside each field: the older tool's guide, shortened.
 TIPS = {
     "image": "The raw images to learn from; later stacks to auto-label should look like these.",
@@ -216,6 +223,25 @@ class TrainForm(QWidget):
         follow(self.dock_settings.models_dir_changed, self.continue_from, "set_root")
         self.continue_from.parent_changed.connect(self._on_parent_changed)
         self.continue_from.models_changed.connect(self._on_models_changed)
+        self._recall()
+
+    # ----- remembered values ----------------------------------------------------------------------------------
+    def remember(self) -> dict[str, Any]:
+        """Keep the form's values (``REMEMBERED``) for the next dock, in this session and the next; the training
+        dock calls it when a job starts. Returns what was kept."""
+        config, _ = self.read()
+        values = {field: _plain(getattr(config, field)) for field in REMEMBERED}
+        self.dock_settings.remember_form(values)
+        return values
+
+    def _recall(self) -> None:
+        """Fill the fields from the remembered values; one a newer or older version cannot take is skipped."""
+        for field, value in self.dock_settings.form_values().items():
+            if field in REMEMBERED:
+                try:
+                    self.set_values(**{field: value})
+                except (KeyError, TypeError, ValueError):
+                    continue
 
     def _addrow(self, form: QFormLayout, label: str, field: str, widget: QWidget) -> None:
         """The field and, under it, a red message that stays hidden until the field is wrong."""
@@ -425,3 +451,8 @@ def _parse_window(text: str, errors: list[ConfigError]) -> tuple[int, ...] | Non
         errors.append(ConfigError("window", f"{text!r} is not whole numbers separated by commas, e.g. 8,256,256"))
         return None
 
+
+
+def _plain(value: Any) -> Any:
+    """A JSON value: tuples (a window) as lists."""
+    return list(value) if isinstance(value, tuple) else value

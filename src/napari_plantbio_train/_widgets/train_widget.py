@@ -160,6 +160,7 @@ class TrainWidget(QWidget):
                              "\n".join(str(e) for e in elsewhere), error=True)
             return False
 
+        self.form.remember()  # the next dock starts from this job's choices
         extra_layers = self.form.pairs.layers()
         # The model's own result, kept aside by the auto-label dock; nothing edits it, so it needs no copy.
         corrected = auto_labels_of(labels_layer) if config.touched_only else None
