@@ -119,6 +119,15 @@ def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _own_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The docks' remembered settings (the models folder, the train form's values) in a folder of each test's own:
+    never the user's, and nothing one test set is seen by the next."""
+    folder = tmp_path / "config"
+    monkeypatch.setenv("PLANTBIO_CONFIG_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture(autouse=True)
 def _two_threads():
     """Tests share 2 cores; keep torch from oversubscribing them whatever a test sets."""
     import torch

@@ -138,3 +138,57 @@ def test_init_from_continues_a_model_as_a_new_version(stack_files, models_dir):
     assert main(["models", "--models-dir", str(models_dir)], out=listing) == 0
     assert "continued from first" in listing.getvalue()
     assert main(["train", "--init-from", "first", "--name", "third", "--models-dir", str(models_dir)]) == 2
+
+
+def test_predict_many_stacks_by_name_and_by_glob_then_evaluate_pairs(tiny_models, chloroplast_crop, tmp_path,
+                                                                       capsys):
+    image, labels = chloroplast_crop
+    inputs = tmp_path / "stacks"
+    inputs.mkdir()
+    for name in ("a", "b"):
+        tifffile.imwrite(inputs / f"{name}.tif", image[:, :64, :64])
+    slices = inputs / "c"  # a folder of numbered slices is one stack, even where a glob meets it
+    slices.mkdir()
+    for z in range(image.shape[0]):
+        tifffile.imwrite(slices / f"slice{z}.tif", image[z, :64, :64])
+    models = ["--model", "chl", "--models-dir", str(tiny_models), "--quiet"]
+
+    named = tmp_path / "named"
+    out = io.StringIO()
+    assert main(["predict", *models, "--image", str(inputs / "a.tif"), "--image", str(inputs / "b.tif"),
+                 "--output-dir", str(named)], out=out) == 0
+    assert sorted(p.name for p in named.iterdir()) == ["a_labels.tif", "b_labels.tif"]
+    assert tifffile.imread(named / "b_labels.tif").shape == (image.shape[0], 64, 64)
+    assert "stack 2/2" in out.getvalue()
+
+    globbed = tmp_path / "globbed"
+    assert main(["predict", *models, "--image", str(inputs / "*.tif"), "--output-dir", str(globbed)],
+                out=io.StringIO()) == 0
+    assert sorted(p.name for p in globbed.iterdir()) == ["a_labels.tif", "b_labels.tif"]
+    folders = tmp_path / "folders"
+    assert main(["predict", *models, "--image", str(slices), "--output-dir", str(folders), "--format", "zarr"],
+                out=io.StringIO()) == 0
+    assert [p.name for p in folders.iterdir()] == ["c_labels.zarr"]
+
+    # every argument is checked first: a missing third stack refuses the job before the first is labelled
+    refused = tmp_path / "refused"
+    assert main(["predict", *models, "--image", str(inputs / "*.tif"), "--image", str(inputs / "none.tif"),
+                 "--output-dir", str(refused)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: image: ") and not refused.exists()
+    assert main(["predict", *models, "--image", str(inputs / "*.tif"), "--output", str(tmp_path / "o.tif")]) == 2
+    assert capsys.readouterr().err.startswith("error: output: 2 stacks")
+
+    truth = tmp_path / "truth.tif"
+    tifffile.imwrite(truth, labels[:, :64, :64])
+    rows = io.StringIO()
+    table = tmp_path / "scores.csv"
+    assert main(["evaluate", "--prediction", str(named / "a_labels.tif"), "--truth", str(truth),
+                 "--prediction", str(truth), "--truth", str(truth), "--csv", str(table)], out=rows) == 0
+    reports = [json.loads(line) for line in rows.getvalue().splitlines()]
+    assert [r["prediction"] for r in reports] == [str(named / "a_labels.tif"), str(truth)]
+    assert reports[1]["f1_50"] == 1.0
+    lines = table.read_text().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("prediction,truth,")
+    assert main(["evaluate", "--prediction", str(truth), "--truth", str(truth), "--truth", str(truth)]) == 2
+    assert capsys.readouterr().err.startswith("error: truth: ")

@@ -4,10 +4,16 @@ row/column holders for forms. Qt only; nothing here computes."""
 from __future__ import annotations
 
 import threading
+import weakref
+from enum import Enum
+from typing import Any
 
 from napari.qt.threading import GeneratorWorker
+from psygnal import Signal, SignalInstance
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
+
+from .settings import DockSettings
 
 ERROR_STYLE = "color: #ff5c5c;"
 WARNING_STYLE = "color: #f0b429;"
@@ -64,3 +70,102 @@ def column(*widgets: QWidget) -> QWidget:
     for widget in widgets:
         layout.addWidget(widget)
     return holder
+
+
+def follow(signal: SignalInstance, widget: QWidget, method: str) -> None:
+    """Call ``widget.method(value)`` on each emission while the widget lives. An evented setting outlives the docks
+    that show it: a dock closed (its Qt object deleted) or collected is disconnected at the next emission instead
+    of raising inside another dock's change."""
+    ref = weakref.ref(widget)
+
+    def call(value: Any) -> None:
+        target = ref()
+        try:
+            if target is None:
+                raise RuntimeError("collected")
+            target.objectName()  # raises RuntimeError once Qt deleted the widget
+        except RuntimeError:
+            signal.disconnect(call)
+            return
+        getattr(target, method)(value)
+
+    signal.connect(call)
+
+
+class ModelsFolderField(QWidget):
+    """The models folder, the same in every dock: editing it here (Enter, leaving the field, or the browse
+    button) changes the one setting, and every dock showing it follows."""
+
+    def __init__(self, settings: DockSettings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.settings = settings
+        self.edit = QLineEdit(str(settings.models_dir))
+        self.edit.setToolTip("Folder that holds one sub-folder per trained model; the same for every dock")
+        browse = QPushButton("…")
+        browse.setMaximumWidth(30)
+        browse.setToolTip("Choose the models folder")
+        browse.clicked.connect(lambda: self.browse())
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.edit, stretch=1)
+        layout.addWidget(browse)
+        self.edit.editingFinished.connect(lambda: settings.set_models_dir(self.edit.text()))
+        follow(settings.models_dir_changed, self, "_show")
+
+    def browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Models folder", self.edit.text())
+        if folder:
+            self.settings.set_models_dir(folder)
+
+    def _show(self, folder: Any) -> None:
+        if self.edit.text() != str(folder):
+            self.edit.setText(str(folder))
+
+
+class JobState(str, Enum):
+    """Where a dock's job is; the dock's buttons and progress bar are drawn from this alone."""
+
+    IDLE = "idle"
+    PREPARING = "preparing"  # started: reading, planning, loading the model, launching the child
+    RUNNING = "running"  # the engine said it started
+    STOPPING = "stopping"  # the user (or a closed dock, a removed layer) asked it to stop
+    DONE = "done"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+    @property
+    def active(self) -> bool:
+        return self in (JobState.PREPARING, JobState.RUNNING, JobState.STOPPING)
+
+
+_ENDS = {JobState.DONE, JobState.STOPPED, JobState.FAILED}
+_MOVES = {
+    JobState.IDLE: {JobState.PREPARING},
+    JobState.PREPARING: {JobState.RUNNING, JobState.STOPPING, *_ENDS},
+    JobState.RUNNING: {JobState.STOPPING, *_ENDS},
+    JobState.STOPPING: _ENDS,
+    **{end: {JobState.PREPARING} for end in _ENDS},
+}
+
+
+class DockState:
+    """One evented value per dock (careamics-napari's pattern): the job's state, which the widgets subscribe to,
+    instead of each handler setting buttons and guessing the state back from a progress bar. A move the job
+    cannot make (done to running) raises: a dock that lost track of its job is a bug to see, not to draw."""
+
+    changed = Signal(object)  # the new JobState
+
+    def __init__(self) -> None:
+        self._state = JobState.IDLE
+
+    @property
+    def state(self) -> JobState:
+        return self._state
+
+    def set(self, state: JobState) -> None:
+        if state == self._state:
+            return
+        if state not in _MOVES[self._state]:
+            raise ValueError(f"a job cannot go from {self._state.value} to {state.value}")
+        self._state = state
+        self.changed.emit(state)

@@ -24,14 +24,15 @@ from ..inference.label import LabelResult, LabelSettings, label_stack
 from ..job.config import ConfigError
 from ..job.events import LabelFinished, LabelProgress, LabelStarted
 from ..job.kinds import POSTPROCESS_DEFAULTS
-from ..models.store import ModelRecord, ModelStore, default_models_dir
-from .common import WARNING_STYLE, StatusLine, StoppableWorker, row
+from ..models.store import ModelRecord, ModelStore
+from .common import WARNING_STYLE, DockState, JobState, ModelsFolderField, StatusLine, StoppableWorker, follow, row
 from .corrections import auto_label_metadata
 from .job_process import ChildDied, JobFolder, StoredResult, labelled_in_child, remove_stale_results, source_path
 from .layer_picker import LayerPicker, level0
 from .model_info import channel_names, voxel_size_message
 from .model_sharing import ModelSharing
 from .proofread import ProofreadQueue
+from .settings import settings_for
 from .versions import describe_version, fill_model_box, folder_stamp
 
 if TYPE_CHECKING:
@@ -62,7 +63,10 @@ class AutoLabelWidget(QWidget):
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.store = ModelStore(models_dir if models_dir is not None else default_models_dir())
+        # The models folder is the docks' one setting (settings.py), unless a script gives this dock its own.
+        self.dock_settings = settings_for(models_dir)
+        self.store = ModelStore(self.dock_settings.models_dir)
+        self.models_field = ModelsFolderField(self.dock_settings)
         self.image_picker = LayerPicker(napari_viewer, Image)
         self.model_box, self.refresh_button = QComboBox(), QPushButton("Refresh")
         # Long model descriptions must not widen the dock: the box elides them, its popup shows them whole.
@@ -90,6 +94,7 @@ class AutoLabelWidget(QWidget):
 
         layout = QFormLayout(self)
         layout.addRow("Image", self.image_picker)
+        layout.addRow("Models folder", self.models_field)
         layout.addRow("Model", row(self.model_box, self.refresh_button))
         self.sharing = ModelSharing(self.store, lambda: self.model_box.currentData(), self.refresh_models,
                                     self._set_status)
@@ -102,6 +107,10 @@ class AutoLabelWidget(QWidget):
             layout.addRow(widget)
 
         self.worker: StoppableWorker | None = None
+        # The job's state, the one thing the buttons and the progress bar's words follow (_draw_state).
+        self.state = DockState()
+        self.state.changed.connect(self._draw_state)
+        self._counted = False  # the running (or last) job said how many windows it has: the bar shows them
         self.result: LabelResult | None = None
         self.error: BaseException | None = None
         self.last_event: Any = None
@@ -124,7 +133,9 @@ class AutoLabelWidget(QWidget):
         self._poll = QTimer(self, interval=self.POLL_MS)
         self._poll.timeout.connect(self._look_again)
         self._poll.start()
+        follow(self.dock_settings.models_dir_changed, self, "_use_models_dir")
         self.refresh_models()
+        self._on_model_changed()  # an empty list never says its index changed
 
     # ----- readable state -------------------------------------------------------------------------------------
     @property
@@ -154,6 +165,12 @@ class AutoLabelWidget(QWidget):
                              batch_size=self.batch_size.value(), postprocess=post)
 
     # ----- the models folder ----------------------------------------------------------------------------------
+    def _use_models_dir(self, folder: Path) -> None:
+        """Another dock (or this one's field) changed the models folder: list its models."""
+        self.store = ModelStore(folder)
+        self.sharing.store = self.store
+        self.refresh_models()
+
     def refresh_models(self) -> list[str]:
         """Re-read the models folder (created if missing); the picked model stays picked while it exists."""
         try:
@@ -189,8 +206,16 @@ class AutoLabelWidget(QWidget):
 
     def _on_model_changed(self, *_args: Any) -> None:
         record = self.record
-        self.post_group.setVisible(record is not None and record.config.mode == "instance")
-        if record is not None:
+        # Before a model is picked the thresholds are the model's to say: blank and disabled, not 0.000.
+        self.post_group.setVisible(record is None or record.config.mode == "instance")
+        for box in self.post_boxes.values():
+            box.setSpecialValueText("" if record is not None else " ")
+            box.setEnabled(record is not None)
+        if record is None:
+            for box in self.post_boxes.values():
+                box.setValue(box.minimum())  # shown as the blank special value
+            self._shown_postprocess = {}
+        else:
             self.batch_size.setValue(int(record.config.batch_size))
             saved = {**POSTPROCESS_DEFAULTS, **(record.postprocess or {})}
             for key, box in self.post_boxes.items():
@@ -249,10 +274,8 @@ class AutoLabelWidget(QWidget):
         worker.finished.connect(self._on_worker_finished)
         self.worker = worker
         self._running_stops.add(stop)
-        self.label_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setRange(0, 0)  # busy until the engine says how many windows there are
-        self.progress.setFormat("preparing…")
+        self._counted = False
+        self.state.set(JobState.PREPARING)
         self._set_status(f"Loading {record.name!r} to label {layer.name!r}…")
         worker.start()
         return True
@@ -262,7 +285,7 @@ class AutoLabelWidget(QWidget):
         if self.worker is None:
             return False
         self.worker.stop_event.set()
-        self.cancel_button.setEnabled(False)
+        self.state.set(JobState.STOPPING)
         self._set_status(f"{reason + ': ' if reason else ''}cancelling…")
         return True
 
@@ -287,6 +310,9 @@ class AutoLabelWidget(QWidget):
     def _on_event(self, event: Any) -> None:
         self.last_event = event
         if isinstance(event, LabelStarted):
+            self._counted = True
+            if self.state.state == JobState.PREPARING:  # a cancel asked while loading stays a cancel
+                self.state.set(JobState.RUNNING)
             self.progress.setRange(0, max(1, event.windows))
             self.progress.setValue(0)
             self.progress.setFormat("%v / %m windows")
@@ -345,13 +371,22 @@ class AutoLabelWidget(QWidget):
     def _on_worker_finished(self) -> None:
         if self.worker is not None:
             self._running_stops.discard(self.worker.stop_event)
+        cancelled = self._stopping() or (isinstance(self.last_event, LabelFinished) and self.last_event.cancelled)
         self.worker, self._job = None, None
-        self.label_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        if self.progress.maximum() == 0 or self.error is not None:
-            self.progress.setRange(0, 1)
+        self.state.set(JobState.FAILED if self.error is not None else
+                       JobState.STOPPED if cancelled else JobState.DONE)
+
+    def _draw_state(self, state: JobState) -> None:
+        """Buttons and the progress bar's words for a state; the numbers come from the job's events."""
+        self.label_button.setEnabled(not state.active)
+        self.cancel_button.setEnabled(state in (JobState.PREPARING, JobState.RUNNING))
+        if state == JobState.PREPARING:
+            self.progress.setRange(0, 0)  # busy until the engine says how many windows there are
+            self.progress.setFormat("preparing…")
+        elif not state.active and (state == JobState.FAILED or not self._counted):
+            self.progress.setRange(0, 1)  # nothing was counted (or it failed): no half-full bar left behind
             self.progress.setValue(0)
-            self.progress.setFormat("failed" if self.error is not None else "idle")
+            self.progress.setFormat(state.value)
 
     def _stopping(self) -> bool:
         return self.worker is not None and self.worker.stop_event.is_set()

@@ -50,6 +50,14 @@ class LossPlot(QWidget):
         (self._score_line,) = self.ax_score.plot([], [], color="#f6b26b", marker="o", markersize=3,
                                                  linewidth=1.2, label=score_name)
 
+        # Before the first loss: 0..1 axes and a line saying what will appear (an empty plot once showed
+        # matplotlib's -0.04..0.04, which reads as a broken plot).
+        self._empty_note = self.ax_loss.text(0.5, 0.5, "the loss appears here once training starts",
+                                             transform=self.ax_loss.transAxes, ha="center", va="center",
+                                             color=foreground, fontsize=8, alpha=0.7)
+        self.ax_loss.set_xlim(0, 1)
+        self.ax_loss.set_ylim(0, 1)
+
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(REDRAW_INTERVAL_MS)
@@ -58,6 +66,11 @@ class LossPlot(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing plotted yet: the axes show 0..1 and a note instead of matplotlib's empty default."""
+        return self._empty_note.get_visible()
 
     def reset(self, score_name: str | None = None) -> None:
         self.loss_points.clear()
@@ -93,7 +106,11 @@ class LossPlot(QWidget):
         if size != self._fitted_size and min(size) > 50:
             self.figure.tight_layout(pad=0.5)
             self._fitted_size = size
-        if iterations:
+        self._empty_note.set_visible(not iterations)
+        if not iterations:
+            self.ax_loss.set_xlim(0, 1)
+            self.ax_loss.set_ylim(0, 1)
+        else:
             self.ax_loss.set_xlim(0, max(iterations[-1], 1))
             low, high = min(v for _, v in self.loss_points), max(v for _, v in self.loss_points)
             pad = 0.05 * (high - low) or 0.05 * abs(high) or 0.05

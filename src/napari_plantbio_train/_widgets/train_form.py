@@ -6,22 +6,30 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QLabel, QLineEdit,
-                            QPushButton, QSpinBox, QToolButton, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QLineEdit, QSpinBox,
+                            QToolButton, QVBoxLayout, QWidget)
 
 from ..job.config import ConfigError, TrainConfig, unsaved_layer
 from ..job.kinds import DIMS, MODES
 from ..job.voxels import voxel_size_from_scale
-from ..models.store import ModelRecord, default_models_dir
+from ..models.store import ModelRecord
 from ..training.material import INHERITED, continuation
-from .common import column, error_label, row
+from .common import ModelsFolderField, column, error_label, follow
 from .corrections import TouchedOption, auto_labels_of
 from .layer_picker import LayerPicker, source_of
 from .pairs import ExtraPairs
+from .settings import DockSettings, shared_settings
 from .versions import ContinueFromBox, next_version_name
 
 if TYPE_CHECKING:
     import napari
+
+# Remembered for the next dock and session (settings.py): the choices a user makes once for their machine and
+# material. Not the name (a new job is a new model), nor what comes from the data (layers, voxel size, a parent).
+REMEMBERED = ("mode", "dims", "window", "gpus", "workers", "data_workers", "cpu_processes", "lr", "iteration_step",
+              "iteration_save", "keep_checkpoints", "iterations", "batch_size", "time_limit_min", "validate_every",
+              "base_channels", "depth", "stem_stride", "flat_levels", "contour_width", "painted_slices_only",
+              "ignore_value", "touched_margin")
 
 # Shown beside each field: the older tool's guide, shortened.
 TIPS = {
@@ -84,7 +92,8 @@ def _spin(minimum: int, maximum: int, value: int, special: str | None = None) ->
 class TrainForm(QWidget):
     """Each field sits in a row with a red message label under it, addressed by the ``TrainConfig`` field name."""
 
-    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None,
+                 settings: DockSettings | None = None) -> None:
         super().__init__(parent)
         import napari.layers
 
@@ -123,11 +132,10 @@ class TrainForm(QWidget):
         self.time_limit.setRange(0.0, 1e6)
         self.time_limit.setDecimals(1)
         self.time_limit.setSpecialValueText("none")
-        self.models_dir = QLineEdit(str(default_models_dir()))
-        browse = QPushButton("…")
-        browse.setMaximumWidth(30)
-        browse.setToolTip("Choose the models folder")
-        browse.clicked.connect(self._browse_models_dir)
+        # One folder for every dock (settings.py): this field edits the shared setting and follows it.
+        self.dock_settings = settings or shared_settings()
+        self.models_field = ModelsFolderField(self.dock_settings)
+        self.models_dir = self.models_field.edit
         # 0 (or "auto", -1 where 0 is a value) leaves the field to the plan, which says what it chose.
         self.validate_every = _spin(0, 10_000_000, 0, special="auto")
         self.base_channels = _spin(0, 256, 0, special="auto")
@@ -170,7 +178,7 @@ class TrainForm(QWidget):
             ("Samples per batch", "batch_size", self.batch_size),
             ("Name model as", "name", self.name),
             ("Time limit (min)", "time_limit_min", self.time_limit),
-            ("Models folder", "models_dir", row(self.models_dir, browse)),
+            ("Models folder", "models_dir", self.models_field),
         ]
         advanced = [
             ("Validate every", "validate_every", self.validate_every),
@@ -212,9 +220,28 @@ class TrainForm(QWidget):
 
         self.image.currentIndexChanged.connect(self._defaults_from_image)
         self._defaults_from_image()
-        self.models_dir.textChanged.connect(lambda *_: self.continue_from.set_root(self.models_folder()))
+        follow(self.dock_settings.models_dir_changed, self.continue_from, "set_root")
         self.continue_from.parent_changed.connect(self._on_parent_changed)
         self.continue_from.models_changed.connect(self._on_models_changed)
+        self._recall()
+
+    # ----- remembered values ----------------------------------------------------------------------------------
+    def remember(self) -> dict[str, Any]:
+        """Keep the form's values (``REMEMBERED``) for the next dock, in this session and the next; the training
+        dock calls it when a job starts. Returns what was kept."""
+        config, _ = self.read()
+        values = {field: _plain(getattr(config, field)) for field in REMEMBERED}
+        self.dock_settings.remember_form(values)
+        return values
+
+    def _recall(self) -> None:
+        """Fill the fields from the remembered values; one a newer or older version cannot take is skipped."""
+        for field, value in self.dock_settings.form_values().items():
+            if field in REMEMBERED:
+                try:
+                    self.set_values(**{field: value})
+                except (KeyError, TypeError, ValueError):
+                    continue
 
     def _addrow(self, form: QFormLayout, label: str, field: str, widget: QWidget) -> None:
         """The field and, under it, a red message that stays hidden until the field is wrong."""
@@ -276,15 +303,11 @@ class TrainForm(QWidget):
             self._suggested_name = next_version_name(record.name, taken)
             self.name.setText(self._suggested_name)
 
-    def _browse_models_dir(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Models folder", self.models_dir.text())
-        if folder:
-            self.models_dir.setText(folder)
-
     # ----- reading and writing --------------------------------------------------------------------------------
     def models_folder(self) -> Path:
-        text = self.models_dir.text().strip()
-        return Path(text).expanduser() if text else default_models_dir()
+        """The folder in the field, made the setting of every dock (a job reads it: the docks must agree)."""
+        self.dock_settings.set_models_dir(self.models_dir.text())
+        return self.dock_settings.models_dir
 
     def read(self) -> tuple[TrainConfig, list[ConfigError]]:
         """The form as a config, plus the fields that could not even be parsed (those keep their defaults)."""
@@ -368,7 +391,7 @@ class TrainForm(QWidget):
             "contour_width": lambda v: self.contour_width.setValue(int(v or 0)),
             "painted_slices_only": lambda v: self.painted_slices_only.setChecked(bool(v)),
             "ignore_value": lambda v: self.ignore_value.setValue(-1 if v is None else int(v)),
-            "models_dir": lambda v: self.models_dir.setText(str(v)),
+            "models_dir": lambda v: (self.models_dir.setText(str(v)), self.dock_settings.set_models_dir(v)),
             "image": lambda v: setattr(self.image, "value", v),
             "labels": lambda v: setattr(self.labels, "value", v),
             "init_from": self.continue_from.select,
@@ -428,3 +451,8 @@ def _parse_window(text: str, errors: list[ConfigError]) -> tuple[int, ...] | Non
         errors.append(ConfigError("window", f"{text!r} is not whole numbers separated by commas, e.g. 8,256,256"))
         return None
 
+
+
+def _plain(value: Any) -> Any:
+    """A JSON value: tuples (a window) as lists."""
+    return list(value) if isinstance(value, tuple) else value

@@ -26,7 +26,7 @@ from ..job.kinds import score_name
 from ..models.store import ModelStore
 from ..runtime.hardware import processes_per_machine
 from ..training.loop import train
-from .common import StatusLine, StoppableWorker, row
+from .common import DockState, JobState, StatusLine, StoppableWorker, follow, row
 from .corrections import auto_labels_of, touched_problems
 from .job_process import ChildDied, JobFolder, train_in_child
 from .layer_picker import level0
@@ -81,6 +81,10 @@ class TrainWidget(QWidget):
         layout.addWidget(self.plot, stretch=1)
 
         self.worker: StoppableWorker | None = None
+        # The job's state, the one thing the buttons and the progress bar's words follow (_draw_state).
+        self.state = DockState()
+        self.state.changed.connect(self._draw_state)
+        self._outcome: JobState | None = None  # what the job's Finished event said: done or stopped
         self.config: TrainConfig | None = None
         self.last_event: Any = None
         self.started: Started | None = None  # the running (or last) job's start
@@ -102,7 +106,7 @@ class TrainWidget(QWidget):
         self.destroyed.connect(lambda *_: _set_all(stops))
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
         self.form.name.textChanged.connect(self._update_resume)
-        self.form.models_dir.textChanged.connect(self._update_resume)
+        follow(self.form.dock_settings.models_dir_changed, self, "_update_resume")
         self._update_resume()
         self._handlers = {Started: self._on_started, Progress: self._on_progress, Validation: self._on_validation,
                           Preview: self._on_preview, CheckpointSaved: self._on_checkpoint,
@@ -156,6 +160,7 @@ class TrainWidget(QWidget):
                              "\n".join(str(e) for e in elsewhere), error=True)
             return False
 
+        self.form.remember()  # the next dock starts from this job's choices
         extra_layers = self.form.pairs.layers()
         # The model's own result, kept aside by the auto-label dock; nothing edits it, so it needs no copy.
         corrected = auto_labels_of(labels_layer) if config.touched_only else None
@@ -199,14 +204,11 @@ class TrainWidget(QWidget):
         worker.errored.connect(self._on_error)
         worker.returned.connect(self._on_returned)
         worker.finished.connect(self._on_worker_finished)
-        self.worker = worker
+        self.worker, self.started, self._outcome = worker, None, None
         self._running_stops.add(stop)
-        self.form.setEnabled(False)
-        self.resume_button.setEnabled(False)
-        self.train_button.setText("Stop")
         self.progress.setRange(0, config.iterations)
         self.progress.setValue(0)
-        self.progress.setFormat("preparing…")
+        self.state.set(JobState.PREPARING)
         verb = "Resuming" if resume else "Preparing"
         self._set_status(f"{verb} {config.name}" + (f" as {processes} processes…" if processes > 1 else "…"))
         worker.start()
@@ -217,8 +219,7 @@ class TrainWidget(QWidget):
         if self.worker is None:
             return False
         self.worker.stop_event.set()
-        self.train_button.setText("Stopping…")
-        self.train_button.setEnabled(False)
+        self.state.set(JobState.STOPPING)
         self._set_status(f"{reason + ': ' if reason else ''}stopping after this iteration and saving a checkpoint…")
         return True
 
@@ -235,8 +236,8 @@ class TrainWidget(QWidget):
     def _update_resume(self, *_args: Any) -> None:
         """Resume is offered for a model of this name that has a checkpoint, while nothing trains."""
         name = self.form.name.text().strip()
-        self.resume_button.setEnabled(not self.running and bool(name) and ModelStore(self.form.models_folder())
-                                      .exists(name))
+        folder = self.form.dock_settings.models_dir
+        self.resume_button.setEnabled(not self.running and bool(name) and ModelStore(folder).exists(name))
 
     def event(self, event: QEvent) -> bool:
         """Closing the dock takes this widget out of the window (napari re-parents it to None): stop the job,
@@ -263,6 +264,8 @@ class TrainWidget(QWidget):
     def _on_started(self, event: Started) -> None:
         self.started = event
         self.model_dir = event.model_dir
+        if self.state.state == JobState.PREPARING:  # a stop asked while preparing stays a stop
+            self.state.set(JobState.RUNNING)
         self.progress.setRange(0, event.total_iterations)
         self.progress.setValue(event.start_iteration)
         window = "×".join(str(w) for w in event.window)
@@ -307,7 +310,9 @@ class TrainWidget(QWidget):
         self._show_progress()
         self.model_dir = event.model_dir
         best = f"; best score {event.best_score:.3f}" if event.best_score is not None else ""
-        self.progress.setFormat(f"{event.iteration} / {self.progress.maximum()} · {event.reason}")
+        total = self.started.total_iterations if self.started is not None else event.iteration
+        self._outcome = JobState.STOPPED if event.reason == "stopped" else JobState.DONE
+        self.progress.setFormat(f"{event.iteration} / {total} · {event.reason}")
         self._set_status(f"{event.reason.capitalize()} at iteration {event.iteration}{best}. "
                          f"Model saved in {event.model_dir}.")
 
@@ -399,18 +404,25 @@ class TrainWidget(QWidget):
         self._remove_unfilled_previews()
         if self.worker is not None:
             self._running_stops.discard(self.worker.stop_event)
+        stopped = self.worker is not None and self.worker.stop_event.is_set()
         self.worker = None
         self._inputs = None
-        self.train_button.setText("Train")
-        self.train_button.setEnabled(True)
-        if self.error is not None:
-            self.progress.setFormat("failed")
+        self.state.set(JobState.FAILED if self.error is not None else
+                       self._outcome or (JobState.STOPPED if stopped else JobState.DONE))
         # Re-reading the models folder takes tens of milliseconds: in a later turn of the event loop, so the
         # viewer answers input in between.
         self.plot.redraw()
-        self.form.setEnabled(True)
-        self._update_resume()
         QTimer.singleShot(0, self.form.continue_from.refresh)  # the new model can be continued from at once
+
+    def _draw_state(self, state: JobState) -> None:
+        """Buttons, form and the progress bar's words for a state; the numbers come from the job's events."""
+        self.train_button.setText({JobState.PREPARING: "Stop", JobState.RUNNING: "Stop",
+                                   JobState.STOPPING: "Stopping…"}.get(state, "Train"))
+        self.train_button.setEnabled(state != JobState.STOPPING)
+        self.form.setEnabled(not state.active)
+        self._update_resume()
+        if state in (JobState.PREPARING, JobState.FAILED) or (not state.active and self._outcome is None):
+            self.progress.setFormat("preparing…" if state == JobState.PREPARING else state.value)
 
     def _set_status(self, text: str, *, error: bool = False) -> None:
         self.status.say(text, error=error)

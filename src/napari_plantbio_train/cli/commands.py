@@ -24,7 +24,8 @@ from ..io.stacks import read, read_array
 from ..job.config import DATA_FIELDS, ConfigError, TrainConfig, is_unsaved_layer, read_job_document
 from ..io.checks import check_stack
 from ..io.files import DiskFull
-from ..job.events import Finished, LabelFinished, LabelProgress, LabelStarted, Progress, Started
+from ..job.events import (Finished, LabelFinished, LabelProgress, LabelStarted, Progress, StacksProgress, Started,
+                          StackStarted)
 from ..models.lock import ensure_free
 from ..models.store import ModelError, ModelStore
 from ..runtime.hardware import job_device, processes_per_machine
@@ -285,50 +286,92 @@ def stopped_status(received: list[int]) -> int:
 
 
 def _run_predict(args: argparse.Namespace, out: TextIO) -> int:
+    """One stack (``--output``) or many (``--output-dir``), every argument checked before any work."""
     from ..inference.label import label_stack
+    from ..inference.many import expand_inputs, label_stacks, plan_stacks
 
-    try:
-        image = read(args.image).data
-    except (OSError, ValueError) as exc:
-        raise ConfigError("image", str(exc)) from None
-    postprocess = {name: getattr(args, name) for name in ("fg_threshold", "seed_threshold", "min_size",
-                                                          "min_seed_size", "seed_prominence")
-                   if getattr(args, name) is not None}
-    settings = LabelSettings(overlap=args.overlap, tta=args.tta, batch_size=args.batch_size, precision=args.precision,
-                             device=args.device, which=args.checkpoint, postprocess=postprocess,
-                             block_voxels=args.block_voxels, workers=args.workers, scheduler=args.scheduler)
+    images = expand_inputs(args.image)
+    _check_predict_targets(args, len(images))
     _check_queue_targets(args)
-    stop = threading.Event()
+    settings, stop = _label_settings(args), threading.Event()
+    image = None
+    kept: dict[str, Any] = {}
+    events: Iterator[Any]  # a generator: nothing runs before the loop below
+    if args.output_dir:
+        jobs = plan_stacks(args.model, images, args.output_dir, models_dir=args.models_dir, settings=settings,
+                           overwrite=args.overwrite, suffix=f".{args.format}")
+        events = label_stacks(args.model, jobs, models_dir=args.models_dir, settings=settings,
+                              overwrite=args.overwrite, stop=stop)
+    else:
+        try:
+            image = read(images[0]).data
+        except (OSError, ValueError) as exc:
+            raise ConfigError("image", str(exc)) from None
+        # The queue ranks by doubt among other signs: without a file for the uncertainty it is kept in memory.
+        uncertainty = args.uncertainty or (True if args.queue else None)
+        events = _keeping_result(label_stack(args.model, image, models_dir=args.models_dir, output=args.output,
+                                             probabilities=args.probabilities, uncertainty=uncertainty,
+                                             settings=settings, overwrite=args.overwrite, stop=stop), kept)
     bar = None if args.quiet or args.events == "jsonl" else ProgressLine(out)
     report = JsonLines(out) if args.events == "jsonl" else None
-    # The queue ranks by doubt among other signs: without a file for the uncertainty it is kept in memory.
-    uncertainty = args.uncertainty or (True if args.queue else None)
-    kept: dict[str, Any] = {}
+    stacks = len(images) if args.output_dir else 0
     with _signals_set(stop) as received:
-        events = label_stack(args.model, image, models_dir=args.models_dir, output=args.output,
-                             probabilities=args.probabilities, uncertainty=uncertainty, settings=settings,
-                             overwrite=args.overwrite, stop=stop)
-        for event in _keeping_result(events, kept):
+        for event in events:
             if report is not None:
                 report(event)
-                if isinstance(event, LabelFinished) and event.cancelled:
-                    return stopped_status(received) or 130
-                continue
-            if isinstance(event, LabelStarted):
-                print(f"labelling {tuple(event.shape)} with {args.model!r} on {event.device} ({event.precision}): "
-                      f"{event.blocks} block(s), {event.windows} windows", file=out, flush=True)
-            elif isinstance(event, LabelProgress) and bar:
-                bar.draw(event.windows_done, event.windows, f"windows, {event.blocks_done}/{event.blocks} blocks"
-                         + (", joining objects" if event.stage == "join" else ""))
-            elif isinstance(event, LabelFinished):
-                objects = "" if event.objects is None else f", {event.objects} objects"
-                status = "cancelled, nothing written" if event.cancelled else f"wrote {args.output}"
-                _line(bar, out, f"{status} in {_duration(event.seconds)}{objects}")
-                if event.cancelled:
-                    return stopped_status(received) or 130
+            else:
+                _print_label_event(event, args, bar, out, stacks)
+            if isinstance(event, LabelFinished) and event.cancelled:
+                return stopped_status(received) or 130
+    if stacks:
+        _line(bar, out, f"labelled {stacks} stack(s) into {args.output_dir}")
     if args.queue:
         _write_queue(args, kept["result"], image)
     return 0
+
+
+def _check_predict_targets(args: argparse.Namespace, stacks: int) -> None:
+    if args.output and args.output_dir:
+        raise ConfigError("output_dir", "give --output (one stack) or --output-dir (any number of stacks), not both")
+    if not args.output and not args.output_dir:
+        raise ConfigError("output", "give --output O.tif for one stack, or --output-dir DIR for results named "
+                                    "after their inputs")
+    if args.output and stacks > 1:
+        raise ConfigError("output", f"{stacks} stacks to label: give --output-dir DIR, where each result is named "
+                                    "after its input")
+    for field in ("probabilities", "uncertainty", "queue"):
+        if args.output_dir and getattr(args, field):
+            raise ConfigError(field, f"--{field} is written for a single --image with --output")
+
+
+def _label_settings(args: argparse.Namespace) -> LabelSettings:
+    postprocess = {name: getattr(args, name) for name in ("fg_threshold", "seed_threshold", "min_size",
+                                                          "min_seed_size", "seed_prominence")
+                   if getattr(args, name) is not None}
+    return LabelSettings(overlap=args.overlap, tta=args.tta, batch_size=args.batch_size, precision=args.precision,
+                         device=args.device, which=args.checkpoint, postprocess=postprocess,
+                         block_voxels=args.block_voxels, workers=args.workers, scheduler=args.scheduler)
+
+
+def _print_label_event(event: Any, args: argparse.Namespace, bar: ProgressLine | None, out: TextIO,
+                       stacks: int) -> None:
+    """Text progress: a line per stack started and finished, the bar for windows (and stacks, for many)."""
+    if isinstance(event, StackStarted):
+        _line(bar, out, f"stack {event.index + 1}/{event.stacks}: {event.source} -> {event.output}")
+    elif isinstance(event, LabelStarted):
+        print(f"labelling {tuple(event.shape)} with {args.model!r} on {event.device} ({event.precision}): "
+              f"{event.blocks} block(s), {event.windows} windows", file=out, flush=True)
+    elif isinstance(event, StacksProgress) and bar:
+        bar.draw(round(1000 * event.overall_done), 1000, f"of the job, stack {event.index + 1}/{event.stacks} "
+                                                        f"{100 * event.stack_done:.0f}%")
+    elif isinstance(event, LabelProgress) and bar and not stacks:
+        bar.draw(event.windows_done, event.windows, f"windows, {event.blocks_done}/{event.blocks} blocks"
+                 + (", joining objects" if event.stage == "join" else ""))
+    elif isinstance(event, LabelFinished):
+        objects = "" if event.objects is None else f", {event.objects} objects"
+        written = "the stack" if stacks else args.output
+        status = "cancelled, nothing written" if event.cancelled else f"wrote {written}"
+        _line(bar, out, f"{status} in {_duration(event.seconds)}{objects}")
 
 
 def _keeping_result(events: Any, kept: dict[str, Any]) -> Iterator[Any]:
@@ -370,30 +413,48 @@ def _write_queue(args: argparse.Namespace, result: Any, image: Any) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace, out: TextIO) -> int:
+    """One pair: a JSON object on stdout (and metric,value CSV). Several pairs: a JSON object per line, each
+    naming its files, and a CSV with a row per pair. Every pair is read and checked before any is scored."""
     from ..evaluation.evaluate import (evaluate, mode_warning, object_statistics, write_object_statistics_csv,
-                                       write_scores_csv)
+                                       write_scores_csv, write_scores_rows_csv)
 
-    arrays = {}
-    for field in ("prediction", "truth"):
+    pairs = list(zip(args.prediction, args.truth))
+    if len(args.prediction) != len(args.truth):
+        raise ConfigError("truth", f"{len(args.prediction)} --prediction and {len(args.truth)} --truth: give one "
+                                   "truth per prediction, in the same order")
+    if args.objects and len(pairs) > 1:
+        raise ConfigError("objects", "per-object statistics are written for a single --prediction")
+    arrays = [{field: _read(path, field) for field, path in zip(("prediction", "truth"), pair)}
+              for pair in pairs]
+    rows = []
+    for (prediction, truth), pair in zip(pairs, arrays):
         try:
-            arrays[field] = read_array(getattr(args, field))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(field, str(exc)) from None
-    try:
-        scores = evaluate(arrays["prediction"], arrays["truth"], args.mode, per_slice=args.per_slice)
-    except ValueError as exc:
-        raise ConfigError("prediction", str(exc)) from None
-    warning = mode_warning(arrays["truth"], args.mode)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr, flush=True)  # stdout stays one JSON object
+            scores = evaluate(pair["prediction"], pair["truth"], args.mode, per_slice=args.per_slice)
+        except ValueError as exc:
+            raise ConfigError("prediction", f"{prediction}: {exc}" if len(pairs) > 1 else str(exc)) from None
+        warning = mode_warning(pair["truth"], args.mode)
+        if warning:
+            print(f"warning: {truth}: {warning}", file=sys.stderr, flush=True)  # stdout stays JSON
+        rows.append(scores)
+    if len(pairs) == 1:
+        if args.csv:
+            write_scores_csv(rows[0], args.csv)
+        if args.objects:
+            write_object_statistics_csv(object_statistics(arrays[0]["prediction"], tuple(args.voxel_size)),
+                                        args.objects)
+        print(json.dumps(_json_scores(rows[0])), file=out)
+        return 0
+    named = [{"prediction": p, "truth": t, **scores} for (p, t), scores in zip(pairs, rows)]
     if args.csv:
-        write_scores_csv(scores, args.csv)
-    if args.objects:
-        write_object_statistics_csv(object_statistics(arrays["prediction"], tuple(args.voxel_size)), args.objects)
-    # NaN (a score with nothing to score) is not JSON: it is written as null.
-    print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in scores.items()}),
-          file=out)
+        write_scores_rows_csv(named, args.csv)
+    for row in named:
+        print(json.dumps(_json_scores(row)), file=out)
     return 0
+
+
+def _json_scores(scores: dict[str, Any]) -> dict[str, Any]:
+    """NaN (a score with nothing to score) is not JSON: it is written as null."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in scores.items()}
 
 
 def _run_export(args: argparse.Namespace, out: TextIO) -> int:

@@ -129,8 +129,12 @@ def _add_predict(commands: Any) -> None:
     predict = commands.add_parser("predict", help="label a stack with a named model")
     add = predict.add_argument
     add("--model", required=True, help="name of the model (see `models`)")
-    add("--image", required=True, help="stack to label (TIFF, a folder of TIFF slices, HDF5, zarr or .npy; read block by block)")
-    add("--output", required=True, help="labels to write: O.tif or O.zarr")
+    add("--image", required=True, action="append",
+        help="stack to label (TIFF, a folder of TIFF slices, HDF5, zarr or .npy; read block by block); give it "
+             "again for more stacks, or a quoted glob ('DIR/*.tif') that the tool expands")
+    add("--output", help="labels to write for a single --image: O.tif or O.zarr")
+    add("--output-dir", help="folder for the labels of every --image, each named after its input (NAME_labels.tif)")
+    add("--format", choices=("tif", "zarr"), default="tif", help="with --output-dir: the results' format (default tif)")
     add("--overlap", type=float, default=0.5, help="share of a window overlapping its neighbour (default 0.5)")
     add("--tta", type=int, default=0, choices=(0, 4, 8), help="test-time variants averaged (default 0)")
     add("--batch-size", type=int, help="windows per forward pass (default: the model's samples per batch)")
@@ -160,12 +164,14 @@ def _add_predict(commands: Any) -> None:
 def _add_evaluate(commands: Any) -> None:
     evaluate = commands.add_parser("evaluate", help="score a labels result against ground truth (JSON)")
     add = evaluate.add_argument
-    add("--prediction", required=True, help="labels to judge (TIFF, a folder of TIFF slices, HDF5, zarr or .npy)")
-    add("--truth", required=True, help="ground-truth labels of the same shape")
+    add("--prediction", required=True, action="append",
+        help="labels to judge (TIFF, a folder of TIFF slices, HDF5, zarr or .npy); give it again for more pairs")
+    add("--truth", required=True, action="append",
+        help="ground-truth labels of the same shape; one per --prediction, in the same order")
     add("--mode", choices=MODES, default="instance", help="instance (objects, default) or semantic (classes)")
     add("--per-slice", action="store_true", help="instance: match objects within each slice (2D models)")
-    add("--csv", help="also write the scores as a metric,value CSV")
-    add("--objects", help="also write per-object statistics of the prediction as CSV")
+    add("--csv", help="also write the scores as CSV: metric,value for one pair, a row per pair for several")
+    add("--objects", help="one pair: also write per-object statistics of the prediction as CSV")
     add("--voxel-size", nargs=3, type=float, metavar=("X", "Y", "Z"), default=(1.0, 1.0, 1.0),
         help="nm per pixel along x, y, z, for the object statistics")
 

@@ -183,6 +183,13 @@ def write_scores_csv(scores: Mapping[str, float], path: str | Path) -> None:
     _write_csv(path, ["metric", "value"], ({"metric": k, "value": v} for k, v in scores.items()))
 
 
+def write_scores_rows_csv(rows: Sequence[Mapping[str, object]], path: str | Path) -> None:
+    """Several stacks' scores, a row each (columns: the rows' keys in first-seen order, e.g. prediction, truth,
+    then the metrics), so a spreadsheet compares stacks side by side; written whole or not at all."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    _write_csv(path, columns, rows)
+
+
 def object_statistics(labels: np.ndarray, voxel_size_nm: tuple[float, float, float]) -> list[dict[str, float]]:
     """Size, bounding box and centroid of each object (id > 0), in voxels and in nm, ordered by id.
 

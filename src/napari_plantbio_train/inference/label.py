@@ -218,16 +218,22 @@ def _halo(halo_xy: int | None, window3: tuple[int, int, int], record: ModelRecor
     return (window3[0] // 2 if record.config.spatial_dims == 3 else 0, halo_xy, halo_xy)
 
 
+def check_fits(record: ModelRecord, settings: LabelSettings, image: Any) -> None:
+    """The rules between a model, the settings and an image that need no work, so a job of many stacks refuses a
+    bad one before labelling the first."""
+    if len(image.shape) == 2 and record.config.spatial_dims == 3:
+        raise ConfigError("image", f"model {record.name!r} is a 3D model and needs a stack; this is a single 2D "
+                                   f"image of shape {tuple(image.shape)}: use a 2D model")
+    problems = settings.problems(tuple(int(w) for w in record.window))
+    if problems:
+        raise problems[0]
+
+
 def _make_job(record: ModelRecord, store: ModelStore, settings: LabelSettings, shape: tuple[int, int, int],
               image: Any) -> _Job:
     config = record.config
-    if len(image.shape) == 2 and config.spatial_dims == 3:
-        raise ConfigError("image", f"model {record.name!r} is a 3D model and needs a stack; this is a single 2D "
-                                   f"image of shape {tuple(image.shape)}: use a 2D model")
+    check_fits(record, settings, image)
     window = tuple(int(w) for w in record.window)
-    problems = settings.problems(window)
-    if problems:
-        raise problems[0]
     device = resolve_device(settings.device)
     window3 = window if len(window) == 3 else (1, *window)
     postprocess = {**POSTPROCESS_DEFAULTS, **(record.postprocess or {}), **settings.postprocess}

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..job.events import (CheckpointSaved, Event, Finished, LabelFinished, LabelProgress, LabelStarted, Preview,
+                          StackFinished, StacksProgress, StackStarted,
                           Progress, Started, Validation)
 from .files import atomic_write
 
@@ -116,7 +117,9 @@ def follow(lines: Iterable[str]) -> Generator[Event, None, Path | None]:
 
 _KINDS: dict[type, str] = {Started: "started", Progress: "progress", Validation: "validation", Preview: "preview",
                            CheckpointSaved: "checkpoint", Finished: "finished", LabelStarted: "label_started",
-                           LabelProgress: "label_progress", LabelFinished: "label_finished"}
+                           LabelProgress: "label_progress", LabelFinished: "label_finished",
+                           StackStarted: "stack_started", StacksProgress: "stacks_progress",
+                           StackFinished: "stack_finished"}
 
 
 def _plain(value: Any) -> Any:

@@ -124,6 +124,40 @@ class LabelFinished:
 LabelEvent = LabelStarted | LabelProgress | LabelFinished
 
 
+# ----- auto-labelling many stacks in one job (inference/many.py) -------------------------------------------------
+@dataclass(frozen=True)
+class StackStarted:
+    """Stack ``index`` (0-based) of ``stacks`` begins; its own Label* events follow."""
+
+    index: int
+    stacks: int
+    source: str  # the input as the user named it (a file or a folder of slices)
+    output: str
+
+
+@dataclass(frozen=True)
+class StacksProgress:
+    """After each of a stack's progress events: its own share done and the whole job's, both 0..1."""
+
+    index: int
+    stacks: int
+    stack_done: float
+    overall_done: float
+
+
+@dataclass(frozen=True)
+class StackFinished:
+    index: int
+    stacks: int
+    output: str
+    seconds: float
+    objects: int | None
+    cancelled: bool
+
+
+StacksEvent = StackStarted | StacksProgress | StackFinished
+
+
 Result = TypeVar("Result")
 
 
