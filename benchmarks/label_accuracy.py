@@ -51,11 +51,13 @@ def job_for(task: str, recipe: str, minutes: float, overrides: dict) -> dict:
 
 
 def run(task: str, recipe: str, minutes: float, models_dir: Path, overrides: dict) -> dict:
-    image = read(DATA / task / "image.tif").data
-    truth = read(DATA / task / "labels.tif").data
+    stack = read(DATA / task / "image.tif")
+    image, truth = stack.data, read(DATA / task / "labels.tif").data
     train_part, test_part = SPLITS[task]
-    config = TrainConfig(name=f"accuracy-{task}-{recipe}-{int(time.time())}", **job_for(task, recipe, minutes,
-                                                                                       overrides))
+    fields = job_for(task, recipe, minutes, overrides)
+    if stack.voxel_size is not None and "voxel_size" not in fields:
+        fields["voxel_size"] = tuple(stack.voxel_size)  # what the command line and the dock take from the file
+    config = TrainConfig(name=f"accuracy-{task}-{recipe}-{int(time.time())}", **fields)
     load_before = os.getloadavg()
     started = time.perf_counter()
     best, iterations, plan, window = None, 0, [], None
