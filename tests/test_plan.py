@@ -110,7 +110,9 @@ def test_train_plan_prints_the_plan_and_exits(tmp_path, models_dir, monkeypatch)
     assert lines[0].startswith("plan (fields left on auto):") and "iterations in 15 min" in lines[1]
     chosen = json.loads(lines[-1])
     assert {"window", "stem_stride", "flat_levels", "depth", "batch_size", "lr"} <= set(chosen)
-    assert first.getvalue() == again.getvalue(), "the same data and machine figures give the same plan"
+    # The same data and machine figures give the same plan: the choices (a time re-measured because other work
+    # shared the cores may differ in its last digits, the choice it leads to must not flip between runs here).
+    assert json.loads(again.getvalue().splitlines()[-1]) == chosen, "the same data and machine, the same plan"
 
 
 def test_a_field_the_user_sets_is_kept():
