@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -337,8 +337,7 @@ def _network(candidate: Candidate, config: TrainConfig, out_channels: int, aniso
 
 
 def _with_seconds(candidate: Candidate, seconds: float) -> Candidate:
-    return Candidate(candidate.stem_stride, candidate.flat_levels, candidate.window, candidate.depth,
-                     candidate.batch_size, round(float(seconds), 3))
+    return replace(candidate, seconds=round(float(seconds), 3))
 
 
 def _validation_interval(iterations: int) -> int:
