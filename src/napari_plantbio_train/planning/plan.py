@@ -28,7 +28,7 @@ from ..job.config import ConfigError, TrainConfig
 from ..models.network import levels
 from .fingerprint import Fingerprint, fingerprint
 from .timing import TIMED_STEPS, step_seconds
-from .window import deepest, held_out_size, room_to_validate
+from .window import deepest, held_out_size, network_for, room_to_validate
 
 AUTO_FIELDS = ("voxel_size", "window", "stem_stride", "flat_levels", "depth", "base_channels", "lr", "batch_size",
                "validate_every", "contour_width")
@@ -149,9 +149,9 @@ def make_plan(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, dev
     chosen = candidates[0]
     if len(candidates) > 1 and measure:
         chosen, timed = _choose(candidates, config, out_channels, device, precision, threads, budget, target,
-                                anisotropy)
+                                voxel)
     elif measure:
-        seconds = _seconds(chosen, config, out_channels, device, precision, threads, anisotropy, None)
+        seconds = _seconds(chosen, config, out_channels, device, precision, threads, voxel, None)
         chosen = _with_seconds(chosen, seconds)
         timed = [chosen]
     values.update(window=chosen.window, stem_stride=chosen.stem_stride, depth=chosen.depth,
@@ -297,7 +297,7 @@ def _smallest(config: TrainConfig, shape: tuple[int, int, int], batch: int, anis
 
 def _choose(candidates: list[Candidate], config: TrainConfig, out_channels: int, device: torch.device,
             precision: str, threads: int, budget: float, target: int,
-            anisotropy: float) -> tuple[Candidate, list[Candidate]]:
+            voxel: tuple[float, float, float]) -> tuple[Candidate, list[Candidate]]:
     """The most detailed candidate (the list runs from the cheapest up) that reaches ``target`` iterations in the
     budget; the cheapest when none does. Measuring stops at the first that is too slow: the rest cost more."""
     per_step = budget / max(target, 1)
@@ -305,7 +305,7 @@ def _choose(candidates: list[Candidate], config: TrainConfig, out_channels: int,
     best = None
     spent = 0.0  # what the timings cost, from their own figures: cached or not, the same plan stops at the same place
     for candidate in candidates:
-        seconds = _seconds(candidate, config, out_channels, device, precision, threads, anisotropy, 3 * per_step)
+        seconds = _seconds(candidate, config, out_channels, device, precision, threads, voxel, 3 * per_step)
         candidate = _with_seconds(candidate, seconds)
         timed.append(candidate)
         if seconds <= per_step:
@@ -319,21 +319,20 @@ def _choose(candidates: list[Candidate], config: TrainConfig, out_channels: int,
 
 
 def _seconds(candidate: Candidate, config: TrainConfig, out_channels: int, device: torch.device, precision: str,
-             threads: int, anisotropy: float, give_up_after: float | None) -> float:
-    network = _network(candidate, config, out_channels, anisotropy)
+             threads: int, voxel: tuple[float, float, float], give_up_after: float | None) -> float:
+    network = _network(candidate, config, out_channels, voxel)
     return step_seconds(network, candidate.window, candidate.batch_size, config.mode, device=device,
                         precision=precision, threads=threads, give_up_after=give_up_after)
 
 
-def _network(candidate: Candidate, config: TrainConfig, out_channels: int, anisotropy: float) -> dict[str, Any]:
-    network: dict[str, Any] = dict(spatial_dims=config.spatial_dims, in_channels=1, out_channels=out_channels,
-                                   base_channels=config.base_channels or BASE_CHANNELS, depth=candidate.depth,
-                                   anisotropy=anisotropy, stem_stride=candidate.stem_stride)
-    if config.spatial_dims == 3:
-        network["max_z_pools"] = int(math.log2(candidate.window[0]))
-        if candidate.flat_levels is not None:
-            network["flat_levels"] = candidate.flat_levels
-    return network
+def _network(candidate: Candidate, config: TrainConfig, out_channels: int,
+             voxel: tuple[float, float, float]) -> dict[str, Any]:
+    """The network the job builds if it takes this candidate: the job's own rule (planning.network_for) applied to
+    the job with the candidate's fields, so that what is timed is what is trained."""
+    job = config.replace(voxel_size=voxel, window=candidate.window, stem_stride=candidate.stem_stride,
+                         depth=candidate.depth, flat_levels=candidate.flat_levels,
+                         base_channels=config.base_channels or BASE_CHANNELS)
+    return {**network_for(job), "in_channels": 1, "out_channels": out_channels}
 
 
 def _with_seconds(candidate: Candidate, seconds: float) -> Candidate:
