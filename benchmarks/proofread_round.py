@@ -1,6 +1,7 @@
 """Proofreading rounds on the chloroplast stack: does correcting a few objects and training again pay, and how soon?
 
-Trains on the left half (x < 1097) for ``--train-minutes``, then plays ``--rounds`` proofreading rounds on the
+Trains on the left half (x < 1097) for ``--train-minutes`` with the defaults (``--recipe hand``: the old hand recipe),
+then plays ``--rounds`` proofreading rounds on the
 right half as two simulated users with the truth at hand:
 
 - ``queue``: fixes the first ``--fix`` entries of the proofreading queue the dock shows (inference/proofreading.py:
@@ -154,6 +155,11 @@ def relabel(model: str, image: np.ndarray, layer: np.ndarray, reviewed: np.ndarr
                                 "near_share": round(float(share), 3)}
 
 
+def first_fields(recipe: str) -> dict:
+    """What the first model is trained with: a user's fields only (the plan chooses the rest), or the hand recipe."""
+    return dict(JOBS["chloroplast3d"]) if recipe == "hand" else dict(mode="instance", dims="3d")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-minutes", type=float, default=10.0)
@@ -172,6 +178,8 @@ def main() -> int:
     parser.add_argument("--next", type=int, default=10, help="queue entries after the fixed ones relabelled first")
     parser.add_argument("--crop", type=int, nargs=2, metavar=("Y", "X"),
                         help="rows 0..Y and X columns on each side of the split: a quick end-to-end check")
+    parser.add_argument("--recipe", choices=("defaults", "hand"), default="defaults",
+                        help="the first model: the plan's choices (what a user gets) or train_real's hand recipe")
     parser.add_argument("--first-model", type=Path, metavar="FOLDER",
                         help="a model this script trained on the left half before (its folder): skip that training")
     args = parser.parse_args()
@@ -192,7 +200,7 @@ def main() -> int:
     else:
         models_dir, base = Path(tempfile.mkdtemp(prefix="plantbio-proofread-")), f"round-{stamp}"
         first = TrainConfig(name=base, iterations=100_000, iteration_save=100_000, time_limit_min=args.train_minutes,
-                            workers=workers, **JOBS["chloroplast3d"])
+                            workers=workers, **first_fields(args.recipe))
         run_to_end(train(first, left_image, left_truth, models_dir=models_dir))
     store = ModelStore(models_dir)
     settings = LabelSettings(overlap=args.overlap, block_voxels=args.block_voxels)

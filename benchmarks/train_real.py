@@ -2,7 +2,9 @@
 
 Instance 3D on the full chloroplast stack and semantic 2D on the sieve-plate image, each for ``--minutes``
 (15 by default) of wall time on this machine, through the same ``train()`` generator the widget and the
-command line use. Prints, per task: the best validation score on the held-out block (matched-object F1 at IoU
+command line use, with the defaults (data, mode, dims and the time: the plan chooses the rest) and, with
+``--recipes defaults,hand``, the hand recipe this benchmark used before the plan, in the same run.
+Prints, per task: the best validation score on the held-out block (matched-object F1 at IoU
 0.5, or mean IoU), iterations per second, the share of each iteration spent waiting for data, and the training
 FLOP rate as a share of this machine's matrix-multiply peak measured in the same run, in the job's number
 format (bf16 where native, see hardware.py) and in fp32.
@@ -29,13 +31,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from napari_plantbio_train.planning.window import network_for, window_for  # noqa: E402
-from napari_plantbio_train.runtime.hardware import job_device  # noqa: E402
+from napari_plantbio_train.runtime.hardware import cpu_model, job_device  # noqa: E402
 from napari_plantbio_train.job.config import TrainConfig
 from napari_plantbio_train.job.events import Finished, Progress, Started, Validation
 from napari_plantbio_train.runtime.hardware import Probe, choose_precision
 from napari_plantbio_train.models.network import UNet
 from napari_plantbio_train.models.losses import segmentation_loss
+from napari_plantbio_train.models.store import ModelStore
 from napari_plantbio_train.training.loop import train
+from napari_plantbio_train.training.setup import plan_job
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -77,12 +81,16 @@ def flops_per_iteration(config: TrainConfig, image_shape: tuple[int, ...], out_c
     return float(counter.get_total_flops())
 
 
-def run(task: str, minutes: float, models_dir: Path, overrides: dict) -> dict:
+def run(task: str, recipe: str, minutes: float, models_dir: Path, overrides: dict) -> dict:
     image = tifffile.imread(DATA / task / "image.tif")
     labels = tifffile.imread(DATA / task / "labels.tif")
-    job = {**JOBS[task], **overrides}
-    config = TrainConfig(name=f"bench-{task}-{int(time.time())}", iterations=100_000, iteration_save=100_000,
-                         time_limit_min=minutes, workers=os.cpu_count() or 1, **job)
+    job = {**(JOBS[task] if recipe == "hand" else {k: JOBS[task][k] for k in ("mode", "dims")}), **overrides}
+    asked = TrainConfig(name=f"bench-{task}-{recipe}-{int(time.time())}", iterations=100_000,
+                        iteration_save=100_000, time_limit_min=minutes, workers=os.cpu_count() or 1, **job)
+    # The network the job will train, for its FLOPs: the plan train() makes from the same fields (its step times
+    # are cached per machine, so the job's own planning below repeats the choice without timing again).
+    config, _ = plan_job(asked, image, labels, store=ModelStore(models_dir), resume=False,
+                         device=torch.device(job_device(asked)), threads=asked.workers)
     load_before = os.getloadavg()
     out_channels = 2 if config.mode == "instance" else len(np.unique(labels))
     network = {**network_for(config, image.shape), "in_channels": 1, "out_channels": out_channels}
@@ -98,9 +106,9 @@ def run(task: str, minutes: float, models_dir: Path, overrides: dict) -> dict:
     iterations = 0
     scores: list[tuple[int, float, dict]] = []
     started = time.perf_counter()
-    for event in train(config, image, labels, models_dir=models_dir):
+    for event in train(asked, image, labels, models_dir=models_dir):
         if isinstance(event, Started):
-            region = event.validation_region
+            region, plan = event.validation_region, list(event.plan)
             print(f"[{task}] window {event.window}, validation block z{region[0]} y{region[1]} x{region[2]}",
                   flush=True)
         elif isinstance(event, Progress):
@@ -117,7 +125,8 @@ def run(task: str, minutes: float, models_dir: Path, overrides: dict) -> dict:
     wall = time.perf_counter() - started
     best = max(scores, key=lambda s: s[1]) if scores else (0, float("nan"), {})
     result = {
-        "task": task, "mode": config.mode, "dims": config.dims, "window": list(window_for(config, image.shape)),
+        "task": task, "recipe": recipe, "cpu": cpu_model(), "mode": config.mode, "dims": config.dims,
+        "window": list(window_for(config, image.shape)), "plan": plan,
         "minutes": minutes, "wall_seconds": round(wall, 1), "iterations": finished.iteration,
         "best_score": round(best[1], 4), "best_iteration": best[0], "best_metrics": best[2],
         "final_score": round(scores[-1][1], 4) if scores else None,
@@ -143,6 +152,8 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--task", choices=[*JOBS, "all"], default="all")
     parser.add_argument("--models-dir", type=Path)
+    parser.add_argument("--recipes", default="defaults",
+                        help="defaults (data, mode, dims and the time only: the plan chooses), hand, or defaults,hand")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                         help="override a job field, e.g. --set window=[8,384,384]")
     args = parser.parse_args()
@@ -154,7 +165,8 @@ def main() -> int:
     models_dir = args.models_dir or Path(tempfile.mkdtemp(prefix="plantbio-bench-"))
     tasks = list(JOBS) if args.task == "all" else [args.task]
     for task in tasks:
-        run(task, args.minutes, models_dir, overrides)
+        for recipe in args.recipes.split(","):
+            run(task, recipe, args.minutes, models_dir, overrides)
     return 0
 
 
