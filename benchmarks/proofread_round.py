@@ -155,6 +155,10 @@ def relabel(model: str, image: np.ndarray, layer: np.ndarray, reviewed: np.ndarr
                                 "near_share": round(float(share), 3)}
 
 
+class NothingToFix(Exception):
+    """A round without a correction cannot train (a first model that labels nothing leaves the queue empty)."""
+
+
 def first_fields(recipe: str) -> dict:
     """What the first model is trained with: a user's fields only (the plan chooses the rest), or the hand recipe."""
     return dict(JOBS["chloroplast3d"]) if recipe == "hand" else dict(mode="instance", dims="3d")
@@ -228,14 +232,21 @@ def main() -> int:
                 if number == 1 and shared is not None:
                     state, row = dict(shared["state"]), dict(shared["row"], strategy=strategy)
                 else:
-                    state, row = play_round(number, user, strategy, state, image, truth, (left_image, left_truth),
-                                            base, store, settings, grow, args, stamp, workers)
+                    try:
+                        state, row = play_round(number, user, strategy, state, image, truth,
+                                                (left_image, left_truth), base, store, settings, grow, args, stamp,
+                                                workers)
+                    except NothingToFix as reason:
+                        report({"user": user, "strategy": strategy, "round": number, "skipped": str(reason)})
+                        break
                     if number == 1:
                         shared = {"state": dict(state), "row": row}
                 if number == 1:
                     row["seconds"]["label_first"] = round(initial["seconds"])
                 history.append(row)
                 report(row)
+            if not history:
+                continue
             final_fixed = state["fixed"]
             report({"user": user, "strategy": strategy, "summary": True,
                     "initial_outside_all_fixes": scores_outside(initial["labels"], truth, final_fixed),
@@ -261,6 +272,8 @@ def play_round(number: int, user: str, strategy: str, state: dict, image: np.nda
     t = time.perf_counter()
     chosen = picks(user, layer, truth, queue, fixed_before, args.fix)
     fixed = fixed_before | fix(layer, truth, chosen)
+    if not chosen or not (fixed & ~fixed_before).any():
+        raise NothingToFix(f"round {number}: the {user} user found nothing to fix ({len(queue)} queue entries)")
     # The truth's ids above the layer's, so that a repainted object never shares an id with one left as it was.
     corrected = np.where(fixed, truth.astype(np.uint32) + np.uint32(layer.max()), layer).astype(np.uint32)
     seconds["fix"] = time.perf_counter() - t
