@@ -21,7 +21,7 @@ from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QSizePolicy, QVBox
 from .. import planning
 from ..io.files import size_text
 from ..job.config import ConfigError, TrainConfig
-from ..job.events import CheckpointSaved, Finished, Preview, Progress, Started, Validation, parts_text
+from ..job.events import CheckpointSaved, Finished, Preview, Progress, Started, Validation, ViewPreview, parts_text
 from ..job.kinds import score_name
 from ..models.store import ModelStore
 from ..runtime.hardware import processes_per_machine
@@ -32,6 +32,7 @@ from .job_process import ChildDied, JobFolder, train_in_child
 from .layer_picker import level0
 from .loss_plot import REDRAW_INTERVAL_MS, LossPlot
 from .train_form import TrainForm
+from .view_preview import ViewPreviewRow, placed_preview
 
 if TYPE_CHECKING:
     import napari
@@ -71,12 +72,14 @@ class TrainWidget(QWidget):
         self.status = StatusLine()
         background, foreground = _theme_colours(napari_viewer)
         self.plot = LossPlot(background=background, foreground=foreground)
+        self.view_preview = ViewPreviewRow(napari_viewer)  # predictions where the user looks (view_preview.py)
 
         layout = QVBoxLayout(self)
         layout.addWidget(self.form)
         layout.addWidget(row(self.train_button, self.resume_button))
         layout.addWidget(self.progress)
         layout.addWidget(self.rate_label)
+        layout.addWidget(self.view_preview)
         layout.addWidget(self.status)
         layout.addWidget(self.plot, stretch=1)
 
@@ -109,7 +112,8 @@ class TrainWidget(QWidget):
         follow(self.form.dock_settings.models_dir_changed, self, "_update_resume")
         self._update_resume()
         self._handlers = {Started: self._on_started, Progress: self._on_progress, Validation: self._on_validation,
-                          Preview: self._on_preview, CheckpointSaved: self._on_checkpoint,
+                          Preview: self._on_preview, ViewPreview: self.view_preview.show,
+                          CheckpointSaved: self._on_checkpoint,
                           Finished: self._on_finished_event}
 
     # ----- readable state -------------------------------------------------------------------------------------
@@ -193,6 +197,7 @@ class TrainWidget(QWidget):
             self.preview_layers = {}
         self.config, self.last_event, self.last_preview, self.model_dir, self.error = config, None, None, None, None
         self._add_preview_placeholders(self._placement.ndim)
+        self.view_preview.begin(image_layer, self._placement, config.name, stop)
         self.plot.reset(score_name(config.mode))
 
         # By default the command line trains in a child process and the worker follows its events: a crash there
@@ -264,6 +269,7 @@ class TrainWidget(QWidget):
     def _on_started(self, event: Started) -> None:
         self.started = event
         self.model_dir = event.model_dir
+        self.view_preview.started(event.model_dir)
         if self.state.state == JobState.PREPARING:  # a stop asked while preparing stays a stop
             self.state.set(JobState.RUNNING)
         self.progress.setRange(0, event.total_iterations)
@@ -322,14 +328,9 @@ class TrainWidget(QWidget):
         placement = self._placement
         if placement is None or self.worker is None or self.worker.stop_event.is_set():
             return  # once stopping (dock or viewer closing), a late preview must not add layers to a dead window
-        probabilities = event.probabilities
-        foreground = probabilities[0] if event.channel_names[:1] == ("foreground",) else 1.0 - probabilities[0]
-        labels, offset = event.labels, np.asarray(event.offset, float)
-        if placement.ndim == 2:  # the engine speaks (Z, Y, X); a 2D layer has no Z
-            foreground, labels, offset = foreground[0], labels[0], offset[1:]
-        translate = placement.translate + offset * placement.scale
+        foreground, labels, translate = placed_preview(event, placement)
         where = {"scale": placement.scale, "translate": translate}
-        self._update_layer("probabilities", foreground.astype(np.float32, copy=False), where,
+        self._update_layer("probabilities", foreground, where,
                            lambda data, **kw: self.viewer.add_image(data, colormap="magma", blending="additive",
                                                                     contrast_limits=(0.0, 1.0), opacity=0.6, **kw))
         # The labels layer in a later turn of the event loop: each layer update takes tens of milliseconds, and
@@ -402,6 +403,7 @@ class TrainWidget(QWidget):
 
     def _on_worker_finished(self) -> None:
         self._remove_unfilled_previews()
+        self.view_preview.end()
         if self.worker is not None:
             self._running_stops.discard(self.worker.stop_event)
         stopped = self.worker is not None and self.worker.stop_event.is_set()

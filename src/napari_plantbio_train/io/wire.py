@@ -2,10 +2,11 @@
 of several processes, or its job process, this way).
 
 - ``napari-plantbio-train train ... --events jsonl`` prints one JSON object per line on stdout, and nothing
-  else there (``event_record``): ``{"event": "started" | "progress" | "validation" | "preview" | "checkpoint" |
-  "finished", ...}`` (``predict ... --events jsonl``: ``"label_started" | "label_progress" | "label_finished"``) with the fields of the event classes in ``job/events.py`` (paths as absolute strings,
+  else there (``event_record``): ``{"event": "started" | "progress" | "validation" | "preview" | "view_preview" |
+  "checkpoint" | "finished", ...}`` (``predict ... --events jsonl``: ``"label_started" | "label_progress" | "label_finished"``) with the fields of the event classes in ``job/events.py`` (paths as absolute strings,
   tuples as lists). A preview's arrays are written by rank 0 as ``.npy`` files in ``<model folder>/previews/``
-  (the two newest are kept) and the line carries their paths (``probabilities``, ``labels``). A job that fails
+  (the two newest of each kind are kept; a view preview's are named ``view_*``) and the line carries their paths
+  (``probabilities``, ``labels``). A job that fails
   prints ``{"event": "error", "field": ... or null, "message": ...}`` and exits non-zero (2: bad input, 1: a
   rank died or the disk is full, 130: aborted). ``follow(lines)`` turns the lines back into the event objects ``train`` yields
   (raising ``JobFailed`` on an error line), so a follower handles the same events as the dock does in-process.
@@ -27,7 +28,7 @@ import numpy as np
 
 from ..job.events import (CheckpointSaved, Event, Finished, LabelFinished, LabelProgress, LabelStarted, Preview,
                           StackFinished, StacksProgress, StackStarted,
-                          Progress, Started, Validation)
+                          Progress, Started, Validation, ViewPreview)
 from .files import atomic_write
 
 STOP_FILE = "STOP"
@@ -61,7 +62,8 @@ def event_record(event: Event, previews: Path | None = None) -> dict[str, Any]:
         if isinstance(value, np.ndarray):
             if previews is None:
                 raise ValueError("a preview needs a folder to write its arrays to")
-            value = str(_write_preview(previews, event.iteration, item.name, value))
+            value = str(_write_preview(previews, event.iteration, _ARRAY_PREFIX.get(type(event), "") + item.name,
+                                       value))
         record[item.name] = _plain(value)
     return record
 
@@ -79,7 +81,7 @@ def event_from_record(record: Mapping[str, Any]) -> Event:
         value = record[item.name]
         if item.name in ("model_dir", "path"):
             value = Path(value)
-        elif cls is Preview and item.name in ("probabilities", "labels"):
+        elif cls in _ARRAY_PREFIX and item.name in ("probabilities", "labels"):
             value = np.load(value, allow_pickle=False)
         elif isinstance(value, list):
             value = _tuples(value)
@@ -116,10 +118,14 @@ def follow(lines: Iterable[str]) -> Generator[Event, None, Path | None]:
 
 
 _KINDS: dict[type, str] = {Started: "started", Progress: "progress", Validation: "validation", Preview: "preview",
+                           ViewPreview: "view_preview",
                            CheckpointSaved: "checkpoint", Finished: "finished", LabelStarted: "label_started",
                            LabelProgress: "label_progress", LabelFinished: "label_finished",
                            StackStarted: "stack_started", StacksProgress: "stacks_progress",
                            StackFinished: "stack_finished"}
+
+
+_ARRAY_PREFIX: dict[type, str] = {Preview: "", ViewPreview: "view_"}  # of their files: each kind keeps its newest
 
 
 def _plain(value: Any) -> Any:
@@ -143,8 +149,9 @@ def _write_preview(folder: Path, iteration: int, name: str, array: np.ndarray) -
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"iter_{iteration:07d}_{name}.npy"
     atomic_write(path, lambda handle: np.save(handle, np.ascontiguousarray(array), allow_pickle=False))
-    iterations = sorted({p.name.split("_")[1] for p in folder.glob("iter_*.npy")})
+    # Per array name: a view preview asked between validations must not push out the validation preview's files.
+    named = (p.name.split("_", 2) for p in folder.glob("iter_*_*.npy"))
+    iterations = sorted({parts[1] for parts in named if parts[2] == f"{name}.npy"})
     for old in iterations[:-PREVIEWS_KEPT]:
-        for stale in folder.glob(f"iter_{old}_*.npy"):
-            stale.unlink(missing_ok=True)
+        (folder / f"iter_{old}_{name}.npy").unlink(missing_ok=True)
     return path

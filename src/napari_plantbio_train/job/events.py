@@ -76,6 +76,19 @@ class Preview:
 
 
 @dataclass(frozen=True)
+class ViewPreview:
+    """Predictions where the user looks (training/view.py), placed by ``offset`` (z, y, x) in the given stack;
+    ``seconds`` is what predicting them took from training."""
+
+    iteration: int
+    probabilities: np.ndarray  # (K, Z, Y, X) float32 in [0, 1]
+    labels: np.ndarray  # (Z, Y, X) integer: original class values (semantic) or object ids (instance)
+    offset: tuple[int, int, int]
+    channel_names: tuple[str, ...]
+    seconds: float
+
+
+@dataclass(frozen=True)
 class CheckpointSaved:
     iteration: int
     path: Path
@@ -91,7 +104,7 @@ class Finished:
     best_score: float | None
 
 
-Event = Started | Progress | Validation | Preview | CheckpointSaved | Finished
+Event = Started | Progress | Validation | Preview | ViewPreview | CheckpointSaved | Finished
 
 
 # ----- auto-labelling -------------------------------------------------------------------------------------------

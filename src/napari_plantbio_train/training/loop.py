@@ -3,7 +3,7 @@
 ``train(...)`` is the only training loop in the project: the dock widget runs it in a napari worker thread,
 the command line iterates it in the foreground, the tests iterate it directly. It reads top to bottom:
 prepare the material once (targets, normalisation, validation block, network), then per iteration draw
-windows, step, report; validate and preview now and then; checkpoint every ``iteration_save`` and when asked
+windows, step, report; validate and preview now and then (and predict where the user looks, view.py); checkpoint every ``iteration_save`` and when asked
 to stop. A stop request is honoured at the next iteration and always leaves a checkpoint to resume from.
 """
 
@@ -31,6 +31,7 @@ from ..runtime.memory import OutOfMemory, largest_fitting, out_of_memory_message
 from .distributed import Rank, agree, gather, mean, weights_digest
 from .setup import set_up
 from .validation import PART_SCORES, score_region
+from .view import ViewFile, ViewPreviews, ViewSource
 
 WARMUP_ITERATIONS = 100
 
@@ -50,7 +51,8 @@ def lr_at(iteration: int, progress: float, base_lr: float, warmup: int) -> float
 def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
           extra_pairs: Sequence[tuple[np.ndarray, np.ndarray]] = (), auto_labels: np.ndarray | None = None,
           reviewed: np.ndarray | None = None, models_dir: str | Path | None = None, resume: bool = False,
-          stop: StopSignal = None, rank: Rank | None = None) -> Generator[Event, None, Path]:
+          stop: StopSignal = None, rank: Rank | None = None,
+          view: ViewSource | None = None) -> Generator[Event, None, Path]:
     """Train (or resume) the named model; yields events and returns the model folder.
 
     `extra_pairs` are more (image, labels) pairs sampled beside the first in the shares `config.pair_weights`;
@@ -58,6 +60,8 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     `reviewed` where the user reviewed them (painted, erased or accepted), trusted beside what changed.
     `rank` places this process in a data-parallel job (see distributed.py; its process group already joined):
     every rank runs the whole loop on its own windows, rank 0 alone writes the model folder and yields events.
+    `view` says where the user looks, for the view previews (view.py); by default the request file a dock writes
+    into the model folder, so a job in a child process and one in a thread are steered alike.
     """
     if rank is None and processes_per_machine(config) > 1:
         # Several processes cannot live in this one: a silent one-device job would not be what was asked for.
@@ -66,7 +70,7 @@ def train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
                                  "with the command line (napari-plantbio-train train), which launches them")
     rank = rank if rank is not None else Rank(device=job_device(config))
     events = _train(config, image, labels, extra_pairs=extra_pairs, auto_labels=auto_labels, reviewed=reviewed,
-                    models_dir=models_dir, resume=resume, stop=stop, rank=rank)
+                    models_dir=models_dir, resume=resume, stop=stop, rank=rank, view=view)
     if rank.is_main:
         return (yield from _owning(ModelStore(models_dir), config.name, events))
     while True:  # the other ranks do the same work with nothing to report
@@ -93,7 +97,7 @@ def _owning(store: ModelStore, name: str, events: Generator[Event, None, Path]) 
 def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
            extra_pairs: Sequence[tuple[np.ndarray, np.ndarray]], auto_labels: np.ndarray | None,
            reviewed: np.ndarray | None, models_dir: str | Path | None, resume: bool, stop: StopSignal,
-           rank: Rank) -> Generator[Event, None, Path]:
+           rank: Rank, view: ViewSource | None) -> Generator[Event, None, Path]:
     run = set_up(config, image, labels, extra_pairs=extra_pairs, auto_labels=auto_labels, reviewed=reviewed,
                  models_dir=models_dir, resume=resume, rank=rank)
     config, material, model, net, forward = run.config, run.material, run.model, run.net, run.forward
@@ -102,6 +106,12 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     target_dtype = torch.long if config.mode == "semantic" else torch.float32
 
     validated = bool(material.holdout.parts)
+    views: ViewPreviews | None = None
+    if writer is not None:  # rank 0, which alone reports
+        if view is None:
+            view = ViewFile(folder)
+            view.clear()  # an earlier job's request is not one to this job: the dock writes anew on Started
+        views = ViewPreviews(view, material, config)
     yield Started(folder, config.iterations, start, material.window, device.type, material.val_region,
                   precision=run.verdict.precision, batch_hint=run.batch_hint, precision_reason=run.verdict.reason,
                   plan=tuple(run.plan.lines()) if run.plan is not None else (), batch_size=config.batch_size,
@@ -201,6 +211,12 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
                                                  or iteration == config.iterations):
             row.update((yield from validation(iteration)))  # the other ranks wait for it at the next agreement
             last_validated = iteration
+        if views is not None and (iteration % config.validate_every == 0 or iteration == config.iterations
+                                  or views.asked()):
+            # Where the user looks, at each validation and when asked (a stat per iteration otherwise).
+            shown = views.predict(model, iteration, device, autocast, seconds_ema)
+            if shown is not None:
+                yield shown
         if writer is not None and (iteration % config.log_every == 0 or "validation_score" in row):
             writer.log(row)
         if iteration % config.iteration_save == 0:
