@@ -316,6 +316,7 @@ class ProofreadQueue(QWidget):
         if self.relabelling is not None or not self._usable() or self.image is None:
             return False
         record = ModelStore(self.models_dir()).record(model)
+        self.trained = model  # the version the layer's model labels will be, once it is done
         labels = np.asarray(self.layer.data)
         upcoming = [e.id for e in self.entries[self.position + 1:self.position + 1 + NEXT_RELABELLED_FIRST]]
         regions = round_regions(_stack3(labels).shape, _stack3(self.reviewed), _stack3(labels), upcoming,
