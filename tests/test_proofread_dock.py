@@ -19,6 +19,10 @@ from napari_plantbio_train.models.store import ModelStore
 from napari_plantbio_train.training.material import round_number
 
 JOB_TIMEOUT_MS = 240_000  # a 20-iteration continuation in a child, on a slow shared CPU
+# Blocks of a quarter of the 4 x 192 x 192 crop's planes, and thresholds at which the 20-iteration model finds
+# objects (as in test_relabel.py).
+RELABEL_BLOCK_VOXELS = 60_000
+RELABEL_OPTIONS = ["--precision", "fp32", "--fg-threshold", "0.3", "--seed-threshold", "0.0", "--min-size", "1"]
 
 
 def entry(object_id: int, centroid: tuple[float, ...]) -> QueueEntry:
@@ -71,6 +75,77 @@ def test_painting_adds_to_the_reviewed_region_as_it_happens(queue):
     assert widget.reviewed[0, 2:6, 2:6].all() and not widget.reviewed[1, 2:6, 2:6].any()
 
 
+def test_undo_takes_back_what_the_undone_edit_marked(queue):
+    _, layer, widget = queue
+    layer.brush_size = 3
+    layer.paint((0, 30, 10), 5)
+    first = widget.reviewed.copy()
+    press(layer, "next")
+    press(layer, "accept")  # object 2, for good
+    layer.fill((0, 12, 12), 9)  # object 2 on slice 0, already reviewed: the fill marks nothing new
+    layer.paint((0, 30, 12), 6)  # overlaps the first stroke
+    second = widget.reviewed & ~first & ~(layer.data == 9)
+    assert second.any()
+    layer.undo()  # the second stroke: only its own new voxels go
+    np.testing.assert_array_equal(widget.reviewed, first | (layer.data == 2) | (layer.data == 9))
+    layer.undo()  # the fill: object 2 stays accepted
+    assert widget.reviewed[:, 10:14, 10:14].all() and (layer.data[:, 10:14, 10:14] == 2).all()
+    layer.redo()
+    layer.redo()
+    assert widget.reviewed[second].all()
+    layer.undo()
+    layer.undo()
+    layer.undo()  # the first stroke too: only the accepted object is left
+    np.testing.assert_array_equal(widget.reviewed, layer.data == 2)
+    press(layer, "erase")  # object 3 (next after 2), through napari's data_setitem
+    assert widget.reviewed[:, 20:24, 30:34].all()
+    layer.undo()
+    np.testing.assert_array_equal(widget.reviewed, layer.data == 2)
+    assert widget.retrain_button.isEnabled() == (widget.record is not None)
+    layer.paint((1, 35, 35), 4)  # a new edit: what was undone is undone for good
+    assert not widget.reviewed[:, 20:24, 30:34].any() and widget.reviewed[1, 35, 35]
+
+
+def test_relabelling_goes_near_the_corrections_first_and_keeps_every_edit(make_napari_viewer, qtbot, tiny_models,
+                                                                          chloroplast_crop):
+    viewer = make_napari_viewer()
+    image, truth = chloroplast_crop
+    raw = viewer.add_image(image, name="raw")
+    auto = truth.astype(np.uint32)
+    layer = viewer.add_labels(auto.copy(), name="raw [chl]", metadata=auto_label_metadata("chl", "raw [chl]", auto))
+    corner = next(i + 1 for i, box in enumerate(ndimage.find_objects(auto))
+                  if box is not None and box[1].stop <= 48 and box[2].stop <= 48)  # an object in one block's plane
+    widget = ProofreadQueue(viewer, lambda: tiny_models)
+    widget.load(layer, np.zeros(auto.shape, np.float32), image=raw, record=ModelStore(tiny_models).record("chl"),
+                queue=[entry(corner, (1.5, 10.0, 10.0))], options=RELABEL_OPTIONS)
+    widget.block_voxels = RELABEL_BLOCK_VOXELS
+    widget.next()
+    widget.accept()
+    layer.brush_size = 5
+    layer.paint((1, 50, 20), 77)  # a correction of its own
+    parts: list[tuple[bool, np.ndarray]] = []
+    widget.relabelled.connect(lambda far: parts.append((far, layer.data.copy())))
+    assert widget.relabel("chl") and widget.relabel("chl") is False, "one relabelling at a time"
+    assert not widget.retrain_button.isEnabled(), "no retrain while the layer is relabelled"
+    layer.paint((3, 60, 40), 88)  # made while the relabelling runs
+    before, reviewed = layer.data.copy(), widget.reviewed.copy()
+    qtbot.waitUntil(lambda: widget.relabelling is None, timeout=JOB_TIMEOUT_MS)
+    assert [far for far, _ in parts] == [False, True], widget.round_info.text()
+    near = np.zeros(auto.shape, bool)
+    for core in widget._near:
+        near[tuple(slice(a, b) for a, b in core)] = True
+    assert near[reviewed].all() and not near.all(), "the blocks around the corrections, not the whole stack"
+    first = parts[0][1]
+    np.testing.assert_array_equal(first[~near], before[~near])  # the rest waits for the second part
+    assert (first[near & ~reviewed] != before[near & ~reviewed]).any(), "the near blocks are the new model's"
+    for _, labels in parts:
+        np.testing.assert_array_equal(labels[reviewed], before[reviewed])  # corrections and their ids, as left
+    after = layer.data
+    assert (after[~near] != before[~near]).any() and (after[before == 88] == 88).all()
+    np.testing.assert_array_equal(layer.metadata["plantbio_auto_label"]["labels"], after)  # the next round's base
+    assert widget.retrain_button.isEnabled() and "Round" in widget.round_info.text()
+
+
 def test_retrain_job_continues_the_model_on_what_was_reviewed(queue, tiny_models):
     viewer, layer, widget = queue
     widget.models_dir = lambda: tiny_models
@@ -119,11 +194,21 @@ def test_retrain_on_corrections_runs_the_round_in_a_child(make_napari_viewer, qt
     for _ in ids[:-1]:
         widget.accept()  # sites enough that one in five is held out to score "learned"
     widget.erase()
+    widget.block_voxels, widget.options = RELABEL_BLOCK_VOXELS, RELABEL_OPTIONS
     assert widget.retrain(), widget.round_info.text()
     assert not widget.retrain_button.isEnabled() and widget.retrain() is False, "one round at a time"
+    layer.brush_size = 5
+    layer.paint((2, 100, 100), 99)  # the user keeps correcting while the round trains
+    during = layer.data == 99
+    parts: list[bool] = []
+    widget.relabelled.connect(parts.append)
     qtbot.waitUntil(lambda: widget.worker is None, timeout=JOB_TIMEOUT_MS)
     text = widget.round_info.text()
     assert ModelStore(models).record("chl-v2").parent == "chl", text
     assert widget.before is not None and widget.before.iteration == 0, text
     assert text.startswith(f"Round 1: before {widget.before.score:.3f}") and "chl-v2 saved" in text
+    qtbot.waitUntil(lambda: widget.relabelling is None, timeout=JOB_TIMEOUT_MS)  # then relabelled with chl-v2
+    assert parts and parts[0] is False, widget.round_info.text()
+    assert (layer.data[during] == 99).all() and widget.reviewed[during].all(), "kept for the next round"
+    assert widget.record.name == "chl-v2" and "Retrain for round 2" in widget.round_info.text()
     assert widget.retrain_button.isEnabled()

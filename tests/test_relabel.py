@@ -72,3 +72,13 @@ def test_near_regions_cover_reviewed_voxels_and_queued_objects():
     reviewed[0, 5:10, 5:10] = True
     regions = near_regions(labels.shape, reviewed, labels, ids=[4, 9], grow=(1, 3, 3))
     assert regions == [((0, 2), (2, 13), (2, 13)), ((0, 2), (27, 43), (27, 48))]
+
+
+def test_joining_after_a_merge_keeps_the_users_ids():
+    left, right = ((0, 1), (0, 20), (0, 20)), ((0, 1), (0, 20), (20, 40))
+    labels = np.zeros((1, 20, 40), np.uint32)
+    labels[0, 2:8, 15:20], labels[0, 2:8, 20:25] = 3, 8  # the user's two objects, meeting at the face
+    labels[0, 12:18, 15:20], labels[0, 12:18, 20:25] = 10, 12  # one new object, cut by the face
+    assert join_across(labels, [left], [right], kept_below=10) == 12
+    assert set(np.unique(labels[0, 2:8, 15:25])) == {3, 8}, "the user's objects stay apart, with their ids"
+    assert set(np.unique(labels[0, 12:18, 15:25])) == {10}

@@ -214,6 +214,40 @@ def labelled_in_child(record: Any, image: str, options: list[str], *, models_dir
         raise
 
 
+@dataclass(frozen=True)
+class Relabelled:
+    """One part of a round's relabelling, done: its labels (ids from 1, zero outside ``cores``) and the cores of
+    the blocks it labelled. ``far`` False: the blocks near the corrections, which come first."""
+
+    far: bool
+    labels: np.ndarray
+    cores: tuple
+
+
+def relabel_in_child(model: str, image: str, regions: list, options: list[str], *, models_dir: str | Path,
+                     stop: threading.Event | None = None) -> Generator[Event | Relabelled, None, None]:
+    """A proofreading round's relabelling as two ``predict --near`` children: the blocks meeting ``regions``
+    first, then (unless those were all) the others; after each, a ``Relabelled`` for the dock to merge."""
+    import zarr
+
+    folder = JobFolder()
+    try:
+        (folder.path / "near.json").write_text(json.dumps([[list(axis) for axis in r] for r in regions]))
+        for far in (False, True):
+            part = folder.path / ("far" if far else "near")
+            outputs = {"output": f"{part}.zarr", "cores": f"{part}-cores.json"}
+            last = yield from label_in_child(model, image, outputs,
+                                             [*options, "--near", str(folder.path / "near.json"),
+                                              *(["--far"] if far else [])], models_dir=models_dir, stop=stop)
+            if last is None or last.cancelled:
+                return
+            cores = tuple(tuple(tuple(axis) for axis in core) for core in json.loads(Path(outputs["cores"]).read_text()))
+            if cores:
+                yield Relabelled(far, np.asarray(zarr.open_array(store=outputs["output"], mode="r")), cores)
+    finally:
+        folder.close()
+
+
 # Kept for the name the dock and the tests knew: a job of several processes is a child job like any other.
 def train_in_processes(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, extra_pairs=(),
                        auto_labels: np.ndarray | None = None, models_dir: str | Path | None = None,

@@ -4,8 +4,23 @@ each to accept, erase or skip an object; tracks what the user reviews as they wo
 Keys are bound on the result layer (napari's own Labels keys stay as they are): ``A`` accepts the current
 object, ``D`` erases it (both then move on), ``N`` jumps to the next entry. Every brush stroke, fill and erase
 on the layer is added to the reviewed mask as napari reports it (``events.paint``), so a retrain trusts exactly
-what the user looked at. "Retrain on corrections" runs the continuation as the command line in a child process
-(no training in napari's process) and shows the round and its score before and after.
+what the user looked at; napari's undo takes back what the undone edit marked (and redo marks it again), while a
+voxel reviewed before that edit stays reviewed (``inference.review.ReviewedEdits``, told after every change of
+the layer which edits napari can still undo or redo). "Retrain on corrections" runs the continuation as the
+command line in a child process (no training in napari's process) and shows the round and its score before and
+after.
+
+When the continuation is saved the dock labels again with it, as two ``predict --near`` children: first the
+blocks around everything reviewed and the queue's next entries (``inference.relabel.round_regions``), merged into
+the layer at once, then the other blocks in the background, joined to the first across their faces. Each merge
+leaves every reviewed voxel as the user left it (``merge_relabelled``) and keeps the user's ids (``join_across``
+with ``kept_below``); the labels the model gave become the new version's, and the next round continues it.
+
+Correcting while a round runs (the simplest safe design): the retrain takes a snapshot of the labels and the
+reviewed mask when it starts, so the user keeps painting while it trains and relabels. Every edit made meanwhile
+goes into the reviewed mask as any other, so the relabelling, which reads the mask when it merges, never writes
+over it, and the next round trains on it. One round at a time: "Retrain on corrections" is enabled again once
+the relabelling is done, and then trains on all corrections so far.
 """
 
 from __future__ import annotations
@@ -18,17 +33,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.qt.threading import create_worker
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QGridLayout, QLabel, QPushButton, QWidget
 
-from ..inference.review import accept, mark_edit, object_voxels
+from ..inference.relabel import ROUND_BLOCK_VOXELS, join_across, merge_relabelled, round_regions
+from ..inference.review import ReviewedEdits, object_voxels
 from ..inference.uncertainty import rank_objects
 from ..job.config import ConfigError, TrainConfig
 from ..job.events import Finished, Started, Validation, parts_text
 from ..models.store import ModelRecord, ModelStore
 from ..training.material import correction_round, round_number
 from .common import StatusLine, StoppableWorker
-from .corrections import auto_labels_of
-from .job_process import ChildDied, JobFolder, train_in_child
+from .corrections import AUTO_LABEL_KEY, auto_label_metadata, auto_labels_of
+from .job_process import ChildDied, JobFolder, Relabelled, relabel_in_child, train_in_child
 from .layer_picker import level0
 from .versions import next_version_name
 
@@ -37,6 +54,7 @@ if TYPE_CHECKING:
     from napari.layers import Image, Labels
 
 KEYS = {"accept": "a", "erase": "d", "next": "n"}
+NEXT_RELABELLED_FIRST = 10  # queue entries after the current one whose blocks are relabelled first
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,8 @@ class Entry:
 class ProofreadQueue(QWidget):
     """Holds the queue of the last result and the mask of what the user reviewed on its layer."""
 
+    relabelled = Signal(bool)  # a part of a round's relabelling was merged into the layer (True: the far part)
+
     def __init__(self, viewer: napari.Viewer, models_dir: Callable[[], Path] | None = None,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -61,9 +81,15 @@ class ProofreadQueue(QWidget):
         self.layer: Labels | None = None
         self.image: Image | None = None
         self.record: ModelRecord | None = None
-        self.reviewed: np.ndarray | None = None
+        self.review: ReviewedEdits | None = None
         self.corrected = False  # whether anything was added to ``reviewed`` (not rescanned at every stroke)
         self.worker: StoppableWorker | None = None
+        self.relabelling: StoppableWorker | None = None
+        self.trained: str | None = None  # the version the running round saved
+        self.options: list[str] = []  # the ``predict`` options the result was labelled with
+        self.block_voxels = ROUND_BLOCK_VOXELS  # blocks of a round's relabelling
+        self._near: tuple = ()  # cores of the part relabelled first
+        self._first_new_id = self._next_id = 0  # the first id the relabelling gave, and the next free one
         self.round: int | None = None
         self.before: Validation | None = None
         self.after: Validation | None = None
@@ -88,24 +114,35 @@ class ProofreadQueue(QWidget):
 
     # ----- the queue --------------------------------------------------------------------------------------------
     def load(self, layer: Labels, uncertainty: Any, *, queue: Any = None, image: Image | None = None,
-             record: ModelRecord | None = None) -> None:
+             record: ModelRecord | None = None, options: list[str] | None = None) -> None:
         """Take a new result: its queue (``LabelResult.queue``; without one, its objects by doubt alone), the
-        image it labelled and the model, for a retrain. The reviewed mask starts empty."""
+        image it labelled and the model, for a retrain, and the ``predict`` options it was labelled with, for
+        the relabelling after it. The reviewed mask starts empty."""
         self._release()
         self.layer, self.image, self.record, self.position = layer, image, record, -1
+        self.options = list(options or [])
         if queue is not None:
             self.entries = [Entry(e.id, tuple(e.centroid), f"{e.reason}, error score {e.score:.2f}") for e in queue]
         else:
             self.entries = [Entry(o.id, tuple(o.centroid), f"doubt {o.uncertainty:.2f}")
                             for o in rank_objects(np.asarray(layer.data), np.asarray(uncertainty))]
-        self.reviewed, self.corrected = np.zeros(layer.data.shape, bool), False
+        self.review, self.corrected = ReviewedEdits(layer.data.shape), False
         layer.events.paint.connect(self._on_paint)
+        layer.events.set_data.connect(self._on_data)  # napari's undo and redo refresh the layer, and say no more
         for action, key in KEYS.items():
             layer.bind_key(key, self._key_handler(action), overwrite=True)
         for button in (self.next_button, self.accept_button, self.erase_button):
             button.setEnabled(bool(self.entries))
         self._update_retrain()
         self.info.setText(f"{len(self.entries)} objects queued" if self.entries else "no objects")
+
+    @property
+    def reviewed(self) -> np.ndarray | None:
+        """What the user reviewed on the layer (painted, erased, accepted), undone edits taken back."""
+        if self.review is None:
+            return None
+        self._sync_history()
+        return self.review.mask
 
     @property
     def current(self) -> Entry | None:
@@ -132,7 +169,7 @@ class ProofreadQueue(QWidget):
         target = self.current
         if target is None or not self._usable():
             return 0
-        voxels = accept(self.layer.data, self.reviewed, target.id)
+        voxels = self.review.accept(self.layer.data, target.id)
         self.corrected = self.corrected or voxels > 0
         self.next()
         self._update_retrain()
@@ -152,15 +189,26 @@ class ProofreadQueue(QWidget):
 
     def _on_paint(self, event: Any) -> None:
         """napari's record of an edit: masked boxes (brush, fill, polygon) or multi-indices (``data_setitem``)."""
-        if self.reviewed is None:
+        if self.review is None:
             return
-        for atom in event.value:
-            if hasattr(atom, "slice_key"):
-                mark_edit(self.reviewed, atom.slice_key, atom.mask)
-            else:
-                mark_edit(self.reviewed, atom[0])
+        self._sync_history()  # an undo napari did not refresh for (a hidden layer) is settled before this edit
+        self.review.add(_edit_key(event.value), [(atom.slice_key, atom.mask) if hasattr(atom, "slice_key")
+                                                 else (atom[0], None) for atom in event.value])
         self.corrected = True
         self._update_retrain()
+
+    def _on_data(self, _event: Any = None) -> None:
+        if self.review is not None and self._sync_history():
+            self.corrected = bool(self.review.mask.any())
+            self._update_retrain()
+
+    def _sync_history(self) -> bool:
+        """Tell the reviewed mask which edits napari can undo and redo now (its own history is the only record
+        of an undo: ``Labels.undo`` emits no event of its own)."""
+        if self.review is None or self.layer is None:
+            return False
+        return self.review.sync({_edit_key(item) for item in getattr(self.layer, "_undo_history", ())},
+                                {_edit_key(item) for item in getattr(self.layer, "_redo_history", ())})
 
     def _key_handler(self, action: str) -> Callable[[Any], None]:
         def handler(_layer: Any) -> None:
@@ -178,6 +226,9 @@ class ProofreadQueue(QWidget):
         if self.layer is None:
             return
         self.layer.events.paint.disconnect(self._on_paint)
+        self.layer.events.set_data.disconnect(self._on_data)
+        if self.relabelling is not None:
+            self.relabelling.stop_event.set()  # its parts were for this layer
         for key in KEYS.values():
             self.layer.bind_key(key, None)
 
@@ -227,6 +278,7 @@ class ProofreadQueue(QWidget):
 
     def _on_train_event(self, event: Any) -> None:
         if isinstance(event, Started):
+            self.trained = None
             self.round_info.say(f"Round {self.round}: training {event.model_dir.name}"
                                 f"{'; ' + event.validation_note if event.validation_note else ''}…")
         elif isinstance(event, Validation):
@@ -236,8 +288,9 @@ class ProofreadQueue(QWidget):
                 self.after = event
             self.round_info.say(self.score_text())
         elif isinstance(event, Finished):
+            self.trained = event.model_dir.name
             self.round_info.say(f"{self.score_text()}\n{event.reason.capitalize()}: {event.model_dir.name} saved; "
-                                "label again with it for the next round.")
+                                "relabelling near your corrections first…")
 
     def score_text(self) -> str:
         """``Round 2: before 0.410 (learned 0.2, kept 0.6) → best 0.530 (…)`` as far as the job got."""
@@ -252,8 +305,94 @@ class ProofreadQueue(QWidget):
 
     def _on_train_finished(self) -> None:
         self.worker = None
+        if self.trained is not None and self._usable() and self.image in self.viewer.layers:
+            self.relabel(self.trained)
+        self._update_retrain()
+
+    # ----- relabelling --------------------------------------------------------------------------------------------
+    def relabel(self, model: str) -> bool:
+        """Label the layer again with ``model``: near the corrections and the next entries first, then the rest,
+        each part merged as it comes (``_on_relabelled``); False if a relabelling is running already."""
+        if self.relabelling is not None or not self._usable() or self.image is None:
+            return False
+        record = ModelStore(self.models_dir()).record(model)
+        self.trained = model  # the version the layer's model labels will be, once it is done
+        labels = np.asarray(self.layer.data)
+        upcoming = [e.id for e in self.entries[self.position + 1:self.position + 1 + NEXT_RELABELLED_FIRST]]
+        regions = round_regions(_stack3(labels).shape, _stack3(self.reviewed), _stack3(labels), upcoming,
+                                record.window)
+        folder = JobFolder()
+        image = folder.stage("image", level0(self.image))
+        options = [*self.options, "--block-voxels", str(int(self.block_voxels))]
+        stop = threading.Event()
+        worker = create_worker(relabel_in_child, model, image, regions, options, models_dir=self.models_dir(),
+                               stop=stop, _start_thread=False, _ignore_errors=True, _worker_class=StoppableWorker)
+        worker.stop_event = stop
+        target = self.layer
+        worker.yielded.connect(lambda event: self._on_relabelled(event, target, record))
+        worker.errored.connect(self._on_relabel_error)
+        worker.finished.connect(lambda: self._on_relabel_finished(folder))
+        self.relabelling, self._near = worker, ()
+        self._update_retrain()
+        worker.start()
+        return True
+
+    def _on_relabelled(self, event: Any, target: Labels, record: ModelRecord) -> None:
+        """Merge a part into the layer, on napari's thread, around the reviewed voxels as they are now (edits made
+        while the round ran included)."""
+        if not isinstance(event, Relabelled) or target is not self.layer or not self._usable():
+            return
+        data = self.layer.data
+        current = np.asarray(data)
+        view, reviewed = _stack3(current), _stack3(self.reviewed)
+        new = np.asarray(event.labels).reshape(view.shape)
+        if not event.far:
+            self._first_new_id = int(view.max(initial=0)) + 1
+            self._next_id = merge_relabelled(view, new, event.cores, reviewed, first_id=self._first_new_id)
+            self._near = event.cores
+        else:
+            merge_relabelled(view, new, event.cores, reviewed, first_id=self._next_id)
+            join_across(view, self._near, event.cores, kept_below=self._first_new_id)
+        if current is not data:  # a result on disk: write the merged labels back
+            data[...] = current
+        self.layer.refresh()
+        share = sum(np.prod([b - a for a, b in core]) for core in event.cores) / max(view.size, 1)
+        part = "the rest" if event.far else "near your corrections and the next objects"
+        self.round_info.say(f"{self.score_text()}\nRelabelled {part} with {record.name} ({len(event.cores)} "
+                            f"block(s), {100 * share:.0f}% of the stack)"
+                            + ("; the rest in the background…" if not event.far else "."))
+        self.relabelled.emit(event.far)
+
+    def _on_relabel_error(self, error: BaseException) -> None:
+        text = str(error) if isinstance(error, (ConfigError, ChildDied)) else f"{type(error).__name__}: {error}"
+        self.round_info.say(f"Round {self.round}: relabelling failed: {text}", error=True)
+
+    def _on_relabel_finished(self, folder: JobFolder) -> None:
+        """The round is over: the layer's model labels are the new version's (so the next round's corrections are
+        told from them), and the next round continues that version, on all corrections so far."""
+        folder.close()
+        self.relabelling = None
+        if self._usable() and self.trained is not None and self._near:
+            kept = self.layer.metadata.get(AUTO_LABEL_KEY)
+            fresh = auto_label_metadata(self.trained, self.layer.name, self.layer.data)[AUTO_LABEL_KEY]
+            if isinstance(kept, dict):
+                kept.update(model=fresh["model"], labels=fresh["labels"])
+            self.record = ModelStore(self.models_dir()).record(self.trained)
+            self.round_info.say(f"{self.round_info.text()}\nRound {self.round} done: keep correcting, then "
+                                f"Retrain for round {round_number(self.record)}.")
+        self.trained = None
         self._update_retrain()
 
     def _update_retrain(self) -> None:
-        self.retrain_button.setEnabled(self.worker is None and self.record is not None and self.image is not None
-                                       and self.corrected)
+        self.retrain_button.setEnabled(self.worker is None and self.relabelling is None and self.record is not None
+                                       and self.image is not None and self.corrected)
+
+
+def _edit_key(item: Any) -> frozenset[int]:
+    """One napari history item, whichever of its queues it is in (undo moves the same atoms, reversed)."""
+    return frozenset(id(atom) for atom in item)
+
+
+def _stack3(array: np.ndarray | None) -> np.ndarray | None:
+    """A (Y, X) array as one slice of a stack (a view), so 2D and 3D layers merge alike."""
+    return array if array is None or array.ndim == 3 else array[np.newaxis]

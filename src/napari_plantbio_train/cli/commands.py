@@ -293,6 +293,7 @@ def _run_predict(args: argparse.Namespace, out: TextIO) -> int:
     images = expand_inputs(args.image)
     _check_predict_targets(args, len(images))
     _check_queue_targets(args)
+    near = _near_regions(args)
     settings, stop = _label_settings(args), threading.Event()
     image = None
     kept: dict[str, Any] = {}
@@ -311,7 +312,8 @@ def _run_predict(args: argparse.Namespace, out: TextIO) -> int:
         uncertainty = args.uncertainty or (True if args.queue else None)
         events = _keeping_result(label_stack(args.model, image, models_dir=args.models_dir, output=args.output,
                                              probabilities=args.probabilities, uncertainty=uncertainty,
-                                             settings=settings, overwrite=args.overwrite, stop=stop), kept)
+                                             settings=settings, overwrite=args.overwrite, stop=stop,
+                                             near=near, far=args.far), kept)
     bar = None if args.quiet or args.events == "jsonl" else ProgressLine(out)
     report = JsonLines(out) if args.events == "jsonl" else None
     stacks = len(images) if args.output_dir else 0
@@ -327,7 +329,33 @@ def _run_predict(args: argparse.Namespace, out: TextIO) -> int:
         _line(bar, out, f"labelled {stacks} stack(s) into {args.output_dir}")
     if args.queue:
         _write_queue(args, kept["result"], image)
+    if args.cores:
+        from ..io.files import atomic_write_json
+
+        atomic_write_json(Path(args.cores), [[list(axis) for axis in core] for core in kept["result"].cores or ()])
     return 0
+
+
+def _near_regions(args: argparse.Namespace) -> list[tuple[tuple[int, int], ...]] | None:
+    """The regions of ``--near`` as ``label_stack`` takes them, checked before any work."""
+    if args.far and not args.near:
+        raise ConfigError("far", "--far labels the blocks away from the --near regions: give --near too")
+    if args.output_dir and (args.near or args.cores):
+        raise ConfigError("near" if args.near else "cores", "--near and --cores are for a single --image with "
+                                                            "--output")
+    if args.cores and Path(args.cores).suffix.lower() != ".json":
+        raise ConfigError("cores", f"{Path(args.cores).name}: write it as .json")
+    if not args.near:
+        return None
+    try:
+        regions = json.loads(Path(args.near).read_text())
+        near = [tuple((int(a), int(b)) for a, b in region) for region in regions]
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError("near", f"{args.near}: not a JSON list of [[z0, z1], [y0, y1], [x0, x1]] regions "
+                                  f"({exc})") from None
+    if any(len(region) != 3 or any(a >= b for a, b in region) for region in near):
+        raise ConfigError("near", f"{args.near}: each region is [[z0, z1], [y0, y1], [x0, x1]] with start < stop")
+    return near
 
 
 def _check_predict_targets(args: argparse.Namespace, stacks: int) -> None:

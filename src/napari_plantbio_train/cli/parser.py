@@ -146,6 +146,12 @@ def _add_predict(commands: Any) -> None:
              "(doubt, unlike the training objects, size or shape, new tissue), as JSON")
     add("--novelty", metavar="MAP.npy|MAP.tif",
         help="with --queue: also write the 'new tissue' map (0..1 per tile: how unlike the training stack)")
+    add("--near", metavar="REGIONS.json",
+        help="label only the blocks that meet these regions (JSON: a list of [[z0, z1], [y0, y1], [x0, x1]]): a "
+             "proofreading round relabels around the corrections first; their ids are numbered from 1")
+    add("--far", action="store_true", help="with --near: label only the blocks that meet none of the regions")
+    add("--cores", metavar="CORES.json",
+        help="also write the blocks labelled (the core of each, as --near takes regions) as JSON")
     add("--checkpoint", choices=("best", "last"), default="best", help="which weights to use (default best)")
     add("--precision", choices=PRECISIONS, default="auto",
         help="auto: bf16 where the hardware runs it natively and a probe saw it work, else fp32")

@@ -61,10 +61,14 @@ def merge_relabelled(current: Any, new: np.ndarray, cores: Sequence[Region], rev
     return start + int(np.max(new)) if np.size(new) else start
 
 
-def join_across(labels: Any, first: Sequence[Region], second: Sequence[Region]) -> int:
+def join_across(labels: Any, first: Sequence[Region], second: Sequence[Region], *, kept_below: int = 0) -> int:
     """Join objects that a block face between a core of ``first`` and one of ``second`` cuts in two: ids whose
     voxels on the two sides of the face mostly coincide (mutual best matches, as blocks of one run are joined)
-    become one. ``labels`` is renumbered 1..n in place; returns n."""
+    become one. ``labels`` is renumbered 1..n in place; returns n.
+
+    With ``kept_below`` (the first id the relabelling gave), ids below it (the user's, in a layer being
+    proofread) are neither joined nor renumbered: each joined object takes the smallest id of its parts, so no
+    voxel outside the new objects changes; returns the largest id."""
     array = np.asarray(labels)
     top = int(array.max()) if array.size else 0
     links = UnionFind(top + 1)
@@ -72,10 +76,23 @@ def join_across(labels: Any, first: Sequence[Region], second: Sequence[Region]) 
         for b in second:
             for one, other in _faces(a, b):
                 for x, y in mutual_best_pairs(np.asarray(array[one]), np.asarray(array[other])):
-                    links.union(x, y)
+                    if min(x, y) >= kept_below:
+                        links.union(x, y)
+    if kept_below:
+        roots = np.array([links.find(i) for i in range(top + 1)], dtype=array.dtype)
+        labels[...] = roots[array]
+        return top
     joined, _ = sequential_ids(links.final_ids()[array])
     labels[...] = joined.astype(array.dtype, copy=False)
     return int(joined.max()) if joined.size else 0
+
+
+def round_regions(shape: tuple[int, int, int], reviewed: np.ndarray | None, labels: np.ndarray | None,
+                  ids: Iterable[int], window: Sequence[int]) -> list[Region]:
+    """``near_regions`` grown by half the model's window (a 2D window is one slice thick): the context within
+    which the continued model's view of a correction changes."""
+    window3 = tuple(window) if len(window) == 3 else (1, *window)
+    return near_regions(shape, reviewed, labels, ids, tuple(int(w) // 2 for w in window3))  # type: ignore[arg-type]
 
 
 def _faces(a: Region, b: Region) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
