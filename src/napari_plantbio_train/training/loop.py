@@ -4,7 +4,8 @@
 the command line iterates it in the foreground, the tests iterate it directly. It reads top to bottom:
 prepare the material once (targets, normalisation, validation block, network), then per iteration draw
 windows, step, report; validate and preview now and then (and predict where the user looks, view.py);
-checkpoint every ``iteration_save`` and when asked to stop. A stop request is honoured at the next iteration and always leaves a checkpoint to resume from.
+checkpoint every ``iteration_save`` and when asked to stop. A stop request is honoured at the next
+iteration and always leaves a checkpoint to resume from.
 """
 
 from __future__ import annotations
