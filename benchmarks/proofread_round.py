@@ -53,7 +53,7 @@ from napari_plantbio_train.evaluation.evaluate import evaluate  # noqa: E402
 from napari_plantbio_train.inference.label import LabelSettings, label_stack  # noqa: E402
 from napari_plantbio_train.inference.proofreading import queue_for, with_queue  # noqa: E402
 from napari_plantbio_train.inference.relabel import (ROUND_BLOCK_VOXELS, join_across, merge_relabelled,  # noqa: E402
-                                                     near_regions)
+                                                     round_regions)
 from napari_plantbio_train.inference.uncertainty import rank_objects  # noqa: E402
 from napari_plantbio_train.job.config import TrainConfig  # noqa: E402
 from napari_plantbio_train.job.events import run_to_end  # noqa: E402
@@ -209,7 +209,6 @@ def main() -> int:
     store = ModelStore(models_dir)
     settings = LabelSettings(overlap=args.overlap, block_voxels=args.block_voxels)
     window = store.record(base).window
-    grow = tuple(int(w) // 2 for w in (window if len(window) == 3 else (1, *window)))
 
     t = time.perf_counter()
     start, _ = run_to_end(label_stack(base, image, models_dir=models_dir, uncertainty=True, settings=settings))
@@ -234,7 +233,7 @@ def main() -> int:
                 else:
                     try:
                         state, row = play_round(number, user, strategy, state, image, truth,
-                                                (left_image, left_truth), base, store, settings, grow, args, stamp,
+                                                (left_image, left_truth), base, store, settings, window, args, stamp,
                                                 workers)
                     except NothingToFix as reason:
                         report({"user": user, "strategy": strategy, "round": number, "skipped": str(reason)})
@@ -261,7 +260,7 @@ def main() -> int:
 
 def play_round(number: int, user: str, strategy: str, state: dict, image: np.ndarray, truth: np.ndarray,
                original: tuple[np.ndarray, np.ndarray], base: str, store: ModelStore, settings: LabelSettings,
-               grow: tuple[int, ...], args: argparse.Namespace, stamp: int, workers: int) -> tuple[dict, dict]:
+               window: tuple[int, ...], args: argparse.Namespace, stamp: int, workers: int) -> tuple[dict, dict]:
     """One round: rank, fix by script, train a new version, label again. Returns the new state and its row."""
     seconds: dict[str, float] = {}
     layer, queue, fixed_before = state["layer"], state["queue"], state["fixed"]
@@ -294,7 +293,7 @@ def play_round(number: int, user: str, strategy: str, state: dict, image: np.nda
 
     picked = [i for kind, i in chosen if kind == "pred"]
     upcoming = [i for i in open_ids if i not in picked][:args.next]
-    near = near_regions(image.shape, fixed & ~fixed_before, corrected, upcoming, grow)
+    near = round_regions(image.shape, fixed & ~fixed_before, corrected, upcoming, window)
     after_layer, uncertainty, times = relabel(name, image, corrected, fixed, near, store.root, settings)
     seconds.update({k: v for k, v in times.items() if k != "near_share"})
     t = time.perf_counter()
