@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -39,7 +39,7 @@ import numpy as np
 from ..io.stacks import LazyStack
 from ..io.wire import JobFailed, follow, stop_file
 from ..job.config import ConfigError, TrainConfig, job_document
-from ..job.events import CheckpointSaved, Event, LabelFinished, LabelStarted, Started
+from ..job.events import CheckpointSaved, Event, LabelFinished, LabelStarted, StackFinished, Started
 
 TEMP_PREFIX = "plantbio-dock-job-"
 RESULTS = "results"  # auto-label results of this session, in the cache folder
@@ -133,16 +133,18 @@ def train_in_child(config: TrainConfig, data: dict[str, Any], *, models_dir: str
         folder.close()
 
 
-def label_in_child(model: str, image: str, outputs: dict[str, str], options: list[str], *,
+def label_in_child(model: str, image: str | Sequence[str], outputs: dict[str, str], options: list[str], *,
                    models_dir: str | Path, folder: JobFolder | None = None,
-                   stop: threading.Event | None = None) -> Generator[Event, None, LabelFinished | None]:
+                   stop: threading.Event | None = None) -> Generator[Event, None, Any]:
     """``label_stack`` as a child process: the result stores named in ``outputs`` (``output``, and optionally
-    ``probabilities`` and ``uncertainty``, all ``.zarr``) are written by the child; ``options`` are further
-    ``predict`` options (overlap, test-time augmentation, post-processing). Returns the child's last event."""
+    ``probabilities`` and ``uncertainty``, all ``.zarr``; or ``output-dir`` for several images) are written by the
+    child; ``options`` are further ``predict`` options (overlap, test-time augmentation, post-processing). Returns
+    the child's last event."""
     folder = folder or JobFolder()
+    images = [image] if isinstance(image, str) else list(image)
     try:
-        command = [*CLI, "predict", "--model", model, "--image", image, "--models-dir",
-                   str(Path(models_dir).absolute()), "--events", "jsonl", "--quiet"]
+        command = [*CLI, "predict", "--model", model, *[a for path in images for a in ("--image", path)],
+                   "--models-dir", str(Path(models_dir).absolute()), "--events", "jsonl", "--quiet"]
         for name, path in outputs.items():
             command += [f"--{name}", str(path)]
         return (yield from follow_command([*command, *options], folder.path / "stderr.txt",
@@ -176,8 +178,6 @@ def labelled_in_child(record: Any, image: str, options: list[str], *, models_dir
     zarr stores in a folder of this session (``results_folder``), so a result larger than memory works; for an
     in-memory image it is read back into memory. Returns a ``StoredResult``, or, when the job was cancelled, a
     ``LabelResult`` without labels (nothing is kept), as ``label_stack`` returns."""
-    import zarr
-
     from ..inference.label import LabelResult
 
     results = results_folder()
@@ -194,21 +194,8 @@ def labelled_in_child(record: Any, image: str, options: list[str], *, models_dir
         if last is None or last.cancelled:
             shutil.rmtree(results, ignore_errors=True)
             return LabelResult(None, None, record, None, 0.0 if last is None else last.seconds)
-        queue = _read_queue(results / "queue.json")
-        if not lazy:
-            arrays = {name: np.asarray(zarr.open_array(store=str(results / f"{name}.zarr"), mode="r"))
-                      for name in ("labels", "probabilities", "uncertainty") if (results / f"{name}.zarr").exists()}
-            shutil.rmtree(results, ignore_errors=True)
-            return StoredResult(LabelResult(arrays["labels"], arrays.get("probabilities"), record, last.objects,
-                                            last.seconds, arrays.get("uncertainty"), queue=queue), None, None)
-        # The model's own result stays beside the one the user will paint into (a copy on disk, not in memory).
-        shutil.copytree(results / "labels.zarr", results / "original.zarr")
-        labels = zarr.open_array(store=str(results / "labels.zarr"), mode="r+")
-        opened = {name: zarr.open_array(store=str(results / f"{name}.zarr"), mode="r")
-                  for name in ("probabilities", "uncertainty") if name in outputs}
-        result = LabelResult(labels, opened.get("probabilities"), record, last.objects, last.seconds,
-                             opened.get("uncertainty"), queue=queue)
-        return StoredResult(result, results, zarr.open_array(store=str(results / "original.zarr"), mode="r"))
+        return _kept_result(results, record, last.objects, last.seconds, lazy=lazy,
+                            queue=_read_queue(results / "queue.json"))
     except BaseException:
         shutil.rmtree(results, ignore_errors=True)
         raise
@@ -246,6 +233,62 @@ def relabel_in_child(model: str, image: str, regions: list, options: list[str], 
                 yield Relabelled(far, np.asarray(zarr.open_array(store=outputs["output"], mode="r")), cores)
     finally:
         folder.close()
+
+
+def _kept_result(results: Path, record: Any, objects: int | None, seconds: float, *, lazy: bool,
+                 queue: tuple | None = None) -> StoredResult:
+    """What a child wrote into ``results`` (``labels.zarr`` and any maps), as the dock keeps it: zarr stores left
+    in place for a lazy input, arrays in memory (and the folder gone) for an in-memory one."""
+    import zarr
+
+    from ..inference.label import LabelResult
+
+    if not lazy:
+        arrays = {name: np.asarray(zarr.open_array(store=str(results / f"{name}.zarr"), mode="r"))
+                  for name in ("labels", "probabilities", "uncertainty") if (results / f"{name}.zarr").exists()}
+        shutil.rmtree(results, ignore_errors=True)
+        return StoredResult(LabelResult(arrays["labels"], arrays.get("probabilities"), record, objects, seconds,
+                                        arrays.get("uncertainty"), queue=queue), None, None)
+    # The model's own result stays beside the one the user will paint into (a copy on disk, not in memory).
+    shutil.copytree(results / "labels.zarr", results / "original.zarr")
+    labels = zarr.open_array(store=str(results / "labels.zarr"), mode="r+")
+    opened = {name: zarr.open_array(store=str(results / f"{name}.zarr"), mode="r")
+              for name in ("probabilities", "uncertainty") if (results / f"{name}.zarr").exists()}
+    result = LabelResult(labels, opened.get("probabilities"), record, objects, seconds, opened.get("uncertainty"),
+                         queue=queue)
+    return StoredResult(result, results, zarr.open_array(store=str(results / "original.zarr"), mode="r"))
+
+
+def labelled_many_in_child(record: Any, images: Sequence[str], options: list[str], *, models_dir: str | Path,
+                           lazy: Sequence[bool] = (), output_dir: str | Path | None = None,
+                           folder: JobFolder | None = None,
+                           stop: threading.Event | None = None) -> Generator[Event, None, list[Any]]:
+    """Auto-label several stacks in one child (``predict --image A --image B --output-dir``), one after another.
+    With ``output_dir`` the results are the files written there (returns their paths); without, each result is
+    kept as for one stack (``StoredResult``, lazy where ``lazy`` says its input is), in the order of ``images``.
+    A stop ends the job after the stack in progress is cancelled; the stacks finished before it are returned."""
+    target = Path(output_dir) if output_dir is not None else results_folder()
+    form = "tif" if output_dir is not None else "zarr"
+    finished: dict[int, StackFinished] = {}
+    try:
+        events = label_in_child(record.name, images, {"output-dir": str(target)}, [*options, "--format", form],
+                                models_dir=models_dir, folder=folder, stop=stop)
+        for event in events:
+            if isinstance(event, StackFinished) and not event.cancelled:
+                finished[event.index] = event
+            yield event
+        if output_dir is not None:
+            return [Path(finished[i].output) for i in sorted(finished)]
+        kept = []
+        for i in sorted(finished):  # each result in a folder of its own, dropped when its layer goes
+            own = results_folder()
+            shutil.move(finished[i].output, own / "labels.zarr")
+            kept.append(_kept_result(own, record, finished[i].objects, finished[i].seconds,
+                                     lazy=bool(lazy[i]) if i < len(lazy) else False))
+        return kept
+    finally:
+        if output_dir is None:
+            shutil.rmtree(target, ignore_errors=True)
 
 
 # Kept for the name the dock and the tests knew: a job of several processes is a child job like any other.
@@ -289,7 +332,7 @@ def follow_command(command: list[str], stderr_path: Path, stop: threading.Event,
             guard.join()
             process.stdout.close()
         if job.labelling:
-            if isinstance(job.last, LabelFinished):
+            if isinstance(job.last, (LabelFinished, StackFinished)):  # one stack, or the last of many
                 return job.last
         elif folder is not None:
             return folder

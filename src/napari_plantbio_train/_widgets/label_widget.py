@@ -18,19 +18,22 @@ from napari.layers import Image
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QProgressBar,
-                            QPushButton, QSpinBox, QWidget)
+                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..inference.label import LabelResult, LabelSettings, label_stack
 from ..job.config import ConfigError
-from ..job.events import LabelFinished, LabelProgress, LabelStarted
+from ..job.events import LabelFinished, LabelProgress, LabelStarted, StackStarted, StacksProgress
 from ..job.kinds import POSTPROCESS_DEFAULTS
 from ..models.store import ModelRecord, ModelStore
 from .common import WARNING_STYLE, DockState, JobState, ModelsFolderField, StatusLine, StoppableWorker, follow, row
 from .corrections import auto_label_metadata
-from .job_process import ChildDied, JobFolder, StoredResult, labelled_in_child, remove_stale_results, source_path
+from .job_process import (ChildDied, JobFolder, StoredResult, labelled_in_child, labelled_many_in_child,
+                          remove_stale_results, source_path)
 from .layer_picker import LayerPicker, level0
+from .many_stacks import ManyStacks
 from .model_info import channel_names, voxel_size_message
 from .model_sharing import ModelSharing
+from .models_view import ModelsView
 from .proofread import ProofreadQueue
 from .settings import settings_for
 from .versions import describe_version, fill_model_box, folder_stamp
@@ -102,9 +105,20 @@ class AutoLabelWidget(QWidget):
         layout.addRow("Overlap", self.overlap)
         layout.addRow("Test-time augmentation", self.tta)
         layout.addRow("Samples per batch", self.batch_size)
+        # Every picked image layer, or a folder's stacks, in one job: its own button, the whole job's bar.
+        self.many = ManyStacks(napari_viewer)
         for widget in (self.post_group, self.show_maps, self.show_doubt, self.in_process, self.warning,
-                       row(self.label_button, self.cancel_button), self.progress, self.status, self.proofread):
+                       row(self.label_button, self.cancel_button), self.progress, self.status, self.many,
+                       self.proofread):
             layout.addRow(widget)
+        # The models side by side, folded away until wanted; never changing the model a job of this dock uses.
+        self.models_view = ModelsView(self.dock_settings.models_dir, in_use=self.models_in_use,
+                                      changed=lambda: self.refresh_models())
+        self.models_group = QGroupBox("Models side by side", checkable=True, checked=False)
+        QVBoxLayout(self.models_group).addWidget(self.models_view)
+        self.models_view.setVisible(False)
+        self.models_group.toggled.connect(self.models_view.setVisible)
+        layout.addRow(self.models_group)
 
         self.worker: StoppableWorker | None = None
         # The job's state, the one thing the buttons and the progress bar's words follow (_draw_state).
@@ -116,7 +130,11 @@ class AutoLabelWidget(QWidget):
         self.last_event: Any = None
         self._records: dict[str, ModelRecord] = {}
         self._shown_postprocess: dict[str, float] = {}
-        self._job: _Job | None = None
+        self._jobs: list[_Job] = []  # the running job's stacks that came from layers, in order
+        self._index = 0  # the stack in progress
+        self._stack_source = ""  # as the running many-stack job named it
+        self._many = False  # the running (or last) job labels many stacks
+        self._job_model: str | None = None  # the running job's model
         self._folder_stamp: tuple = ()
         self._results: dict[str, list[Layer]] = {}  # a child's result folder -> the layers reading from it
         remove_stale_results()
@@ -129,6 +147,7 @@ class AutoLabelWidget(QWidget):
         self.model_box.currentIndexChanged.connect(self._on_model_changed)
         self.image_picker.currentIndexChanged.connect(self.check_voxel_size)
         self.label_button.clicked.connect(lambda: self.start())
+        self.many.label_button.clicked.connect(lambda: self.start_many())
         self.cancel_button.clicked.connect(lambda: self.cancel())
         self._poll = QTimer(self, interval=self.POLL_MS)
         self._poll.timeout.connect(self._look_again)
@@ -147,9 +166,18 @@ class AutoLabelWidget(QWidget):
         return self.store.root
 
     @property
+    def _job(self) -> _Job | None:
+        """The layer of the stack in progress (None for a folder's stacks)."""
+        return self._jobs[self._index] if 0 <= self._index < len(self._jobs) else None
+
+    @property
     def record(self) -> ModelRecord | None:
         """The picked model's description."""
         return self._records.get(self.model_box.currentData())
+
+    def models_in_use(self) -> set[str]:
+        """The model the running job labels with: the models view must not delete or rename it."""
+        return {self._job_model} if self.running and self._job_model else set()
 
     def model_names(self) -> list[str]:
         return [self.model_box.itemData(i) for i in range(self.model_box.count())]
@@ -169,6 +197,7 @@ class AutoLabelWidget(QWidget):
         """Another dock (or this one's field) changed the models folder: list its models."""
         self.store = ModelStore(folder)
         self.sharing.store = self.store
+        self.models_view.set_root(folder)
         self.refresh_models()
 
     def refresh_models(self) -> list[str]:
@@ -180,6 +209,7 @@ class AutoLabelWidget(QWidget):
         self._folder_stamp = folder_stamp(self.models_dir)
         before = self.record
         self._records = fill_model_box(self.model_box, self.store.records(), describe_version)
+        self.models_view.refresh()
         if self.record != before:  # another model, or the same one retrained; edits for an unchanged one stay
             self._on_model_changed()
         if not self._records:
@@ -251,10 +281,6 @@ class AutoLabelWidget(QWidget):
         # By default a child process labels it (the layer's own file, or one .npy of it) and writes the result as
         # zarr stores the layers then read lazily: a crash costs the child, a result larger than memory works.
         data = level0(layer)
-        self._job = _Job(layer, f"{layer.name} [{record.name}]", np.array(layer.scale, float),
-                         np.array(layer.translate, float))
-        self.result, self.error, self.last_event = None, None, None
-        stop = threading.Event()
         maps, doubt = self.show_maps.isChecked(), self.show_doubt.isChecked()
         if self.in_process.isChecked():
             run, args = label_stack, (record.name, data)
@@ -262,9 +288,50 @@ class AutoLabelWidget(QWidget):
                                           settings=self.settings())
         else:
             folder = JobFolder()
-            lazy = source_path(data) is not None or type(data).__module__.startswith("dask")
             run, args = labelled_in_child, (record, folder.stage("image", data), predict_options(self.settings()))
-            kwargs = dict(probabilities=maps, uncertainty=doubt, lazy=lazy, folder=folder)
+            kwargs = dict(probabilities=maps, uncertainty=doubt, lazy=_read_lazily(data), folder=folder)
+        return self._launch(run, args, kwargs, record, [_job_for(layer, record)],
+                            f"Loading {record.name!r} to label {layer.name!r}…")
+
+    def start_many(self) -> bool:
+        """Label every picked image layer (results as layers), or every stack of the folder (results as files),
+        in one child process, one stack after another; False (and why) if it cannot start."""
+        if self.running:
+            return False
+        record, many = self.record, self.many
+        try:
+            if record is None:
+                raise ConfigError("model", "pick a model (train one first, or Refresh)")
+            options = predict_options(self.settings())
+            if many.from_folder:
+                images, layers = many.folder_stacks(), []
+                kwargs: dict[str, Any] = dict(output_dir=many.output_dir())
+                options += ["--overwrite"] if many.overwrite.isChecked() else []
+                what = f"{len(images)} stacks of {many.folder.text().strip()}"
+            else:
+                layers = many.picked()
+                if not layers:
+                    raise ConfigError("image layers", "pick the image layers to label (open some first)")
+                what = f"{len(layers)} image layers"
+        except ConfigError as error:
+            self._set_status(str(error), error=True)
+            return False
+        folder = JobFolder()
+        if layers:
+            arrays = [level0(layer) for layer in layers]
+            images = [folder.stage(f"image_{i + 1}", data) for i, data in enumerate(arrays)]
+            kwargs = dict(lazy=[_read_lazily(data) for data in arrays])
+        return self._launch(labelled_many_in_child, (record, images, options), dict(folder=folder, **kwargs), record,
+                            [_job_for(layer, record) for layer in layers],
+                            f"Loading {record.name!r} to label {what}…")
+
+    def _launch(self, run: Any, args: tuple, kwargs: dict[str, Any], record: ModelRecord, jobs: list[_Job],
+                status: str) -> bool:
+        """One worker for either kind of job; the events and the result come back to this dock's slots."""
+        self._jobs, self._index, self._job_model = jobs, 0, record.name
+        self._many = run is labelled_many_in_child
+        self.result, self.error, self.last_event = None, None, None
+        stop = threading.Event()
         worker = create_worker(run, *args, models_dir=self.models_dir, stop=stop, **kwargs, _start_thread=False,
                                _ignore_errors=True, _worker_class=StoppableWorker)
         worker.stop_event = stop
@@ -276,7 +343,7 @@ class AutoLabelWidget(QWidget):
         self._running_stops.add(stop)
         self._counted = False
         self.state.set(JobState.PREPARING)
-        self._set_status(f"Loading {record.name!r} to label {layer.name!r}…")
+        self._set_status(status)
         worker.start()
         return True
 
@@ -296,7 +363,7 @@ class AutoLabelWidget(QWidget):
         return super().event(event)
 
     def _on_layer_removed(self, event: Any) -> None:
-        if self.running and self._job is not None and self._job.layer is event.value:
+        if self.running and any(job.layer is event.value for job in self._jobs):
             self.cancel(f"layer {event.value.name!r} was removed")
         # A child's result lives in zarr stores of this session: they go when no layer shows them any more.
         for folder, layers in list(self._results.items()):
@@ -316,8 +383,15 @@ class AutoLabelWidget(QWidget):
             self.progress.setRange(0, max(1, event.windows))
             self.progress.setValue(0)
             self.progress.setFormat("%v / %m windows")
-            self._set_status(f"Labelling {self._job.name!r} on the {event.device.upper()} ({event.precision}): "
+            self._set_status(f"Labelling {self._stack_name()!r} on the {event.device.upper()} ({event.precision}): "
                              f"{event.windows} windows in {event.blocks} block(s).")
+        elif isinstance(event, StackStarted):
+            self._index, self._stack_source = event.index, event.source
+            self.many.overall.setRange(0, 1000)
+            self.many.overall.setFormat(f"stack {event.index + 1} / {event.stacks}")
+        elif isinstance(event, StacksProgress) and not self._stopping():
+            self.many.overall.setValue(round(1000 * event.overall_done))
+            self.many.overall.setFormat(f"stack {event.index + 1} / {event.stacks}, job %p%")
         elif isinstance(event, LabelProgress) and not self._stopping():
             self.progress.setValue(event.windows_done)
             if event.stage == "join":
@@ -325,15 +399,38 @@ class AutoLabelWidget(QWidget):
         elif isinstance(event, LabelFinished):
             self.progress.setFormat("cancelled" if event.cancelled else f"done in {event.seconds:.1f} s")
 
-    def _on_returned(self, returned: LabelResult | StoredResult | None) -> None:
+    def _on_returned(self, returned: LabelResult | StoredResult | list | None) -> None:
+        if isinstance(returned, list):
+            self._on_many_returned(returned)
+            return
         stored = returned if isinstance(returned, StoredResult) else None
         result = stored.result if stored is not None else returned
-        self.result, job = result, self._job
+        self.result = result
         if result is None or result.labels is None or self._stopping():  # cancelled, or ended just as it was
             if stored is not None and stored.folder is not None:
                 shutil.rmtree(stored.folder, ignore_errors=True)
             self._set_status("Cancelled; no layer was added.")
             return
+        self._add_result(self._job, result, stored)
+        objects = f", {result.objects} objects" if result.objects is not None else ""
+        self._set_status(f"Added {self._job.name!r} ({result.seconds:.1f} s{objects}).")
+
+    def _on_many_returned(self, returned: list) -> None:
+        """A many-stack job's results: each finished layer's as a labels layer over it, a folder's as the files
+        written; a stopped job keeps the stacks it finished."""
+        self.result = returned
+        stopped = f"Stopped after {len(returned)} of {len(self._jobs) or 'the'} stacks: " if self._stopping() else ""
+        if not self._jobs:
+            where = returned[0].parent if returned else self.many.output_dir()
+            self._set_status(f"{stopped}Wrote {len(returned)} result(s) into {where}.")
+            return
+        for job, stored in zip(self._jobs, returned):
+            self._add_result(job, stored.result, stored)
+        self._set_status(f"{stopped}Added {len(returned)} labels layer(s): "
+                         + ", ".join(repr(job.name) for job in self._jobs[:len(returned)]) + ".")
+
+    def _add_result(self, job: _Job, result: LabelResult, stored: StoredResult | None) -> Layer:
+        """The result as layers placed exactly over the image it came from."""
         where = {"scale": job.scale, "translate": job.translate}
         added = []
         if result.probabilities is not None:  # under the labels, each map in its own colour, adding up
@@ -356,8 +453,7 @@ class AutoLabelWidget(QWidget):
             self._results[str(stored.folder)] = [*added, labels]
         if result.uncertainty is not None and result.record.config.mode == "instance":
             self.proofread.load(labels, result.uncertainty, queue=result.queue, image=job.layer, record=result.record)
-        objects = f", {result.objects} objects" if result.objects is not None else ""
-        self._set_status(f"Added {job.name!r} ({result.seconds:.1f} s{objects}).")
+        return labels
 
     def _on_error(self, error: BaseException) -> None:
         self.error = error
@@ -372,27 +468,46 @@ class AutoLabelWidget(QWidget):
         if self.worker is not None:
             self._running_stops.discard(self.worker.stop_event)
         cancelled = self._stopping() or (isinstance(self.last_event, LabelFinished) and self.last_event.cancelled)
-        self.worker, self._job = None, None
+        self.worker, self._jobs, self._job_model = None, [], None
         self.state.set(JobState.FAILED if self.error is not None else
                        JobState.STOPPED if cancelled else JobState.DONE)
 
     def _draw_state(self, state: JobState) -> None:
         """Buttons and the progress bar's words for a state; the numbers come from the job's events."""
         self.label_button.setEnabled(not state.active)
+        self.many.label_button.setEnabled(not state.active)
         self.cancel_button.setEnabled(state in (JobState.PREPARING, JobState.RUNNING))
         if state == JobState.PREPARING:
             self.progress.setRange(0, 0)  # busy until the engine says how many windows there are
             self.progress.setFormat("preparing…")
+            self.many.overall.setRange(0, 1)
+            self.many.overall.setValue(0)
+            self.many.overall.setFormat("preparing…" if self._many else "idle")
         elif not state.active and (state == JobState.FAILED or not self._counted):
             self.progress.setRange(0, 1)  # nothing was counted (or it failed): no half-full bar left behind
             self.progress.setValue(0)
             self.progress.setFormat(state.value)
+        if not state.active and state != JobState.IDLE and self._many:
+            self.many.overall.setFormat(state.value if state != JobState.DONE else "done: %p%")
+
+    def _stack_name(self) -> str:
+        job = self._job
+        return job.name if job is not None else Path(self._stack_source.rstrip("/\\")).name
 
     def _stopping(self) -> bool:
         return self.worker is not None and self.worker.stop_event.is_set()
 
     def _set_status(self, text: str, *, error: bool = False) -> None:
         self.status.say(text, error=error)
+
+
+def _job_for(layer: Layer, record: ModelRecord) -> _Job:
+    return _Job(layer, f"{layer.name} [{record.name}]", np.array(layer.scale, float), np.array(layer.translate, float))
+
+
+def _read_lazily(data: Any) -> bool:
+    """A stack the child reads from its own file (or dask): its result stays on disk, read lazily, too."""
+    return source_path(data) is not None or type(data).__module__.startswith("dask")
 
 
 def predict_options(settings: LabelSettings) -> list[str]:

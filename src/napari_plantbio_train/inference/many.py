@@ -27,6 +27,7 @@ from ..models.store import ModelStore
 from .label import LabelSettings, check_fits, label_stack
 
 OUTPUT_SUFFIXES = (".tif", ".zarr")
+RESULT_MARK = "_labels"  # ends a result's name: NAME.tif -> NAME_labels.tif
 _GLOB_CHARS = set("*?[")
 
 
@@ -59,6 +60,20 @@ def expand_inputs(patterns: Sequence[str], field: str = "image") -> list[str]:
     return found
 
 
+def stacks_in_folder(folder: str | Path, pattern: str = "*.tif") -> list[str]:
+    """The stacks of a folder that ``pattern`` matches, in counting order, without the results a job over the
+    same folder wrote beside them (``output_name``'s ``_labels``), so labelling a folder twice never labels its
+    own results."""
+    where = Path(folder)
+    if not where.is_dir():
+        raise ConfigError("folder", f"{where} is not a folder")
+    found = [path for path in expand_inputs([str(where / pattern)], field="pattern")
+             if not Path(output_name(path)).stem.endswith(f"{RESULT_MARK}{RESULT_MARK}")]
+    if not found:
+        raise ConfigError("pattern", f"{pattern!r} in {where} matches only results of an earlier job")
+    return found
+
+
 def output_name(source: str, suffix: str = ".tif") -> str:
     """The result's file name: the input's name without its format suffix, then ``_labels`` (so a result written
     beside its input never replaces it)."""
@@ -69,7 +84,7 @@ def output_name(source: str, suffix: str = ".tif") -> str:
             break
     if name.lower().endswith(".ome"):
         name = name[:-4]
-    return f"{name}_labels{suffix}"
+    return f"{name}{RESULT_MARK}{suffix}"
 
 
 def plan_stacks(model: str, sources: Sequence[str], output_dir: str | Path, *,
