@@ -57,6 +57,7 @@ class _Job:
     name: str  # of the labels layer: "<image layer> [<model>]"
     scale: np.ndarray
     translate: np.ndarray
+    options: tuple[str, ...] = ()  # the ``predict`` options it was labelled with, for a proofreading round's relabel
 
 
 class AutoLabelWidget(QWidget):
@@ -290,7 +291,7 @@ class AutoLabelWidget(QWidget):
             folder = JobFolder()
             run, args = labelled_in_child, (record, folder.stage("image", data), predict_options(self.settings()))
             kwargs = dict(probabilities=maps, uncertainty=doubt, lazy=_read_lazily(data), folder=folder)
-        return self._launch(run, args, kwargs, record, [_job_for(layer, record)],
+        return self._launch(run, args, kwargs, record, [_job_for(layer, record, predict_options(self.settings()))],
                             f"Loading {record.name!r} to label {layer.name!r}…")
 
     def start_many(self) -> bool:
@@ -322,7 +323,7 @@ class AutoLabelWidget(QWidget):
             images = [folder.stage(f"image_{i + 1}", data) for i, data in enumerate(arrays)]
             kwargs = dict(lazy=[_read_lazily(data) for data in arrays])
         return self._launch(labelled_many_in_child, (record, images, options), dict(folder=folder, **kwargs), record,
-                            [_job_for(layer, record) for layer in layers],
+                            [_job_for(layer, record, options) for layer in layers],
                             f"Loading {record.name!r} to label {what}…")
 
     def _launch(self, run: Any, args: tuple, kwargs: dict[str, Any], record: ModelRecord, jobs: list[_Job],
@@ -452,7 +453,8 @@ class AutoLabelWidget(QWidget):
         if stored is not None and stored.folder is not None:
             self._results[str(stored.folder)] = [*added, labels]
         if result.uncertainty is not None and result.record.config.mode == "instance":
-            self.proofread.load(labels, result.uncertainty, queue=result.queue, image=job.layer, record=result.record)
+            self.proofread.load(labels, result.uncertainty, queue=result.queue, image=job.layer, record=result.record,
+                                options=list(job.options))
         return labels
 
     def _on_error(self, error: BaseException) -> None:
@@ -501,8 +503,9 @@ class AutoLabelWidget(QWidget):
         self.status.say(text, error=error)
 
 
-def _job_for(layer: Layer, record: ModelRecord) -> _Job:
-    return _Job(layer, f"{layer.name} [{record.name}]", np.array(layer.scale, float), np.array(layer.translate, float))
+def _job_for(layer: Layer, record: ModelRecord, options: list[str]) -> _Job:
+    return _Job(layer, f"{layer.name} [{record.name}]", np.array(layer.scale, float), np.array(layer.translate, float),
+                tuple(options))
 
 
 def _read_lazily(data: Any) -> bool:
