@@ -169,3 +169,10 @@ class DockState:
             raise ValueError(f"a job cannot go from {self._state.value} to {state.value}")
         self._state = state
         self.changed.emit(state)
+
+
+def camera_of(viewer: Any) -> Any:
+    """The viewer's camera: ``viewer.scene.camera`` from napari 0.9 on (``viewer.camera`` warns there), the old
+    attribute before."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera

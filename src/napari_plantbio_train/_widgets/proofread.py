@@ -43,7 +43,7 @@ from ..job.config import ConfigError, TrainConfig
 from ..job.events import Finished, Started, Validation, parts_text
 from ..models.store import ModelRecord, ModelStore
 from ..training.material import correction_round, round_number
-from .common import StatusLine, StoppableWorker
+from .common import StatusLine, StoppableWorker, camera_of
 from .corrections import AUTO_LABEL_KEY, auto_label_metadata, auto_labels_of
 from .job_process import ChildDied, JobFolder, Relabelled, relabel_in_child, train_in_child
 from .layer_picker import level0
@@ -156,8 +156,7 @@ class ProofreadQueue(QWidget):
         self.position = (self.position + 1) % len(self.entries)
         target = self.entries[self.position]
         world = np.asarray(target.centroid) * self.layer.scale + self.layer.translate
-        camera = self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera  # napari 0.9
-        camera.center = tuple(world[-3:] if world.size >= 3 else world)
+        camera_of(self.viewer).center = tuple(world[-3:] if world.size >= 3 else world)
         if world.size == 3:
             self.viewer.dims.set_point(0, float(world[0]))
         self.layer.selected_label = target.id

@@ -18,6 +18,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSizePolicy, QWidge
 
 from ..job.events import Preview, ViewPreview
 from ..training.view import ViewRequest, write_view_request
+from .common import camera_of
 
 if TYPE_CHECKING:
     import napari
@@ -29,7 +30,7 @@ DEBOUNCE_MS = 200  # a slider drag writes one request when it pauses, not one pe
 def view_request(viewer: napari.viewer.Viewer, image: Layer, asked: int) -> ViewRequest:
     """Where the viewer looks, in voxels of ``image``: its current slice and the camera's centre."""
     point = np.asarray(viewer.dims.point, float)
-    point[-2:] = np.asarray(viewer.camera.center, float)[-2:]
+    point[-2:] = np.asarray(camera_of(viewer).center, float)[-2:]
     data = np.asarray(image.world_to_data(point), float)
     z = int(round(data[-3])) if data.size >= 3 else 0
     return ViewRequest(z, float(data[-2]), float(data[-1]), asked)
@@ -77,7 +78,7 @@ class ViewPreviewRow(QWidget):
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self._write)
         viewer.dims.events.current_step.connect(self._moved)
-        viewer.camera.events.center.connect(self._moved)
+        camera_of(viewer).events.center.connect(self._moved)
         viewer.layers.events.removed.connect(self._on_layer_removed)
 
     # ----- the job's life, called by the dock ---------------------------------------------------------------------
