@@ -180,12 +180,12 @@ class TrainForm(QWidget):
         named = {"time_limit_min": self.time_limit, "voxel_size": self.voxel[2]}
         widgets = {field: named.get(field) or getattr(self, field) for _, field in MAIN_ROWS + ADVANCED_ROWS if field}
         voxels = iter(self.voxel[:2])
-        self.fields = Container(labels=True, widgets=[
-            self._row("Image stack", "image", self.image), self._row("Labels", "labels", self.labels)])
-        self.main = Container(labels=True, widgets=[
-            self._row(label, field, widgets[field] if field else next(voxels)) for label, field in MAIN_ROWS])
-        self.advanced_fields = Container(labels=True, widgets=[
-            self._row(label, field, widgets[field]) for label, field in ADVANCED_ROWS])
+        # Rows added after the containers are made: magicgui gives a container's labels one width only then.
+        self.fields, self.main, self.advanced_fields = (Container(labels=True) for _ in range(3))
+        self.fields.extend([self._row("Image stack", "image", self.image), self._row("Labels", "labels", self.labels)])
+        self.main.extend([self._row(label, field, widgets[field] if field else next(voxels))
+                          for label, field in MAIN_ROWS])
+        self.advanced_fields.extend([self._row(label, field, widgets[field]) for label, field in ADVANCED_ROWS])
         for container in (self.fields, self.main, self.advanced_fields):
             container.margins = (0, 0, 0, 0)
         self.advanced = self.advanced_fields.native
