@@ -27,8 +27,11 @@ def test_docked_pickers_follow_their_viewer_and_not_another(make_napari_viewer):
     viewer.add_labels(np.zeros((8, 8), np.uint8), name="truth")
     row = widget.form.pairs.add()
     second = viewer.add_image(np.zeros((8, 8), np.uint8), name="second")
-    assert _names(widget.image_picker) == ["first", "second"] == _names(row.image)
-    assert _names(widget.labels_picker) == ["truth"] == _names(row.labels)
+    assert _names(widget.image_picker) == ["first", "second"]
+    assert _names(widget.labels_picker) == ["truth"]
+    assert row.image.value is None, "a new pair row waits for the user's pick"
+    assert [layer.name for layer in row.image.choices if layer is not None] == ["first", "second"]
+    assert [layer.name for layer in row.labels.choices if layer is not None] == ["truth"]
     assert widget.image_picker.value is first, "a new layer keeps the pick"
 
     row.image.value = second

@@ -72,8 +72,10 @@ class PairRow(QWidget):
         import napari.layers
 
         self.title = QLabel()
-        self.image = layer_choice(viewer, napari.layers.Image)
-        self.labels = layer_choice(viewer, napari.layers.Labels)
+        # Nullable: a row can say "nothing picked yet" ("-----"), which its check then names, rather than guessing
+        # the first layer of the list for a pair the user has not chosen.
+        self.image = layer_choice(viewer, napari.layers.Image, nullable=True)
+        self.labels = layer_choice(viewer, napari.layers.Labels, nullable=True)
         self.weight = _weight_box()
         self.remove_button = QToolButton()
         self.remove_button.setText("✕")
