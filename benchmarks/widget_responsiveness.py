@@ -81,7 +81,7 @@ def run_widget(viewer, image_layer, labels_layer, models_dir: Path, tag: str,
     widget.image_picker.value, widget.labels_picker.value = image_layer, labels_layer
     widget.form.set_values(name=f"widget-{tag}", workers=os.cpu_count() or 1, models_dir=models_dir,
                            **{k: v for k, v in JOB.items()})
-    widget.form.in_process.setChecked(in_process)
+    widget.form.in_process.value = in_process
     stamps: list[float] = []
     gaps: list[float] = []
     last_tick = [time.perf_counter()]

@@ -96,7 +96,7 @@ def test_continue_from_prefills_the_parent_job_and_locks_what_it_inherits(dock, 
         field: getattr(parent.config, field) for field in INHERITED}
     locked = form.inherited_widgets()
     assert set(locked) == set(INHERITED)
-    assert not any(w.isEnabled() for ws in locked.values() for w in ws)
+    assert not any(w.enabled for ws in locked.values() for w in ws)
     viewer.add_image(np.zeros((16, 16), np.uint8), name="flat", scale=(2.0, 2.0))
     assert widget.build_config().dims == "3d", "a 2D image must not change what the parent's network is"
 
@@ -105,11 +105,11 @@ def test_continue_from_prefills_the_parent_job_and_locks_what_it_inherits(dock, 
     assert box.record.name == "chl", "a re-read keeps the pick"
     form.set_values(init_from="plate")
     form.set_values(init_from="chl")
-    assert form.name.text() == "chl-v3"
+    assert form.name.value == "chl-v3"
 
     form.set_values(init_from=None)
     assert widget.build_config().init_from is None
-    assert all(w.isEnabled() for ws in locked.values() for w in ws)
+    assert all(w.enabled for ws in locked.values() for w in ws)
     assert widget.build_config().dims == "2d", "a new model follows the image again"
 
 
@@ -209,7 +209,7 @@ def test_proofread_and_continue_makes_a_listed_version(make_napari_viewer, model
                     touched_margin=8, **FAST)
     form.pairs.add(old, old_truth, weight=1.0)
     form.pairs.first_weight.setValue(2.0)
-    assert form.name.text() == "chl-v2"
+    assert form.name.value == "chl-v2"
     assert trainer.start(), trainer.status.text()
     qtbot.waitUntil(lambda: not trainer.running, timeout=JOB_TIMEOUT_MS)
     assert trainer.error is None, trainer.error
@@ -229,7 +229,7 @@ def test_proofread_and_continue_makes_a_listed_version(make_napari_viewer, model
     qtbot.waitUntil(lambda: "chl-v2" in box.names(), timeout=10_000)  # re-read just after the job's end
     assert box.itemText(box.findData("chl-v2")) == "chl-v2 (from chl)"
     assert "Continued from chl" in box.itemData(box.findData("chl-v2"), Qt.ItemDataRole.ToolTipRole)
-    assert form.name.text() == "chl-v3", "the next job suggests the next free version"
+    assert form.name.value == "chl-v3", "the next job suggests the next free version"
     qtbot.waitUntil(lambda: "chl-v2" in labeller.model_names(), timeout=10_000)
     text = labeller.model_box.itemText(labeller.model_box.findData("chl-v2"))
     assert text.startswith("chl-v2 (from chl) — instance, 3d, voxel x/y/z 5/5/50 nm, 10 iterations")

@@ -67,7 +67,7 @@ def test_manifest_builds_the_widget_in_napari(make_napari_viewer, npe2pm):
         _, widget = viewer.window.add_plugin_dock_widget("napari-plantbio-train", "Train segmentation model")
     assert isinstance(widget, TrainWidget)
     viewer.add_image(np.zeros((8, 8), np.uint8), name="raw")
-    assert [layer.name for layer in widget.image_picker.choices()] == ["raw"]
+    assert [layer.name for layer in widget.image_picker.choices] == ["raw"]
 
 
 def test_installed_package_exposes_its_manifest():
@@ -89,13 +89,13 @@ def test_pickers_follow_the_layer_list_and_voxel_size_follows_the_image(dock):
     viewer, widget, _ = dock
     stack = viewer.add_image(np.zeros((3, 16, 16), np.uint8), name="stack", scale=(40.0, 6.0, 5.0))
     viewer.add_labels(np.zeros((3, 16, 16), np.uint16), name="truth")
-    assert [layer.name for layer in widget.image_picker.choices()] == ["stack"]
-    assert [layer.name for layer in widget.labels_picker.choices()] == ["truth"]
+    assert [layer.name for layer in widget.image_picker.choices] == ["stack"]
+    assert [layer.name for layer in widget.labels_picker.choices] == ["truth"]
     assert widget.build_config().voxel_size == (5.0, 6.0, 40.0)
     assert widget.build_config().dims == "3d"
 
     flat = viewer.add_image(np.zeros((16, 16), np.uint8), name="slice", scale=(2.0, 3.0))
-    assert [layer.name for layer in widget.image_picker.choices()] == ["stack", "slice"]
+    assert [layer.name for layer in widget.image_picker.choices] == ["stack", "slice"]
     assert widget.image_picker.value == stack, "adding a layer must not change the pick"
 
     widget.image_picker.value = flat
@@ -103,9 +103,9 @@ def test_pickers_follow_the_layer_list_and_voxel_size_follows_the_image(dock):
     assert (config.dims, config.voxel_size[:2]) == ("2d", (3.0, 2.0))
 
     stack.name = "renamed"
-    assert widget.image_picker.itemText(0) == "renamed"
+    assert widget.image_picker.native.itemText(0) == "renamed"
     viewer.layers.remove(flat)
-    assert [layer.name for layer in widget.image_picker.choices()] == ["renamed"]
+    assert [layer.name for layer in widget.image_picker.choices] == ["renamed"]
     assert widget.image_picker.value == stack
 
 
@@ -129,7 +129,7 @@ def test_config_errors_show_beside_their_fields_and_start_nothing(dock, chloropl
     (models / "taken").mkdir(parents=True)
     (models / "taken" / "model.json").write_text(json.dumps({"format": 1}))
     widget.form.set_values(name="taken", mode="instance", dims="3d", window=(2, 512, 64), **TINY)
-    widget.form.lr.setText("fast")
+    widget.form.lr.value = "fast"
 
     assert not widget.start()
     assert widget.worker is None and not widget.running

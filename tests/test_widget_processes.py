@@ -135,7 +135,7 @@ def test_cpu_processes_field_round_trips_and_is_checked(dock):  # noqa: F811
     _, widget, _ = dock
     widget.form.set_values(name="m", cpu_processes=3, gpus=0)
     assert widget.build_config().cpu_processes == 3
-    assert widget.form.cpu_processes.toolTip()
+    assert widget.form.cpu_processes.tooltip
     widget.form.show_errors([ConfigError("cpu_processes", "use fewer")])
     assert widget.form.error_text("cpu_processes") == "use fewer"
     assert widget.form.advanced.isVisibleTo(widget.form), "an advanced field's error opens the advanced section"

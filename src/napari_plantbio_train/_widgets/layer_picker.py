@@ -1,4 +1,8 @@
-"""A combo box of the viewer's layers of one kind, kept in step with the layer list."""
+"""Combo boxes of the viewer's layers of one kind, kept in step with the layer list.
+
+``layer_choice`` is magicgui's picker (the one a ``napari.layers.Image`` annotation gives); the training form uses
+it. ``LayerPicker`` is the older hand-written one, still used by the docks not yet on magicgui.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,50 @@ from qtpy.QtWidgets import QComboBox, QWidget
 
 if TYPE_CHECKING:
     import napari
+    from magicgui.widgets import ComboBox
     from napari.layers import Layer
+
+# The layer list's events after which napari itself resets a docked magicgui widget's choices.
+LAYER_LIST_EVENTS = ("inserted", "removed", "reordered", "renamed")
+
+
+def layer_choice(viewer: napari.Viewer, layer_type: type[Layer], **options: Any) -> ComboBox:
+    """magicgui's layer picker for ``layer_type``, reading its choices from ``viewer``.
+
+    napari's own choices come from the viewer the widget is docked in, else ``napari.current_viewer()``: a form
+    built before it is docked (or beside a second viewer, as in the tests) would list another viewer's layers. The
+    picker keeps its value across a reset, so a rename or a new layer never changes the pick."""
+    from magicgui.widgets import create_widget
+
+    def layers(widget: ComboBox) -> list[Layer]:
+        return [layer for layer in viewer.layers if isinstance(layer, widget.annotation)]
+
+    return create_widget(annotation=layer_type, options={"choices": layers, **options})
+
+
+def reset_keeping_pick(*pickers: ComboBox) -> None:
+    """Re-read the pickers' layers. magicgui matches a combo box's items by their text: a renamed layer's item is
+    dropped and added again at the end, and the pick jumps to another layer. So the items are rebuilt in the layer
+    list's order, the pick is put back, and ``changed`` is emitted only when the picked layer really changed (its
+    removal)."""
+    for picker in pickers:
+        before = picker.value
+        with picker.changed.blocked():
+            picker.native.clear()
+            picker.reset_choices()
+            if before is not None and any(layer is before for layer in picker.choices):
+                picker.value = before
+        if picker.value is not before:
+            picker.changed.emit(picker.value)
+
+
+def follow_layers(viewer: napari.Viewer, widget: QWidget, method: str = "reset_choices") -> None:
+    """Call ``widget.method()`` after every change of the layer list, as napari does for a docked magicgui widget,
+    for as long as the Qt widget lives."""
+    from .common import follow
+
+    for name in LAYER_LIST_EVENTS:
+        follow(getattr(viewer.layers.events, name), widget, method)
 
 
 class LayerPicker(QComboBox):

@@ -11,7 +11,7 @@ from .. import planning
 from ..io.checks import check_image, check_labels
 from ..job.config import ConfigError, TrainConfig
 from .common import error_label
-from .layer_picker import LayerPicker, level0, source_of
+from .layer_picker import follow_layers, layer_choice, level0, reset_keeping_pick, source_of
 
 if TYPE_CHECKING:
     import napari
@@ -72,8 +72,10 @@ class PairRow(QWidget):
         import napari.layers
 
         self.title = QLabel()
-        self.image = LayerPicker(viewer, napari.layers.Image)
-        self.labels = LayerPicker(viewer, napari.layers.Labels)
+        # Nullable: a row can say "nothing picked yet" ("-----"), which its check then names, rather than guessing
+        # the first layer of the list for a pair the user has not chosen.
+        self.image = layer_choice(viewer, napari.layers.Image, nullable=True)
+        self.labels = layer_choice(viewer, napari.layers.Labels, nullable=True)
         self.weight = _weight_box()
         self.remove_button = QToolButton()
         self.remove_button.setText("✕")
@@ -83,13 +85,18 @@ class PairRow(QWidget):
         grid.setContentsMargins(0, 4, 0, 0)
         grid.setVerticalSpacing(1)
         grid.addWidget(self.title, 0, 0)
-        grid.addWidget(self.image, 0, 1)
+        grid.addWidget(self.image.native, 0, 1)
         grid.addWidget(self.weight, 0, 2)
         grid.addWidget(QLabel("labels"), 1, 0)
-        grid.addWidget(self.labels, 1, 1)
+        grid.addWidget(self.labels.native, 1, 1)
         grid.addWidget(self.remove_button, 1, 2)
         grid.addWidget(self.error, 2, 0, 1, 3)
         grid.setColumnStretch(1, 1)
+        follow_layers(viewer, self)
+
+    def reset_choices(self, *_args: object) -> None:
+        """The pickers re-read the viewer's layers (``follow_layers`` calls it on each change of the list)."""
+        reset_keeping_pick(self.image, self.labels)
 
 
 class ExtraPairs(QWidget):

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_type_hints
 
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QLineEdit, QSpinBox,
-                            QToolButton, QVBoxLayout, QWidget)
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, create_widget
+from magicgui.widgets.bases import ValueWidget
+from qtpy.QtWidgets import QFormLayout, QLabel, QSizePolicy, QToolButton, QVBoxLayout, QWidget
 
 from ..job.config import ConfigError, TrainConfig, unsaved_layer
-from ..job.kinds import DIMS, MODES
 from ..job.voxels import voxel_size_from_scale
 from ..models.store import ModelRecord
 from ..training.material import INHERITED, continuation
-from .common import ModelsFolderField, column, error_label, follow
+from .common import ERROR_STYLE, ModelsFolderField, column, error_label, follow
 from .corrections import TouchedOption, auto_labels_of
-from .layer_picker import LayerPicker, source_of
+from .layer_picker import follow_layers, layer_choice, reset_keeping_pick, source_of
 from .pairs import ExtraPairs
 from .settings import DockSettings, shared_settings
 from .versions import ContinueFromBox, next_version_name
@@ -80,17 +80,62 @@ PREFILLED = ("name", "mode", "dims", "voxel_size", "window", "lr", "iteration_st
              "flat_levels", "contour_width", "painted_slices_only", "ignore_value")
 
 
-def _spin(minimum: int, maximum: int, value: int, special: str | None = None) -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(minimum, maximum)
-    box.setValue(value)
-    if special:
-        box.setSpecialValueText(special)
+# Optional whole-number fields: a spin box whose lowest value means None ("auto": the plan's choice, or "none").
+# magicgui's int spin box cannot show a word for a value, so these are its float spin box showing no decimals.
+OPTIONAL_INTS: dict[str, tuple[int, int, str]] = {
+    "gpus": (-1, 64, "auto"), "data_workers": (-1, 64, "auto"), "batch_size": (0, 1024, "auto"),
+    "validate_every": (0, 10_000_000, "auto"), "base_channels": (0, 256, "auto"), "depth": (0, 8, "auto"),
+    "flat_levels": (-1, 8, "auto"), "contour_width": (0, 64, "auto"), "ignore_value": (-1, 2**31 - 1, "none")}
+# Whole-number fields that always hold a value: magicgui's widget for the field's type (int), bounded.
+INTS: dict[str, tuple[int, int]] = {
+    "workers": (1, 1024), "cpu_processes": (1, 256), "iteration_step": (1, 1024), "iteration_save": (1, 10_000_000),
+    "keep_checkpoints": (1, 10_000), "iterations": (1, 10_000_000)}
+# Label, field (the TrainConfig name its errors carry), in the order shown; the x and y voxel boxes have no field
+# of their own: a voxel size message goes under z.
+MAIN_ROWS = (("Mode", "mode"), ("2D/3D", "dims"), ("X nm/pixel", ""), ("Y nm/pixel", ""),
+             ("Z nm/pixel", "voxel_size"), ("Window size", "window"), ("#GPU", "gpus"), ("#CPU", "workers"),
+             ("Base LR", "lr"), ("Iteration step", "iteration_step"), ("Iteration save", "iteration_save"),
+             ("Iteration total", "iterations"), ("Samples per batch", "batch_size"), ("Name model as", "name"),
+             ("Time limit (min)", "time_limit_min"))
+ADVANCED_ROWS = (("Validate every", "validate_every"), ("Checkpoints kept", "keep_checkpoints"),
+                 ("Window processes", "data_workers"), ("CPU processes", "cpu_processes"),
+                 ("Network width", "base_channels"), ("Network depth", "depth"), ("Stem stride", "stem_stride"),
+                 ("In-plane levels", "flat_levels"), ("Contour width", "contour_width"),
+                 ("Partial labels", "painted_slices_only"), ("Ignore label value", "ignore_value"),
+                 ("Train", "in_process"))
+ADVANCED = {field for _, field in ADVANCED_ROWS}
+
+
+def _optional_int(minimum: int, maximum: int, word: str) -> FloatSpinBox:
+    box = FloatSpinBox(value=minimum, min=minimum, max=maximum, step=1)
+    box.native.setDecimals(0)
+    box.native.setSpecialValueText(word)
     return box
 
 
+def _text(placeholder: str) -> LineEdit:
+    edit = LineEdit(value="")
+    edit.native.setPlaceholderText(placeholder)
+    return edit
+
+
+def _error() -> Label:
+    """A red message under a field, hidden until the field is wrong; wrapped, so a long one is never cut off."""
+    label = Label(value="")
+    label.native.setWordWrap(True)
+    label.native.setStyleSheet(ERROR_STYLE)
+    # magicgui fixes a label's size to its text's one line; a wrapped message must grow to its lines instead.
+    policy = QSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+    policy.setHeightForWidth(True)
+    label.native.setSizePolicy(policy)
+    label.visible = False
+    return label
+
+
 class TrainForm(QWidget):
-    """Each field sits in a row with a red message label under it, addressed by the ``TrainConfig`` field name."""
+    """The job's fields as magicgui widgets (``self.<TrainConfig field>``), each above a red message addressed by
+    the field's name; the continue-from box, the extra pairs, the corrections option and the models folder are Qt
+    parts of their own between them. The layer pickers list the viewer's layers and follow its layer list."""
 
     def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None,
                  settings: DockSettings | None = None) -> None:
@@ -98,113 +143,54 @@ class TrainForm(QWidget):
         import napari.layers
 
         defaults = TrainConfig(name="")
-        self.image = LayerPicker(viewer, napari.layers.Image)
-        self.labels = LayerPicker(viewer, napari.layers.Labels)
-        self.mode = QComboBox()
-        self.mode.addItems(MODES)
-        self.mode.setCurrentText(defaults.mode)
-        self.dims = QComboBox()
-        self.dims.addItems(DIMS)
-        self.dims.setCurrentText(defaults.dims)
-        self.voxel = []
-        for _ in "xyz":
-            box = QDoubleSpinBox()
-            box.setRange(0.0, 1e6)
-            box.setDecimals(3)
-            box.setValue(1.0)
-            self.voxel.append(box)
-        self.window = QLineEdit()
-        self.window.setPlaceholderText("auto")
-        self.gpus = _spin(-1, 64, -1, special="auto")
-        self.workers = _spin(1, 1024, min(defaults.workers, 64))
-        self.data_workers = _spin(-1, 64, -1, special="auto")
-        self.cpu_processes = _spin(1, 256, defaults.cpu_processes)
-        self.lr = QLineEdit()
-        self.lr.setPlaceholderText("auto")
-        self.iteration_step = _spin(1, 1024, defaults.iteration_step)
-        self.iteration_save = _spin(1, 10_000_000, defaults.iteration_save)
-        self.keep_checkpoints = _spin(1, 10_000, defaults.keep_checkpoints)
-        self.iterations = _spin(1, 10_000_000, defaults.iterations)
-        self.batch_size = _spin(0, 1024, 0, special="auto")
-        self.name = QLineEdit()
-        self.name.setPlaceholderText("e.g. chloroplasts-3d")
-        self.time_limit = QDoubleSpinBox()
-        self.time_limit.setRange(0.0, 1e6)
-        self.time_limit.setDecimals(1)
-        self.time_limit.setSpecialValueText("none")
+        types = get_type_hints(TrainConfig)
+        self.image = layer_choice(viewer, napari.layers.Image)
+        self.labels = layer_choice(viewer, napari.layers.Labels)
+        self.mode = create_widget(value=defaults.mode, annotation=types["mode"])
+        self.dims = create_widget(value=defaults.dims, annotation=types["dims"])
+        self.voxel = [FloatSpinBox(value=1.0, min=0.0, max=1e6, step=1.0) for _ in "xyz"]
+        for box in self.voxel:
+            box.native.setDecimals(3)
+        self.window = _text(AUTO)
+        self.lr = _text(AUTO)
+        self.name = _text("e.g. chloroplasts-3d")
+        for field, (low, high) in INTS.items():
+            setattr(self, field, create_widget(value=min(max(getattr(defaults, field), low), high),
+                                               annotation=int, options={"min": low, "max": high}))
+        for field, (low, high, word) in OPTIONAL_INTS.items():
+            setattr(self, field, _optional_int(low, high, word))
+        self.time_limit = FloatSpinBox(value=0.0, min=0.0, max=1e6, step=1.0)
+        self.time_limit.native.setDecimals(1)
+        self.time_limit.native.setSpecialValueText("none")
+        self.stem_stride = ComboBox(value=None, choices=[(AUTO, None), ("1", 1), ("2", 2), ("4", 4)])
+        self.painted_slices_only = create_widget(value=False, annotation=bool, options={
+            "text": "slices without labels are unpainted, not background"})
+        # Not a field of the job: where this dock runs it. Off by default, so a crash can never close napari.
+        self.in_process = CheckBox(value=False, text="in napari's own process (a crash there would close napari)")
         # One folder for every dock (settings.py): this field edits the shared setting and follows it.
         self.dock_settings = settings or shared_settings()
         self.models_field = ModelsFolderField(self.dock_settings)
         self.models_dir = self.models_field.edit
-        # 0 (or "auto", -1 where 0 is a value) leaves the field to the plan, which says what it chose.
-        self.validate_every = _spin(0, 10_000_000, 0, special="auto")
-        self.base_channels = _spin(0, 256, 0, special="auto")
-        self.depth = _spin(0, 8, 0, special="auto")
-        self.contour_width = _spin(0, 64, 0, special="auto")
-        self.stem_stride = QComboBox()
-        self.stem_stride.addItems([AUTO, "1", "2", "4"])
-        self.flat_levels = _spin(-1, 8, -1, special="auto")
-        self.painted_slices_only = QCheckBox("slices without labels are unpainted, not background")
-        self.ignore_value = _spin(-1, 2**31 - 1, -1, special="none")
-        # Not a field of the job: where this dock runs it. Off by default, so a crash can never close napari.
-        self.in_process = QCheckBox("in napari's own process (a crash there would close napari)")
         self.continue_from = ContinueFromBox(self.models_folder())
         self.pairs = ExtraPairs(viewer)
         self.touched = TouchedOption(defaults.touched_margin)
         self._suggested_name = ""
 
         self._errors: dict[str, QLabel] = {}
-        self._form = QFormLayout()
-        self._form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        self._form.setContentsMargins(0, 0, 0, 0)
-        rows: list[tuple[str, str, QWidget]] = [
-            ("Continue from", "init_from", self.continue_from),
-            ("Image stack", "image", self.image),
-            ("Labels", "labels", self.labels),
-            ("", "", self.pairs),
-            ("Corrections", "touched_only", self.touched),
-            ("Mode", "mode", self.mode),
-            ("2D/3D", "dims", self.dims),
-            ("X nm/pixel", "", self.voxel[0]),
-            ("Y nm/pixel", "", self.voxel[1]),
-            ("Z nm/pixel", "voxel_size", self.voxel[2]),
-            ("Window size", "window", self.window),
-            ("#GPU", "gpus", self.gpus),
-            ("#CPU", "workers", self.workers),
-            ("Base LR", "lr", self.lr),
-            ("Iteration step", "iteration_step", self.iteration_step),
-            ("Iteration save", "iteration_save", self.iteration_save),
-            ("Iteration total", "iterations", self.iterations),
-            ("Samples per batch", "batch_size", self.batch_size),
-            ("Name model as", "name", self.name),
-            ("Time limit (min)", "time_limit_min", self.time_limit),
-            ("Models folder", "models_dir", self.models_field),
-        ]
-        advanced = [
-            ("Validate every", "validate_every", self.validate_every),
-            ("Checkpoints kept", "keep_checkpoints", self.keep_checkpoints),
-            ("Window processes", "data_workers", self.data_workers),
-            ("CPU processes", "cpu_processes", self.cpu_processes),
-            ("Network width", "base_channels", self.base_channels),
-            ("Network depth", "depth", self.depth),
-            ("Stem stride", "stem_stride", self.stem_stride),
-            ("In-plane levels", "flat_levels", self.flat_levels),
-            ("Contour width", "contour_width", self.contour_width),
-            ("Partial labels", "painted_slices_only", self.painted_slices_only),
-            ("Ignore label value", "ignore_value", self.ignore_value),
-            ("Train", "in_process", self.in_process),
-        ]
-        for label, field, widget in rows:
-            self._addrow(self._form, label, field, widget)
-        self._errors["touched_margin"] = self._errors["auto_labels"] = self._errors["touched_only"]
-        self.advanced = QWidget()
-        advanced_form = QFormLayout(self.advanced)
-        advanced_form.setContentsMargins(0, 0, 0, 0)
-        for label, field, widget in advanced:
-            self._addrow(advanced_form, label, field, widget)
+        named = {"time_limit_min": self.time_limit, "voxel_size": self.voxel[2]}
+        widgets = {field: named.get(field) or getattr(self, field) for _, field in MAIN_ROWS + ADVANCED_ROWS if field}
+        voxels = iter(self.voxel[:2])
+        # Rows added after the containers are made: magicgui gives a container's labels one width only then.
+        self.fields, self.main, self.advanced_fields = (Container(labels=True) for _ in range(3))
+        self.fields.extend([self._row("Image stack", "image", self.image), self._row("Labels", "labels", self.labels)])
+        self.main.extend([self._row(label, field, widgets[field] if field else next(voxels))
+                          for label, field in MAIN_ROWS])
+        self.advanced_fields.extend([self._row(label, field, widgets[field]) for label, field in ADVANCED_ROWS])
+        for container in (self.fields, self.main, self.advanced_fields):
+            container.margins = (0, 0, 0, 0)
+        self.advanced = self.advanced_fields.native
         self.advanced.setVisible(False)
         toggle = QToolButton()
-        toggle.setText("Advanced")
         toggle.setCheckable(True)
         toggle.setStyleSheet("QToolButton { border: none; }")
         toggle.toggled.connect(self.advanced.setVisible)
@@ -214,16 +200,59 @@ class TrainForm(QWidget):
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addLayout(self._form)
+        layout.addWidget(self._qt_rows(("Continue from", "init_from", self.continue_from)))
+        layout.addWidget(self.fields.native)
+        layout.addWidget(self._qt_rows(("", "", self.pairs), ("Corrections", "touched_only", self.touched)))
+        self._errors["touched_margin"] = self._errors["auto_labels"] = self._errors["touched_only"]
+        layout.addWidget(self.main.native)
+        layout.addWidget(self._qt_rows(("Models folder", "models_dir", self.models_field)))
         layout.addWidget(toggle)
         layout.addWidget(self.advanced)
 
-        self.image.currentIndexChanged.connect(self._defaults_from_image)
+        follow_layers(viewer, self)
+        self.image.changed.connect(self._defaults_from_image)
         self._defaults_from_image()
         follow(self.dock_settings.models_dir_changed, self.continue_from, "set_root")
         self.continue_from.parent_changed.connect(self._on_parent_changed)
         self.continue_from.models_changed.connect(self._on_models_changed)
         self._recall()
+
+    def reset_choices(self, *_args: Any) -> None:
+        """Re-read the layer pickers' choices from the viewer (``follow_layers`` calls it on each change)."""
+        reset_keeping_pick(self.image, self.labels)
+
+    def _row(self, label: str, field: str, widget: ValueWidget) -> Container:
+        """The field and, under it, its red message: in the field's column, so it is never drawn over the field."""
+        tip = TIPS.get(field)
+        if tip:
+            widget.tooltip = tip
+        parts: list[Any] = [widget]
+        if field:
+            error = _error()
+            self._errors[field] = error.native  # a QLabel, as the Qt parts' messages: one way to show them all
+            parts.append(error)
+        holder = Container(widgets=parts, labels=False, label=label, tooltip=tip)
+        holder.margins = (0, 0, 0, 0)
+        holder.native.layout().setSpacing(1)
+        return holder
+
+    def _qt_rows(self, *rows: tuple[str, str, QWidget]) -> QWidget:
+        """The form's Qt parts (they hold several widgets and signals of their own), each with its message."""
+        holder = QWidget()
+        form = QFormLayout(holder)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.setContentsMargins(0, 0, 0, 0)
+        for label, field, widget in rows:
+            if not field:
+                form.addRow(label, widget)
+                continue
+            tip = TIPS.get(field)
+            if tip:
+                widget.setToolTip(tip)
+            error = error_label()
+            self._errors[field] = error
+            form.addRow(label, column(widget, error))
+        return holder
 
     # ----- remembered values ----------------------------------------------------------------------------------
     def remember(self) -> dict[str, Any]:
@@ -243,18 +272,6 @@ class TrainForm(QWidget):
                 except (KeyError, TypeError, ValueError):
                     continue
 
-    def _addrow(self, form: QFormLayout, label: str, field: str, widget: QWidget) -> None:
-        """The field and, under it, a red message that stays hidden until the field is wrong."""
-        if not field:
-            form.addRow(label, widget)
-            return
-        tip = TIPS.get(field)
-        if tip:
-            widget.setToolTip(tip)
-        error = error_label()
-        self._errors[field] = error
-        form.addRow(label, column(widget, error))
-
     # ----- defaults from the data -----------------------------------------------------------------------------
     def _defaults_from_image(self, *_args: Any) -> None:
         """The image layer's scale is the best guess of its voxel size; its dimensionality of 2D or 3D. A continued
@@ -263,13 +280,13 @@ class TrainForm(QWidget):
         if layer is None or self.continue_from.record is not None:
             return
         x, y, z = voxel_size_from_scale(layer.scale)
-        self.voxel[0].setValue(x)
-        self.voxel[1].setValue(y)
+        self.voxel[0].value = x
+        self.voxel[1].value = y
         if layer.ndim >= 3 and not getattr(layer, "rgb", False):
-            self.voxel[2].setValue(z)
-            self.dims.setCurrentText("3d")
+            self.voxel[2].value = z
+            self.dims.value = "3d"
         elif layer.ndim == 2:
-            self.dims.setCurrentText("2d")
+            self.dims.value = "2d"
 
     # ----- continuing from a model ----------------------------------------------------------------------------
     def inherited_widgets(self) -> dict[str, list[QWidget]]:
@@ -285,7 +302,7 @@ class TrainForm(QWidget):
         record = self.continue_from.record
         for widgets in self.inherited_widgets().values():
             for widget in widgets:
-                widget.setEnabled(record is None)
+                widget.enabled = record is None
         if record is None:
             self._suggested_name = ""
             self._defaults_from_image()
@@ -299,9 +316,9 @@ class TrainForm(QWidget):
         record, suggested, taken = self.continue_from.record, self._suggested_name, self.continue_from.names()
         if not self.isEnabled() or record is None or not suggested or suggested not in taken:
             return
-        if self.name.text().strip() == suggested:  # a name the user typed is theirs to change
+        if self.name.value.strip() == suggested:  # a name the user typed is theirs to change
             self._suggested_name = next_version_name(record.name, taken)
-            self.name.setText(self._suggested_name)
+            self.name.value = self._suggested_name
 
     # ----- reading and writing --------------------------------------------------------------------------------
     def models_folder(self) -> Path:
@@ -312,48 +329,37 @@ class TrainForm(QWidget):
     def read(self) -> tuple[TrainConfig, list[ConfigError]]:
         """The form as a config, plus the fields that could not even be parsed (those keep their defaults)."""
         errors: list[ConfigError] = []
-        window = _parse_window(self.window.text(), errors)
+        window = _parse_window(self.window.value, errors)
         lr = None
-        if self.lr.text().strip() and self.lr.text().strip().lower() != AUTO:
+        if self.lr.value.strip() and self.lr.value.strip().lower() != AUTO:
             try:
-                lr = float(self.lr.text())
+                lr = float(self.lr.value)
                 if not math.isfinite(lr):
                     raise ValueError
             except ValueError:
-                errors.append(ConfigError("lr", f"{self.lr.text()!r} is not a number (e.g. 0.001 or 1e-3), or "
+                errors.append(ConfigError("lr", f"{self.lr.value!r} is not a number (e.g. 0.001 or 1e-3), or "
                                                 "empty for the plan to choose"))
                 lr = None
         image, labels = self.image.value, self.labels.value
         extra_images, extra_labels = self.pairs.names()
         parent: ModelRecord | None = self.continue_from.record
         corrected = auto_labels_of(labels)
+        optional = {field: None if getattr(self, field).value == low else int(getattr(self, field).value)
+                    for field, (low, _, _) in OPTIONAL_INTS.items()}
         config = TrainConfig(
-            name=self.name.text().strip(),
-            mode=self.mode.currentText(),  # type: ignore[arg-type]
-            dims=self.dims.currentText(),  # type: ignore[arg-type]
+            name=self.name.value.strip(),
+            mode=self.mode.value,
+            dims=self.dims.value,
             image=source_of(image) if image is not None else None,
             labels=source_of(labels) if labels is not None else None,
-            voxel_size=tuple(box.value() for box in self.voxel),  # type: ignore[arg-type]
+            voxel_size=tuple(box.value for box in self.voxel),  # type: ignore[arg-type]
             window=window,
-            gpus=None if self.gpus.value() < 0 else self.gpus.value(),
-            workers=self.workers.value(),
-            cpu_processes=self.cpu_processes.value(),
-            data_workers=None if self.data_workers.value() < 0 else self.data_workers.value(),
             lr=lr,
-            iteration_step=self.iteration_step.value(),
-            iteration_save=self.iteration_save.value(),
-            keep_checkpoints=self.keep_checkpoints.value(),
-            iterations=self.iterations.value(),
-            batch_size=self.batch_size.value() or None,
-            time_limit_min=self.time_limit.value() or None,
-            validate_every=self.validate_every.value() or None,
-            base_channels=self.base_channels.value() or None,
-            depth=self.depth.value() or None,
-            stem_stride=None if self.stem_stride.currentText() == AUTO else int(self.stem_stride.currentText()),
-            flat_levels=None if self.flat_levels.value() < 0 else self.flat_levels.value(),
-            contour_width=self.contour_width.value() or None,
-            painted_slices_only=self.painted_slices_only.isChecked(),
-            ignore_value=None if self.ignore_value.value() < 0 else self.ignore_value.value(),
+            time_limit_min=self.time_limit.value or None,
+            stem_stride=self.stem_stride.value,
+            painted_slices_only=self.painted_slices_only.value,
+            **{field: getattr(self, field).value for field in INTS},
+            **optional,
             init_from=parent.name if parent is not None else None,
             extra_images=extra_images,
             extra_labels=extra_labels,
@@ -366,31 +372,25 @@ class TrainForm(QWidget):
 
     def set_values(self, **values: Any) -> None:
         """Fill fields by ``TrainConfig`` name (plus ``models_dir``), e.g. from a saved model's config.json."""
+        def optional_int(field: str) -> Any:
+            low = OPTIONAL_INTS[field][0]
+            return lambda v: setattr(getattr(self, field), "value", low if v is None else int(v))
+
+        def whole(field: str) -> Any:
+            return lambda v: setattr(getattr(self, field), "value", int(v))
+
         setters = {
-            "name": lambda v: self.name.setText(str(v)),
-            "mode": self.mode.setCurrentText,
-            "dims": self.dims.setCurrentText,
-            "voxel_size": lambda v: [box.setValue(float(s)) for box, s in zip(self.voxel, v or (1.0, 1.0, 1.0))],
-            "window": lambda v: self.window.setText("" if v is None else ",".join(str(int(w)) for w in v)),
-            "gpus": lambda v: self.gpus.setValue(-1 if v is None else int(v)),
-            "workers": self.workers.setValue,
-            "data_workers": lambda v: self.data_workers.setValue(-1 if v is None else int(v)),
-            "cpu_processes": lambda v: self.cpu_processes.setValue(int(v)),
-            "lr": lambda v: self.lr.setText("" if v is None else f"{v:g}" if isinstance(v, float) else str(v)),
-            "iteration_step": self.iteration_step.setValue,
-            "iteration_save": self.iteration_save.setValue,
-            "keep_checkpoints": self.keep_checkpoints.setValue,
-            "iterations": self.iterations.setValue,
-            "batch_size": lambda v: self.batch_size.setValue(int(v or 0)),
-            "time_limit_min": lambda v: self.time_limit.setValue(float(v or 0.0)),
-            "validate_every": lambda v: self.validate_every.setValue(int(v or 0)),
-            "base_channels": lambda v: self.base_channels.setValue(int(v or 0)),
-            "depth": lambda v: self.depth.setValue(int(v or 0)),
-            "stem_stride": lambda v: self.stem_stride.setCurrentText(AUTO if v is None else str(v)),
-            "flat_levels": lambda v: self.flat_levels.setValue(-1 if v is None else int(v)),
-            "contour_width": lambda v: self.contour_width.setValue(int(v or 0)),
-            "painted_slices_only": lambda v: self.painted_slices_only.setChecked(bool(v)),
-            "ignore_value": lambda v: self.ignore_value.setValue(-1 if v is None else int(v)),
+            "name": lambda v: setattr(self.name, "value", str(v)),
+            "mode": lambda v: setattr(self.mode, "value", v),
+            "dims": lambda v: setattr(self.dims, "value", v),
+            "voxel_size": lambda v: [setattr(box, "value", float(s)) for box, s in zip(self.voxel, v or (1.0, 1.0, 1.0))],
+            "window": lambda v: setattr(self.window, "value", "" if v is None else ",".join(str(int(w)) for w in v)),
+            "lr": lambda v: setattr(self.lr, "value", "" if v is None else f"{v:g}" if isinstance(v, float) else str(v)),
+            "time_limit_min": lambda v: setattr(self.time_limit, "value", float(v or 0.0)),
+            "stem_stride": lambda v: setattr(self.stem_stride, "value", None if v is None else int(v)),
+            "painted_slices_only": lambda v: setattr(self.painted_slices_only, "value", bool(v)),
+            **{field: whole(field) for field in INTS},
+            **{field: optional_int(field) for field in OPTIONAL_INTS},
             "models_dir": lambda v: (self.models_dir.setText(str(v)), self.dock_settings.set_models_dir(v)),
             "image": lambda v: setattr(self.image, "value", v),
             "labels": lambda v: setattr(self.labels, "value", v),
@@ -415,8 +415,7 @@ class TrainForm(QWidget):
                 continue
             label.setText(f"{label.text()}\n{error.message}" if label.text() else error.message)
             label.setVisible(True)
-            if error.field in {"validate_every", "keep_checkpoints", "data_workers", "cpu_processes", "base_channels", "depth",
-                               "stem_stride", "flat_levels", "contour_width", "painted_slices_only", "ignore_value"}:
+            if error.field in ADVANCED:
                 self.advanced_toggle.setChecked(True)
         return elsewhere
 

@@ -108,7 +108,7 @@ class TrainWidget(QWidget):
         stops = self._running_stops
         self.destroyed.connect(lambda *_: _set_all(stops))
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
-        self.form.name.textChanged.connect(self._update_resume)
+        self.form.name.changed.connect(self._update_resume)
         follow(self.form.dock_settings.models_dir_changed, self, "_update_resume")
         self._update_resume()
         self._handlers = {Started: self._on_started, Progress: self._on_progress, Validation: self._on_validation,
@@ -169,7 +169,7 @@ class TrainWidget(QWidget):
         # The model's own result, kept aside by the auto-label dock; nothing edits it, so it needs no copy.
         corrected = auto_labels_of(labels_layer) if config.touched_only else None
         processes = processes_per_machine(config)
-        in_process = self.form.in_process.isChecked() and processes == 1
+        in_process = self.form.in_process.value and processes == 1
         stop = threading.Event()
         # The job gets a snapshot, taken here in the GUI thread: layers may be painted or removed while it trains,
         # and napari objects must not be read from another thread. A child process gets files (a layer's own file
@@ -240,7 +240,7 @@ class TrainWidget(QWidget):
 
     def _update_resume(self, *_args: Any) -> None:
         """Resume is offered for a model of this name that has a checkpoint, while nothing trains."""
-        name = self.form.name.text().strip()
+        name = self.form.name.value.strip()
         folder = self.form.dock_settings.models_dir
         self.resume_button.setEnabled(not self.running and bool(name) and ModelStore(folder).exists(name))
 
