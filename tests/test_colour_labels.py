@@ -116,7 +116,7 @@ def test_convert_keeps_ids_scale_and_colours(dock):
     rgb, expected = _painted((4, 6, 7))
     viewer.add_image(np.zeros((4, 6, 7), np.uint8), name="em")  # grey: not offered
     painted = viewer.add_image(rgb, name="old labels", rgb=True, scale=(50.0, 5.0, 5.0), translate=(10.0, 0, 2.0))
-    assert widget.image_picker.choices() == [painted]
+    assert list(widget.image_picker.choices) == [painted]
 
     labels = widget.convert()
     assert isinstance(labels, Labels) and labels is viewer.layers[-1] and labels.name == "old labels labels"
@@ -145,4 +145,4 @@ def test_problems_are_shown_in_the_dock(dock):
     assert "'photo' cannot be converted" in widget.status.text() and "at most 65535" in widget.status.text()
     assert [layer.name for layer in viewer.layers] == ["photo"]
     viewer.layers.clear()
-    assert widget.image_picker.choices() == [] and widget.convert() is None
+    assert list(widget.image_picker.choices) == [] and widget.convert() is None

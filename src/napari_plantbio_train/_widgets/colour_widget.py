@@ -16,20 +16,13 @@ from qtpy.QtWidgets import QFormLayout, QPushButton, QVBoxLayout, QWidget
 
 from ..tools.colour_labels import labels_from_colours
 from .common import StatusLine
-from .layer_picker import LayerPicker, level0
+from .layer_picker import follow_layers, layer_choice, level0, reset_keeping_pick
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Labels
 
 TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
-
-
-class ColourImagePicker(LayerPicker):
-    """A LayerPicker of RGB(A) Image layers only; ``rgb`` is fixed when a layer is made, so no event to follow."""
-
-    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
-        super().__init__(viewer, Image, parent, accept=lambda layer: bool(layer.rgb))
 
 
 def label_colormap(colour_map: dict[int, tuple[int, int, int]]) -> DirectLabelColormap:
@@ -42,20 +35,26 @@ class ColourLabelsWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.image_picker = ColourImagePicker(napari_viewer)
-        self.image_picker.setToolTip("RGB or RGBA Image layers: each class or object painted in its own colour, "
+        # RGB(A) Image layers only; ``rgb`` is fixed when a layer is made, so there is no event to follow.
+        self.image_picker = layer_choice(napari_viewer, Image, accept=lambda layer: bool(layer.rgb))
+        self.image_picker.tooltip = ("RGB or RGBA Image layers: each class or object painted in its own colour, "
                                      "background black")
         self.convert_button = QPushButton("Convert to labels")
         self.convert_button.clicked.connect(lambda: self.convert())
         self.status = StatusLine()
 
         form = QFormLayout()
-        form.addRow("Colour image", self.image_picker)
+        form.addRow("Colour image", self.image_picker.native)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.convert_button)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        follow_layers(napari_viewer, self)
+
+    def reset_choices(self, *_args: object) -> None:
+        """The picker re-reads the viewer's layers (``follow_layers`` calls it on each change of the list)."""
+        reset_keeping_pick(self.image_picker)
 
     def convert(self) -> Labels | None:
         """Add the picked colour image's Labels layer and return it; None (and why, in the dock) if it cannot."""

@@ -19,7 +19,7 @@ from ..evaluation.evaluate import (evaluate, format_score, object_statistics, wr
                                    write_scores_csv)
 from ..job.voxels import voxel_size_from_scale
 from .common import StatusLine
-from .layer_picker import LayerPicker, level0
+from .layer_picker import follow_layers, layer_choice, level0, reset_keeping_pick
 
 if TYPE_CHECKING:
     import napari
@@ -31,8 +31,8 @@ class EvaluateWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.result_picker = LayerPicker(napari_viewer, Labels)
-        self.truth_picker = LayerPicker(napari_viewer, Labels)
+        self.result_picker = layer_choice(napari_viewer, Labels)
+        self.truth_picker = layer_choice(napari_viewer, Labels)
         self.mode = QComboBox()
         self.mode.addItems(["instance", "semantic"])
         self.per_slice = QCheckBox("per slice (2D)")
@@ -40,7 +40,7 @@ class EvaluateWidget(QWidget):
         # Pixel scores are the same slice by slice or whole, so the choice only exists for objects.
         self.mode.currentTextChanged.connect(lambda mode: self.per_slice.setEnabled(mode == "instance"))
         self.voxel_label = QLabel()
-        self.result_picker.currentIndexChanged.connect(self._show_voxel_size)
+        self.result_picker.changed.connect(self._show_voxel_size)
 
         self.evaluate_button = QPushButton("Evaluate")
         self.evaluate_button.clicked.connect(lambda: self.evaluate())
@@ -58,8 +58,8 @@ class EvaluateWidget(QWidget):
         self.status = StatusLine()
 
         form = QFormLayout()
-        form.addRow("Result", self.result_picker)
-        form.addRow("Ground truth", self.truth_picker)
+        form.addRow("Result", self.result_picker.native)
+        form.addRow("Ground truth", self.truth_picker.native)
         form.addRow("Mode", self.mode)
         form.addRow("", self.per_slice)
         layout = QVBoxLayout(self)
@@ -72,7 +72,12 @@ class EvaluateWidget(QWidget):
         layout.addWidget(self.status)
 
         self.scores: dict[str, float] | None = None
+        follow_layers(napari_viewer, self)
         self._show_voxel_size()
+
+    def reset_choices(self, *_args: Any) -> None:
+        """The pickers re-read the viewer's layers (``follow_layers`` calls it on each change of the list)."""
+        reset_keeping_pick(self.result_picker, self.truth_picker)
 
     def evaluate(self) -> dict[str, float] | None:
         """Score the result layer against the ground truth and show the scores; None (and why) if it cannot."""

@@ -29,7 +29,7 @@ from .common import WARNING_STYLE, DockState, JobState, ModelsFolderField, Statu
 from .corrections import auto_label_metadata
 from .job_process import (ChildDied, JobFolder, StoredResult, labelled_in_child, labelled_many_in_child,
                           remove_stale_results, source_path)
-from .layer_picker import LayerPicker, level0
+from .layer_picker import follow_layers, layer_choice, level0, reset_keeping_pick
 from .many_stacks import ManyStacks
 from .model_info import channel_names, voxel_size_message
 from .model_sharing import ModelSharing
@@ -71,7 +71,7 @@ class AutoLabelWidget(QWidget):
         self.dock_settings = settings_for(models_dir)
         self.store = ModelStore(self.dock_settings.models_dir)
         self.models_field = ModelsFolderField(self.dock_settings)
-        self.image_picker = LayerPicker(napari_viewer, Image)
+        self.image_picker = layer_choice(napari_viewer, Image)
         self.model_box, self.refresh_button = QComboBox(), QPushButton("Refresh")
         # Long model descriptions must not widen the dock: the box elides them, its popup shows them whole.
         self.model_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -97,7 +97,7 @@ class AutoLabelWidget(QWidget):
         self.warning, self.status = QLabel(wordWrap=True), StatusLine()
 
         layout = QFormLayout(self)
-        layout.addRow("Image", self.image_picker)
+        layout.addRow("Image", self.image_picker.native)
         layout.addRow("Models folder", self.models_field)
         layout.addRow("Model", row(self.model_box, self.refresh_button))
         self.sharing = ModelSharing(self.store, lambda: self.model_box.currentData(), self.refresh_models,
@@ -146,7 +146,8 @@ class AutoLabelWidget(QWidget):
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
         self.refresh_button.clicked.connect(lambda: self.refresh_models())
         self.model_box.currentIndexChanged.connect(self._on_model_changed)
-        self.image_picker.currentIndexChanged.connect(self.check_voxel_size)
+        self.image_picker.changed.connect(self.check_voxel_size)
+        follow_layers(napari_viewer, self)
         self.label_button.clicked.connect(lambda: self.start())
         self.many.label_button.clicked.connect(lambda: self.start_many())
         self.cancel_button.clicked.connect(lambda: self.cancel())
@@ -253,6 +254,10 @@ class AutoLabelWidget(QWidget):
                 box.setValue(float(saved[key]))
             self._shown_postprocess = {key: box.value() for key, box in self.post_boxes.items()}
         self.check_voxel_size()
+
+    def reset_choices(self, *_args: Any) -> None:
+        """The image picker re-reads the viewer's layers (``follow_layers`` calls it on each change of the list)."""
+        reset_keeping_pick(self.image_picker)
 
     def check_voxel_size(self, *_args: Any) -> str:
         """Compare the image layer's scale with the model's voxel size; returns the warning or hint shown."""

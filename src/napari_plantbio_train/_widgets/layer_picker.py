@@ -1,14 +1,14 @@
 """Combo boxes of the viewer's layers of one kind, kept in step with the layer list.
 
-``layer_choice`` is magicgui's picker (the one a ``napari.layers.Image`` annotation gives); the training form uses
-it. ``LayerPicker`` is the older hand-written one, still used by the docks not yet on magicgui.
+``layer_choice`` is magicgui's picker (the one a ``napari.layers.Image`` annotation gives), used by every dock;
+``follow_layers`` and ``reset_keeping_pick`` keep it in step with its own viewer.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from qtpy.QtWidgets import QComboBox, QWidget
+from qtpy.QtWidgets import QWidget
 
 if TYPE_CHECKING:
     import napari
@@ -19,16 +19,19 @@ if TYPE_CHECKING:
 LAYER_LIST_EVENTS = ("inserted", "removed", "reordered", "renamed")
 
 
-def layer_choice(viewer: napari.Viewer, layer_type: type[Layer], **options: Any) -> ComboBox:
+def layer_choice(viewer: napari.Viewer, layer_type: type[Layer], accept: Callable[[Layer], bool] | None = None,
+                 **options: Any) -> ComboBox:
     """magicgui's layer picker for ``layer_type``, reading its choices from ``viewer``.
 
     napari's own choices come from the viewer the widget is docked in, else ``napari.current_viewer()``: a form
     built before it is docked (or beside a second viewer, as in the tests) would list another viewer's layers. The
-    picker keeps its value across a reset, so a rename or a new layer never changes the pick."""
+    picker keeps its value across a reset, so a rename or a new layer never changes the pick. ``accept`` is a
+    further test on a fixed property of a layer (RGB images only, say)."""
     from magicgui.widgets import create_widget
 
     def layers(widget: ComboBox) -> list[Layer]:
-        return [layer for layer in viewer.layers if isinstance(layer, widget.annotation)]
+        return [layer for layer in viewer.layers
+                if isinstance(layer, widget.annotation) and (accept is None or accept(layer))]
 
     return create_widget(annotation=layer_type, options={"choices": layers, **options})
 
@@ -56,67 +59,6 @@ def follow_layers(viewer: napari.Viewer, widget: QWidget, method: str = "reset_c
 
     for name in LAYER_LIST_EVENTS:
         follow(getattr(viewer.layers.events, name), widget, method)
-
-
-class LayerPicker(QComboBox):
-    """Holds layer objects rather than names, so a rename or a duplicate name never picks the wrong layer.
-
-    The list follows insertions, removals, moves and renames; the current choice survives all of them except
-    its own removal.
-    """
-
-    def __init__(self, viewer: napari.Viewer, layer_type: type[Layer], parent: QWidget | None = None,
-                 accept: Callable[[Layer], bool] | None = None) -> None:
-        super().__init__(parent)
-        self._viewer = viewer
-        self._layer_type = layer_type
-        self._accept = accept  # a further test on fixed properties of a layer (e.g. RGB images only)
-        self._layers: list[Layer] = []
-        events = viewer.layers.events
-        events.inserted.connect(self._on_inserted)
-        events.removed.connect(self.refresh)
-        events.moved.connect(self.refresh)
-        for layer in viewer.layers:
-            layer.events.name.connect(self.refresh)
-        # napari holds these slots weakly and drops them if this widget is deleted first.
-        self.refresh()
-
-    @property
-    def value(self) -> Layer | None:
-        index = self.currentIndex()
-        return self._layers[index] if 0 <= index < len(self._layers) else None
-
-    @value.setter
-    def value(self, layer: Layer | None) -> None:
-        if layer is None:
-            self.setCurrentIndex(-1)
-            return
-        if layer not in self._layers:
-            raise ValueError(f"{layer.name!r} is not a {self._layer_type.__name__} layer of this viewer")
-        self.setCurrentIndex(self._layers.index(layer))
-
-    def choices(self) -> list[Layer]:
-        return list(self._layers)
-
-    def _on_inserted(self, event) -> None:
-        event.value.events.name.connect(self.refresh)
-        self.refresh()
-
-    def refresh(self, *_args) -> None:
-        current = self.value
-        self._layers = [layer for layer in self._viewer.layers if isinstance(layer, self._layer_type)
-                        and (self._accept is None or self._accept(layer))]
-        self.blockSignals(True)
-        self.clear()
-        self.addItems([layer.name for layer in self._layers])
-        if current in self._layers:
-            self.setCurrentIndex(self._layers.index(current))
-        elif self._layers:
-            self.setCurrentIndex(0)
-        self.blockSignals(False)
-        # Emitted once, after the list is rebuilt, and only when the chosen layer really changed.
-        if self.value != current:
-            self.currentIndexChanged.emit(self.currentIndex())
 
 
 def level0(layer: Layer) -> Any:

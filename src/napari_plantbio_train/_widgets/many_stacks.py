@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGro
 
 from ..inference.many import stacks_in_folder
 from .common import row
+from .layer_picker import follow_layers
 
 if TYPE_CHECKING:
     import napari
@@ -51,11 +52,7 @@ class ManyStacks(QGroupBox):
         self._form = form
         self.source.currentIndexChanged.connect(self._show_fields)
         self.folder_button.clicked.connect(self._browse)
-        events = viewer.layers.events
-        for event in (events.inserted, events.removed, events.moved):
-            event.connect(self._reset)
-        for layer in viewer.layers:
-            layer.events.name.connect(self._reset)
+        follow_layers(viewer, self)
         self._show_fields()
 
     @property
@@ -87,9 +84,8 @@ class ManyStacks(QGroupBox):
         return [(layer.name, layer) for layer in self.viewer.layers
                 if isinstance(layer, Image) and not layer.rgb and layer.ndim in (2, 3)]
 
-    def _reset(self, event: Any = None) -> None:
-        if event is not None and getattr(event, "type", "") == "inserted":
-            event.value.events.name.connect(self._reset)
+    def reset_choices(self, *_args: Any) -> None:
+        """The multi-select re-reads the viewer's layers (``follow_layers`` calls it on each change of the list)."""
         self.layers.reset_choices()
 
     def _show_fields(self, *_args: Any) -> None:

@@ -18,7 +18,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QPush
 from ..job.voxels import voxel_size_from_scale
 from ..tools.meshes import FORMATS, Mesh, combine, export_meshes, object_meshes
 from .common import StatusLine
-from .layer_picker import LayerPicker, level0
+from .layer_picker import follow_layers, layer_choice, level0, reset_keeping_pick
 
 if TYPE_CHECKING:
     import napari
@@ -29,7 +29,7 @@ class MeshWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.labels_picker = LayerPicker(napari_viewer, Labels)
+        self.labels_picker = layer_choice(napari_viewer, Labels)
         self.smoothing = QSpinBox()
         self.smoothing.setRange(0, 200)
         self.smoothing.setValue(10)
@@ -45,7 +45,7 @@ class MeshWidget(QWidget):
         self.status = StatusLine()
 
         form = QFormLayout()
-        form.addRow("Labels", self.labels_picker)
+        form.addRow("Labels", self.labels_picker.native)
         form.addRow("Smoothing iterations", self.smoothing)
         form.addRow("Format", self.format)
         form.addRow("", self.per_object)
@@ -55,6 +55,11 @@ class MeshWidget(QWidget):
         layout.addWidget(self.export_button)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        follow_layers(napari_viewer, self)
+
+    def reset_choices(self, *_args: object) -> None:
+        """The picker re-reads the viewer's layers (``follow_layers`` calls it on each change of the list)."""
+        reset_keeping_pick(self.labels_picker)
 
     def _stack(self) -> tuple[Labels, np.ndarray] | None:
         layer = self.labels_picker.value
