@@ -12,7 +12,7 @@ import pytest
 from napari_plantbio_train.io.synthetic import make_stack
 from napari_plantbio_train.io.wire import event_from_record, event_record
 from napari_plantbio_train.job.config import TrainConfig
-from napari_plantbio_train.job.events import Progress, ViewPreview
+from napari_plantbio_train.job.events import Progress, Validation, ViewPreview
 from napari_plantbio_train.training.loop import run_to_end, train
 from napari_plantbio_train.training.view import (ViewBox, ViewFile, ViewRequest, next_budget, smallest_view,
                                                  view_file, view_region, write_view_request)
@@ -125,3 +125,17 @@ def test_without_a_request_the_loop_predicts_nothing_extra(stack, tmp_path):
                                  resume=True))
     assert [e.iteration for e in events if isinstance(e, Progress)] == [3, 4]
     assert not [e for e in events if isinstance(e, ViewPreview)]
+
+
+def test_with_live_previews_off_the_loop_predicts_only_when_asked(stack, tmp_path):
+    config = TrainConfig(name="quiet", mode="semantic", dims="2d", window=(32, 32), base_channels=4, depth=2,
+                         iterations=9, validate_every=4, iteration_save=100, batch_size=1, workers=1)
+    box = ViewBox(ViewRequest(z=1, y=48, x=48, live=False))
+    seen = []
+    for event in train(config, stack.image, stack.semantic, models_dir=tmp_path, view=box):
+        seen.append(event)
+        if isinstance(event, Progress) and event.iteration == 5:
+            box.set(ViewRequest(z=2, y=48, x=48, asked=1, live=False))  # "Preview here", live previews off
+    views = [e for e in seen if isinstance(e, ViewPreview)]
+    assert [v.iteration for v in views] == [5] and views[0].offset[0] == 2
+    assert [e.iteration for e in seen if isinstance(e, Validation)] == [4, 8, 9], "validations go on as before"

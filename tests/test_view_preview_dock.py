@@ -26,7 +26,7 @@ def test_the_view_preview_appears_at_the_current_slice_and_follows_it(make_napar
     widget.form.set_values(models_dir=tmp_path / "models", name="view", mode="semantic", dims="2d", window=(32, 32),
                            base_channels=4, depth=2, batch_size=1, workers=1, iteration_step=1, iterations=100_000,
                            iteration_save=100_000, validate_every=4)
-    widget.form.in_process.setChecked(in_process)
+    widget.form.in_process.value = in_process
     viewer.dims.set_current_step(0, 1)
     row = widget.view_preview
     assert not row.button.isEnabled()  # nothing to ask before a job runs

@@ -194,8 +194,8 @@ def test_training_runs_to_the_end_with_curve_previews_and_a_saved_model(dock, qt
 
     preview = widget.last_preview
     assert preview is not None and preview.iteration == 20
-    probabilities = widget.preview_layers["probabilities"]
-    predicted = widget.preview_layers["labels"]
+    probabilities = widget.previews.layers["probabilities"]
+    predicted = widget.previews.layers["labels"]
     assert probabilities.name == f"{name} preview probabilities" and probabilities in viewer.layers
     assert probabilities.visible and predicted.visible  # created hidden at the click, shown by the first preview
     assert predicted.name == f"{name} preview labels" and predicted in viewer.layers

@@ -37,7 +37,7 @@ from typing import IO, Any
 import numpy as np
 
 from ..io.stacks import LazyStack
-from ..io.wire import JobFailed, follow, stop_file
+from ..io.wire import NICENESS_ENV, JobFailed, follow, stop_file
 from ..job.config import ConfigError, TrainConfig, job_document
 from ..job.events import CheckpointSaved, Event, LabelFinished, LabelStarted, StackFinished, Started
 
@@ -48,6 +48,7 @@ STOP_GRACE_S = 60.0  # an iteration, a validation and a checkpoint of a large CP
 KILL_GRACE_S = 60.0  # after SIGTERM: the ranks stop at the next iteration as for the STOP file
 STDERR_LINES = 8
 CLI = [sys.executable, "-m", "napari_plantbio_train.cli"]
+CHILD_NICENESS = 5  # the viewer first (runtime.hardware.step_aside)
 
 
 class ChildDied(JobFailed):
@@ -317,7 +318,8 @@ def follow_command(command: list[str], stderr_path: Path, stop: threading.Event,
     with open(stderr_path, "w+", encoding="utf-8", errors="replace") as stderr:
         # Its own process group: the launcher's ranks can be ended together if the launcher itself will not end.
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
-                                   text=True, encoding="utf-8", errors="replace", start_new_session=True)
+                                   text=True, encoding="utf-8", errors="replace", start_new_session=True,
+                                   env={**os.environ, NICENESS_ENV: str(CHILD_NICENESS)})
         job = _Job(process, stop)
         guard = threading.Thread(target=_guard, args=(job,), daemon=True, name="plantbio-job-guard")
         guard.start()

@@ -8,7 +8,6 @@ processes runs as a program of its own, followed by ``job_process.train_in_proce
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,7 @@ from .job_process import ChildDied, JobFolder, train_in_child
 from .layer_picker import level0
 from .loss_plot import REDRAW_INTERVAL_MS, LossPlot
 from .train_form import TrainForm
+from .preview_layers import PreviewLayers
 from .view_preview import ViewPreviewRow, placed_preview
 
 if TYPE_CHECKING:
@@ -94,10 +94,9 @@ class TrainWidget(QWidget):
         self.last_preview: Preview | None = None
         self.model_dir: Path | None = None
         self.error: BaseException | None = None
-        self.preview_layers: dict[str, Layer] = {}
+        self.previews = PreviewLayers(napari_viewer, "preview", "magma")  # the held-out block's (preview_layers.py)
         self._inputs: tuple[Layer, ...] | None = None
         self._placement: Placement | None = None
-        self._unfilled: set[str] = set()  # preview layers created as placeholders, not yet given a preview
         self._pending_progress: Progress | None = None
         self._progress_timer = QTimer(self)
         self._progress_timer.setSingleShot(True)
@@ -193,10 +192,8 @@ class TrainWidget(QWidget):
         self._placement = Placement(np.asarray(image_layer.scale, float), np.asarray(image_layer.translate, float),
                                     level0(image_layer).ndim)
         self._inputs = (image_layer, labels_layer, *(layer for pair in extra_layers for layer in pair))
-        if self.config is None or self.config.name != config.name:
-            self.preview_layers = {}
         self.config, self.last_event, self.last_preview, self.model_dir, self.error = config, None, None, None, None
-        self._add_preview_placeholders(self._placement.ndim)
+        self.previews.prepare(config.name, self._placement.ndim, self._placement.scale, self._placement.translate)
         self.view_preview.begin(image_layer, self._placement, config.name, stop)
         self.plot.reset(score_name(config.mode))
 
@@ -253,9 +250,6 @@ class TrainWidget(QWidget):
 
     def _on_layer_removed(self, event: Any) -> None:
         layer = event.value
-        for key, preview in list(self.preview_layers.items()):
-            if preview == layer:
-                del self.preview_layers[key]
         if self.running and self._inputs is not None and any(layer == picked for picked in self._inputs):
             self.stop(f"layer {layer.name!r} was removed")
 
@@ -329,63 +323,7 @@ class TrainWidget(QWidget):
         if placement is None or self.worker is None or self.worker.stop_event.is_set():
             return  # once stopping (dock or viewer closing), a late preview must not add layers to a dead window
         foreground, labels, translate = placed_preview(event, placement)
-        where = {"scale": placement.scale, "translate": translate}
-        self._update_layer("probabilities", foreground, where,
-                           lambda data, **kw: self.viewer.add_image(data, colormap="magma", blending="additive",
-                                                                    contrast_limits=(0.0, 1.0), opacity=0.6, **kw))
-        # The labels layer in a later turn of the event loop: each layer update takes tens of milliseconds, and
-        # input waiting between the two is handled in between rather than after both.
-        stop = self.worker.stop_event
-
-        def show_labels() -> None:
-            if not stop.is_set():  # the dock or viewer may have closed meanwhile
-                self._update_layer("labels", labels, where,
-                                   lambda data, **kw: self.viewer.add_labels(data, opacity=0.45, **kw))
-
-        QTimer.singleShot(0, show_labels)
-
-    def _add_preview_placeholders(self, ndim: int) -> None:
-        """Create the preview layers now, hidden and one voxel big, while the user expects the click to take a
-        moment: napari needs 70-370 ms to create a layer (its controls, its visual), which as the first preview
-        arrived froze the viewer mid-training. A preview then only swaps data in and shows the layer."""
-        present = {kind for kind, layer in self.preview_layers.items() if layer in self.viewer.layers}
-        if present == {"probabilities", "labels"}:
-            self._unfilled = set()
-            return  # the same model again: its previews stay until new ones arrive
-        where = {"scale": self._placement.scale, "translate": self._placement.translate}
-        self._update_layer("probabilities", np.zeros((1,) * ndim, np.float32), where,
-                           lambda data, **kw: self.viewer.add_image(data, colormap="magma", blending="additive",
-                                                                    contrast_limits=(0.0, 1.0), opacity=0.6,
-                                                                    visible=False, **kw))
-        self._update_layer("labels", np.zeros((1,) * ndim, np.uint32), where,
-                           lambda data, **kw: self.viewer.add_labels(data, opacity=0.45, visible=False, **kw))
-        self._unfilled = {kind for kind, layer in self.preview_layers.items() if layer.data.size == 1}
-
-    def _update_layer(self, kind: str, data: np.ndarray, where: dict[str, np.ndarray],
-                      add: Callable[..., Layer]) -> None:
-        """Reuse the same layer for every preview, so the user's contrast, colour and visibility stick."""
-        layer = self.preview_layers.get(kind)
-        if layer is not None and layer in self.viewer.layers:
-            # Each assignment redraws: set the placement only when it moved (a new job), then the data once.
-            moved = not (np.array_equal(layer.scale, where["scale"])
-                         and np.array_equal(layer.translate, where["translate"]))
-            if moved:
-                layer.scale, layer.translate = where["scale"], where["translate"]
-            layer.data = data
-            if kind in self._unfilled and data.size > 1:  # a placeholder's first real preview: show it once
-                self._unfilled.discard(kind)
-                layer.visible = True
-            return
-        name = f"{self.config.name if self.config else 'model'} preview {kind}"
-        self.preview_layers[kind] = add(data, name=name, **where)
-
-    def _remove_unfilled_previews(self) -> None:
-        """A job that ended before its first preview leaves no empty layers behind."""
-        for kind in list(self._unfilled):
-            layer = self.preview_layers.pop(kind, None)
-            if layer is not None and layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
-        self._unfilled = set()
+        self.previews.show(foreground, labels, placement.scale, translate, self.worker.stop_event)
 
     def _on_error(self, error: BaseException) -> None:
         """napari also shows the error as a notification (its worker relays ``errored``)."""
@@ -402,7 +340,7 @@ class TrainWidget(QWidget):
         self.model_dir = Path(model_dir)
 
     def _on_worker_finished(self) -> None:
-        self._remove_unfilled_previews()
+        self.previews.remove_unfilled()
         self.view_preview.end()
         if self.worker is not None:
             self._running_stops.discard(self.worker.stop_event)

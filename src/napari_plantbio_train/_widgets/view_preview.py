@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSizePolicy, QWidget
+from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QWidget
 
 from ..job.events import Preview, ViewPreview
 from ..training.view import ViewRequest, write_view_request
 from .common import camera_of
+from .preview_layers import PreviewLayers
 
 if TYPE_CHECKING:
     import napari
@@ -27,13 +28,13 @@ if TYPE_CHECKING:
 DEBOUNCE_MS = 200  # a slider drag writes one request when it pauses, not one per slice
 
 
-def view_request(viewer: napari.viewer.Viewer, image: Layer, asked: int) -> ViewRequest:
+def view_request(viewer: napari.viewer.Viewer, image: Layer, asked: int, live: bool = True) -> ViewRequest:
     """Where the viewer looks, in voxels of ``image``: its current slice and the camera's centre."""
     point = np.asarray(viewer.dims.point, float)
     point[-2:] = np.asarray(camera_of(viewer).center, float)[-2:]
     data = np.asarray(image.world_to_data(point), float)
     z = int(round(data[-3])) if data.size >= 3 else 0
-    return ViewRequest(z, float(data[-2]), float(data[-1]), asked)
+    return ViewRequest(z, float(data[-2]), float(data[-1]), asked, live)
 
 
 def placed_preview(event: Preview | ViewPreview, placement: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -58,18 +59,24 @@ class ViewPreviewRow(QWidget):
                                "at each validation)")
         self.button.setEnabled(False)
         self.button.clicked.connect(self.ask)
+        # ilastik's "live update": on by default; off, the job predicts here only when asked (full training speed).
+        self.live = QCheckBox("at each validation")
+        self.live.setChecked(True)
+        self.live.setToolTip("Also predict where you look at each validation (bounded to about a tenth of the "
+                             "training time); off: only when you press Preview here")
+        self.live.toggled.connect(lambda *_: self._write())
         self.label = QLabel()
         self.label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.button)
+        layout.addWidget(self.live)
         layout.addWidget(self.label, stretch=1)
 
-        self.layers: dict[str, Layer] = {}
+        self.previews = PreviewLayers(viewer, "view", "viridis")  # preview_layers.py
         self.last: ViewPreview | None = None
         self._image: Layer | None = None
         self._placement: Any = None  # train_widget.Placement of the running job
-        self._name = "model"
         self._folder: Path | None = None
         self._stop: threading.Event | None = None
         self._asked = 0
@@ -79,14 +86,12 @@ class ViewPreviewRow(QWidget):
         self._timer.timeout.connect(self._write)
         viewer.dims.events.current_step.connect(self._moved)
         camera_of(viewer).events.center.connect(self._moved)
-        viewer.layers.events.removed.connect(self._on_layer_removed)
 
     # ----- the job's life, called by the dock ---------------------------------------------------------------------
     def begin(self, image: Layer, placement: Any, name: str, stop: threading.Event) -> None:
         """A job starts on ``image`` (GUI thread): its requests wait for the model folder (``started``)."""
-        if name != self._name:
-            self.layers = {}
-        self._image, self._placement, self._name, self._stop = image, placement, name, stop
+        self._image, self._placement, self._stop = image, placement, stop
+        self.previews.prepare(name, placement.ndim, placement.scale, placement.translate)
         self._folder, self._asked, self.last = None, 0, None
         self.label.setText("")
 
@@ -99,6 +104,7 @@ class ViewPreviewRow(QWidget):
         self._timer.stop()
         self._folder = self._image = None
         self.button.setEnabled(False)
+        self.previews.remove_unfilled()
 
     # ----- requests -------------------------------------------------------------------------------------------
     def ask(self) -> None:
@@ -114,7 +120,7 @@ class ViewPreviewRow(QWidget):
         self._timer.stop()
         if self._folder is None or self._image is None or self._image not in self.viewer.layers:
             return
-        write_view_request(self._folder, view_request(self.viewer, self._image, self._asked))
+        write_view_request(self._folder, view_request(self.viewer, self._image, self._asked, self.live.isChecked()))
 
     # ----- showing ----------------------------------------------------------------------------------------------
     def show(self, event: ViewPreview) -> None:
@@ -128,32 +134,4 @@ class ViewPreviewRow(QWidget):
         slices = f"slice {z0}" if z1 - z0 == 1 else f"slices {z0}-{z1 - 1}"
         self.label.setText(f"View at iteration {event.iteration}: {slices}, {y1 - y0}×{x1 - x0} in "
                            f"{event.seconds:.2f} s")
-        self._update("probabilities", foreground, placement.scale, translate)
-        stop = self._stop
-        # The labels in a later turn of the event loop, so input waiting between the two updates is handled.
-        QTimer.singleShot(0, lambda: None if stop.is_set() else
-                          self._update("labels", labels, placement.scale, translate))
-
-    def _update(self, kind: str, data: np.ndarray, scale: np.ndarray, translate: np.ndarray) -> None:
-        """Reuse the layer, so the user's contrast, colour and visibility stick; it moves with the view."""
-        layer = self.layers.get(kind)
-        if layer is not None and layer in self.viewer.layers:
-            layer.data = data
-            if not np.array_equal(layer.scale, scale):  # a new job on another image
-                layer.scale = scale
-            if not np.array_equal(layer.translate, translate):
-                layer.translate = translate
-            return
-        name = f"{self._name} view {kind}"
-        if kind == "labels":
-            self.layers[kind] = self.viewer.add_labels(data, name=name, opacity=0.45, scale=scale,
-                                                       translate=translate)
-        else:
-            self.layers[kind] = self.viewer.add_image(data, name=name, colormap="viridis", blending="additive",
-                                                      contrast_limits=(0.0, 1.0), opacity=0.6, scale=scale,
-                                                      translate=translate)
-
-    def _on_layer_removed(self, event: Any) -> None:
-        for kind, layer in list(self.layers.items()):
-            if layer == event.value:
-                del self.layers[kind]
+        self.previews.show(foreground, labels, placement.scale, translate, self._stop)

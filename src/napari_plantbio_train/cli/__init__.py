@@ -58,7 +58,8 @@ def _fail(args: argparse.Namespace, out: TextIO, message: str, status: int, fiel
 def entry() -> None:
     """The program itself (console script, ``python -m``): a process that has not computed anything yet, so a
     precision verdict that needs oneDNN held below AMX can still set the limit (see hardware.py)."""
-    from ..runtime.hardware import fresh_process
+    from ..runtime.hardware import fresh_process, step_aside
 
     fresh_process()
+    step_aside()
     sys.exit(main())

@@ -3,19 +3,21 @@ of several processes, or its job process, this way).
 
 - ``napari-plantbio-train train ... --events jsonl`` prints one JSON object per line on stdout, and nothing
   else there (``event_record``): ``{"event": "started" | "progress" | "validation" | "preview" | "view_preview" |
-  "checkpoint" | "finished", ...}`` (``predict ... --events jsonl``: ``"label_started" | "label_progress" | "label_finished"``) with the fields of the event classes in ``job/events.py`` (paths as absolute strings,
+  "checkpoint" | "finished", ...}`` (``predict ... --events jsonl``: ``"label_started" | "label_progress" |
+  "label_finished"``) with the fields of the event classes in ``job/events.py`` (paths as absolute strings,
   tuples as lists). A preview's arrays are written by rank 0 as ``.npy`` files in ``<model folder>/previews/``
   (the two newest of each kind are kept; a view preview's are named ``view_*``) and the line carries their paths
-  (``probabilities``, ``labels``). A job that fails
-  prints ``{"event": "error", "field": ... or null, "message": ...}`` and exits non-zero (2: bad input, 1: a
-  rank died or the disk is full, 130: aborted). ``follow(lines)`` turns the lines back into the event objects ``train`` yields
-  (raising ``JobFailed`` on an error line), so a follower handles the same events as the dock does in-process.
+  (``probabilities``, ``labels``). A job that fails prints ``{"event": "error", "field": ... or null,
+  "message": ...}`` and exits non-zero (2: bad input, 1: a rank died or the disk is full, 130: aborted).
+  ``follow(lines)`` turns the lines back into the event objects ``train`` yields (raising ``JobFailed`` on an
+  error line), so a follower handles the same events as the dock does in-process.
 - Stop: create the file ``<model folder>/STOP`` (``stop_file``; rank 0 polls it every iteration and removes
   it when the job ends), or send SIGINT/SIGTERM to the launching process. A stopped job still ends with its
   ``finished`` line (reason ``"stopped"``), then exits 0 (STOP file) or 128 + the signal (143: SIGTERM): a
   follower takes the ``finished`` line, not the exit status, as the job's end.
+- Priority: a follower that must stay responsive (the viewer) sets ``PLANTBIO_NICENESS`` in the job's
+  environment; the program lowers its own priority by that much before it computes (runtime.hardware).
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -32,6 +34,7 @@ from ..job.events import (CheckpointSaved, Event, Finished, LabelFinished, Label
 from .files import atomic_write
 
 STOP_FILE = "STOP"
+NICENESS_ENV = "PLANTBIO_NICENESS"
 PREVIEWS_KEPT = 2
 
 

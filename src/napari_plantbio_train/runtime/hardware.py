@@ -221,6 +221,19 @@ def fresh_process(device: torch.device | None = None) -> None:
 
 _FRESH = False
 
+def step_aside() -> None:
+    """A job the dock launched yields the cores to the viewer whenever it wants them: on a machine whose every
+    core trains, napari's event loop otherwise waits behind the training threads (gaps of 200+ ms measured on 2
+    cores by benchmarks/widget_responsiveness.py). An idle viewer costs the job nothing."""
+    from ..io.wire import NICENESS_ENV
+
+    niceness = os.environ.get(NICENESS_ENV)
+    if niceness and hasattr(os, "nice"):
+        try:
+            os.nice(int(niceness))
+        except (OSError, ValueError):
+            pass
+
 
 def autocast_for(precision: str, device: torch.device) -> Any:
     """The context the forward pass runs in: bf16 autocast, or nothing for fp32."""

@@ -212,9 +212,10 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
                                                  or iteration == config.iterations):
             row.update((yield from validation(iteration)))  # the other ranks wait for it at the next agreement
             last_validated = iteration
-        if views is not None and (iteration % config.validate_every == 0 or iteration == config.iterations
-                                  or views.asked()):
-            # Where the user looks, at each validation and when asked (a stat per iteration otherwise).
+        if views is not None and views.wanted(iteration % config.validate_every == 0
+                                              or iteration == config.iterations):
+            # Where the user looks, at each validation (unless the user turned that off) and when asked (a stat
+            # per iteration otherwise).
             shown = views.predict(model, iteration, device, autocast, seconds_ema)
             if shown is not None:
                 yield shown

@@ -44,16 +44,19 @@ VIEW_SHARE = 0.1  # of the training time between two validations that a view pre
 @dataclass(frozen=True)
 class ViewRequest:
     """Where the user looks, in voxels of the training image (z, y, x), and how often "Preview here" was
-    pressed (``asked`` grows by one per press: a larger number than the job last served is a request now)."""
+    pressed (``asked`` grows by one per press: a larger number than the job last served is a request now).
+    ``live`` False: predict there only when asked, not at each validation (the job trains at full speed)."""
 
     z: int
     y: float
     x: float
     asked: int = 0
+    live: bool = True
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ViewRequest:
-        return cls(int(data["z"]), float(data["y"]), float(data["x"]), int(data.get("asked", 0)))
+        return cls(int(data["z"]), float(data["y"]), float(data["x"]), int(data.get("asked", 0)),
+                   bool(data.get("live", True)))
 
 
 class ViewSource(Protocol):
@@ -154,10 +157,10 @@ class ViewPreviews:
         self.floor = smallest_view(material.stack.shape, material.window)
         self.budget = max(self.floor, MAX_VIEW_VOXELS)
 
-    def asked(self) -> bool:
-        """A "Preview here" press not answered yet."""
+    def wanted(self, validating: bool) -> bool:
+        """A preview is due: a press not answered yet, or a validation while the user wants them live."""
         request = self.source.latest()
-        return request is not None and request.asked > self.served
+        return request is not None and (request.asked > self.served or (validating and request.live))
 
     def predict(self, model: torch.nn.Module, iteration: int, device: torch.device, autocast: Any,
                 seconds_per_iteration: float | None) -> ViewPreview | None:
