@@ -6,7 +6,10 @@ child process by default, alternating rounds, on one virtual display. Reports, f
 (target: the dock at least 0.97 of the command line) and seconds from the start (the command's launch, the
 Train click) to the first loss point (target: the dock under 5 s more); and, while the dock trains, the event
 loop's worst delay: a 10 ms QTimer records the gaps between its ticks, and any gap beyond 10 ms is time the GUI
-could not react (target: under 50 ms). ``INPROCESS=1`` adds a round of the dock training inside napari's process.
+could not react (target: under 50 ms). Each round runs the dock twice: with the view preview at each
+validation (its default, which spends up to a tenth of the training time predicting where the user looks) and
+without.
+``INPROCESS=1`` adds a round of the dock training inside napari's process.
 
 Run it alone, on a virtual display:
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/widget_responsiveness.py
@@ -71,7 +74,7 @@ def run_cli(image_path: Path, labels_path: Path, models_dir: Path, tag: str) -> 
 
 
 def run_widget(viewer, image_layer, labels_layer, models_dir: Path, tag: str,
-               in_process: bool = False) -> tuple[float, float, list[float]]:
+               in_process: bool = False, live: bool = True) -> tuple[float, float, list[float]]:
     from qtpy.QtCore import QEventLoop, QTimer
 
     from napari_plantbio_train._widgets.train_widget import TrainWidget
@@ -82,6 +85,7 @@ def run_widget(viewer, image_layer, labels_layer, models_dir: Path, tag: str,
     widget.form.set_values(name=f"widget-{tag}", workers=os.cpu_count() or 1, models_dir=models_dir,
                            **{k: v for k, v in JOB.items()})
     widget.form.in_process.value = in_process
+    widget.view_preview.live.setChecked(live)  # the view preview at each validation (on: the dock's default)
     stamps: list[float] = []
     gaps: list[float] = []
     last_tick = [time.perf_counter()]
@@ -131,7 +135,7 @@ def main() -> int:
     image_layer = viewer.add_image(image, name="image", scale=(50, 5, 5))
     labels_layer = viewer.add_labels(labels, name="labels", scale=(50, 5, 5))
     load_before = os.getloadavg()
-    cli_rates, widget_rates, all_gaps, cli_first, widget_first = [], [], [], [], []
+    cli_rates, widget_rates, all_gaps, cli_first, widget_first, quiet_rates = [], [], [], [], [], []
     rounds = int(os.environ.get("ROUNDS", "2"))
     for round_ in range(rounds):
         cli_rate, first = run_cli(image_path, labels_path, models_dir, str(round_))
@@ -141,9 +145,14 @@ def main() -> int:
         widget_rates.append(widget_rate)
         widget_first.append(first)
         all_gaps.extend(gaps)
+        quiet_rate, _, quiet_gaps = run_widget(viewer, image_layer, labels_layer, models_dir, f"{round_}-quiet",
+                                               live=False)
+        quiet_rates.append(quiet_rate)
+        all_gaps.extend(quiet_gaps)
         print(f"round {round_}: cli {cli_rates[-1]:.3f} it/s (first loss {cli_first[-1]:.1f} s), dock "
               f"{widget_rate:.3f} it/s (first loss {first:.1f} s after Train), worst event-loop delay "
-              f"{max(gaps):.0f} ms", flush=True)
+              f"{max(gaps):.0f} ms; dock without live view previews {quiet_rate:.3f} it/s, worst delay "
+              f"{max(quiet_gaps):.0f} ms", flush=True)
     inside = None
     if os.environ.get("INPROCESS"):
         inside_rate, inside_first, inside_gaps = run_widget(viewer, image_layer, labels_layer, models_dir, "inside",
@@ -155,6 +164,8 @@ def main() -> int:
         "iterations_per_run": ITERATIONS, "window": list(JOB["window"]), "batch_size": JOB["batch_size"],
         "cli_it_per_s": [round(r, 3) for r in cli_rates], "widget_it_per_s": [round(r, 3) for r in widget_rates],
         "widget_over_cli": round(statistics.mean(widget_rates) / statistics.mean(cli_rates), 3),
+        "widget_without_live_view_it_per_s": [round(r, 3) for r in quiet_rates],
+        "widget_without_live_view_over_cli": round(statistics.mean(quiet_rates) / statistics.mean(cli_rates), 3),
         "cli_first_loss_s": [round(v, 1) for v in cli_first], "widget_first_loss_s": [round(v, 1) for v in widget_first],
         "dock_in_napari_process": inside,
         "event_loop_worst_delay_ms": round(max(all_gaps), 1),
