@@ -32,6 +32,9 @@ def test_the_view_preview_appears_at_the_current_slice_and_follows_it(make_napar
     assert not row.button.isEnabled()  # nothing to ask before a job runs
 
     assert widget.start(), widget.status.text()
+    # Its layers exist from the click, hidden: none is created mid-training (a 540-590 ms stall when one was).
+    assert set(row.previews.layers) == {"probabilities", "labels"}
+    assert not any(layer.visible for layer in row.previews.layers.values())
     try:
         qtbot.waitUntil(lambda: row.last is not None, timeout=JOB_TIMEOUT_MS)
         first = row.last
@@ -47,7 +50,7 @@ def test_the_view_preview_appears_at_the_current_slice_and_follows_it(make_napar
         moved = row.last
         assert moved.iteration > first.iteration and moved.iteration % 4 == 0  # answered at a later validation
         qtbot.waitUntil(lambda: _placed(row, raw), timeout=JOB_TIMEOUT_MS)
-        assert row.layers["labels"].translate[0] == translate[0] + 4 * scale[0]
+        assert row.previews.layers["labels"].translate[0] == translate[0] + 4 * scale[0]
     finally:
         widget.stop()
         qtbot.waitUntil(lambda: not widget.running, timeout=JOB_TIMEOUT_MS)
@@ -58,9 +61,10 @@ def test_the_view_preview_appears_at_the_current_slice_and_follows_it(make_napar
 def _placed(row, raw) -> bool:
     """Both view layers show the newest view preview, placed like the image (the labels follow a turn later)."""
     last = row.last
-    if set(row.layers) != {"probabilities", "labels"}:
+    if set(row.previews.layers) != {"probabilities", "labels"}:
         return False
     expected = np.asarray(raw.translate) + np.asarray(last.offset) * np.asarray(raw.scale)
     return all(layer in row.viewer.layers and layer.ndim == raw.ndim and np.allclose(layer.scale, raw.scale)
                and np.allclose(layer.translate, expected) and layer.data.shape == last.labels.shape
-               for layer in row.layers.values()) and np.array_equal(row.layers["labels"].data, last.labels)
+               for layer in row.previews.layers.values()) and np.array_equal(row.previews.layers["labels"].data,
+                                                                             last.labels)
