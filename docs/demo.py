@@ -8,6 +8,7 @@ minutes so the screenshot shows a curve that has levelled off and a preview that
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -47,6 +48,10 @@ def main() -> int:
     from napari_plantbio_train._widgets.train_widget import TrainWidget
     from napari_plantbio_train.job.events import Finished
 
+    from napari_plantbio_train._widgets.settings import CONFIG_ENV
+
+    # The dock as a new user first sees it: not the form values remembered from this machine's last job.
+    os.environ[CONFIG_ENV] = tempfile.mkdtemp(prefix="plantbio-demo-settings-")
     image, labels, source = load_stack()
     print(f"Training on a {source}")
     viewer = napari.Viewer(title="napari-plantbio-train demo", show=True)

@@ -10,10 +10,13 @@ shows. A test runs this with a few seconds of training so the script keeps worki
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from napari_plantbio_train._widgets.settings import CONFIG_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "images"
@@ -109,6 +112,8 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=2.0, help="training time of step 2")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
+    # The docks as a new user first sees them: not the form values remembered from this machine's last job.
+    os.environ[CONFIG_ENV] = tempfile.mkdtemp(prefix="plantbio-quickstart-settings-")
     for path in take(args.out, args.minutes):
         print(f"saved {path}")
     return 0

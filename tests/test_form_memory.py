@@ -12,14 +12,14 @@ def test_a_remembered_value_comes_back_in_a_new_dock(make_napari_viewer):
     first.form.set_values(name="first-model", mode="semantic", iterations=1234, window=(96, 96), lr=0.004,
                           batch_size=3)
     kept = first.form.remember()
-    assert kept["iterations"] == 1234 and "name" not in kept
+    assert kept["iterations"] == 1234 and "name" not in kept and "window" not in kept  # the window is the data's
 
     later = TrainWidget(make_napari_viewer())
     config, errors = later.form.read()
     assert errors == [] and config.name == ""
     assert (config.mode, config.iterations, config.window, config.lr, config.batch_size) == \
-        ("semantic", 1234, (96, 96), 0.004, 3)
-    assert DockSettings(shared_settings().path).form_values()["window"] == [96, 96]  # on disk, for the next session
+        ("semantic", 1234, None, 0.004, 3)
+    assert DockSettings(shared_settings().path).form_values()["lr"] == 0.004  # on disk, for the next session
 
 
 def test_a_spoilt_remembered_value_is_skipped(make_napari_viewer):

@@ -25,10 +25,11 @@ if TYPE_CHECKING:
     import napari
 
 # Remembered for the next dock and session (settings.py): the choices a user makes once for their machine and
-# material. Not the name (a new job is a new model), nor what comes from the data (layers, voxel size, a parent).
-REMEMBERED = ("mode", "dims", "window", "gpus", "workers", "data_workers", "cpu_processes", "lr", "iteration_step",
+# material. Not the name (a new job is a new model), nor what comes from the data (layers, voxel size, a parent,
+# the window and the contour width: a 2x256x256 window remembered from one stack refused the next, 256 pixels high).
+REMEMBERED = ("mode", "dims", "gpus", "workers", "data_workers", "cpu_processes", "lr", "iteration_step",
               "iteration_save", "keep_checkpoints", "iterations", "batch_size", "time_limit_min", "validate_every",
-              "base_channels", "depth", "stem_stride", "flat_levels", "contour_width", "painted_slices_only",
+              "base_channels", "depth", "stem_stride", "flat_levels", "painted_slices_only",
               "ignore_value", "touched_margin")
 
 # Shown beside each field: the older tool's guide, shortened.
