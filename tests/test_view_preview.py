@@ -67,7 +67,8 @@ def test_the_request_file_is_read_when_it_changes_and_cleared_for_a_new_job(tmp_
     assert source.latest() is None
     write_view_request(tmp_path, ViewRequest(3, 10.5, 20.0, asked=1))
     assert source.latest() == ViewRequest(3, 10.5, 20.0, 1)
-    assert json.loads(view_file(tmp_path).read_text()) == {"z": 3, "y": 10.5, "x": 20.0, "asked": 1}
+    assert json.loads(view_file(tmp_path).read_text()) == {"z": 3, "y": 10.5, "x": 20.0, "asked": 1,
+                                                             "live": True}
     view_file(tmp_path).write_text("{not json")
     assert source.latest() == ViewRequest(3, 10.5, 20.0, 1)  # a broken file keeps the last good request
     source.clear()
