@@ -21,7 +21,7 @@ from ..io.files import atomic_write_json
 from ..job.config import ConfigError
 from .errors import ModelError
 from .lock import FolderLock
-from .store import ModelRecord, ModelStore
+from .store import METRICS_FILE, ModelRecord, ModelStore
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def summaries(store: ModelStore) -> list[ModelSummary]:
 def validation_curve(store: ModelStore, name: str) -> list[tuple[int, float]]:
     """(iteration, validation score) of each validation the model's job logged in metrics.csv, in order; empty
     for a model that never validated or has no metrics.csv (an imported one may not)."""
-    path = store.folder(name) / "metrics.csv"
+    path = store.folder(name) / METRICS_FILE
     if not path.is_file():
         return []
     points = []
@@ -89,12 +89,12 @@ def rename_model(store: ModelStore, name: str, new_name: str) -> Path:
         raise ConfigError("name", f"{new_name!r} is taken in {store.root}: pick another name")
     with FolderLock(store.root, name), FolderLock(store.root, new_name):
         folder.rename(target)
-        _rename_in_config(target / "config.json", name, new_name)
+        _rename_in_config(target / "config.json", new_name)
         _renamed_in_family([p / "model.json" for p in store.root.iterdir() if p.is_dir()], name, new_name)
     return target
 
 
-def _rename_in_config(path: Path, old: str, new: str) -> None:
+def _rename_in_config(path: Path, new: str) -> None:
     """The job as recorded names its model (and resuming it writes there): it follows the folder."""
     config = json.loads(path.read_text())
     config["name"] = new

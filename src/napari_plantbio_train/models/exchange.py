@@ -34,7 +34,7 @@ from ..io.files import atomic_write
 from ..job.config import NAME_PATTERN, NAME_RULE
 from ..job.kinds import activation, channel_id, channel_names
 from .network import UNet
-from .store import ModelError, ModelRecord, ModelStore
+from .store import METRICS_FILE, ModelError, ModelRecord, ModelStore
 
 RDF_NAME = "rdf.yaml"
 TORCHSCRIPT_NAME = "weights_torchscript.pt"
@@ -43,7 +43,7 @@ TEST_INPUT_NAME = "test_input.npy"
 TEST_OUTPUT_NAME = "test_output.npy"
 README_NAME = "README.md"
 OUR_FILES = ("config.json", "model.json")
-OPTIONAL_FILES = ("metrics.csv",)
+OPTIONAL_FILES = (METRICS_FILE,)
 DEFAULT_AUTHOR = "napari-plantbio-train user"
 UNET_CITATION = {"text": "Ronneberger, Fischer and Brox. U-Net: Convolutional Networks for Biomedical Image "
                          "Segmentation. MICCAI 2015.", "doi": "10.1007/978-3-319-24574-4_28"}

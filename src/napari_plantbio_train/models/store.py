@@ -35,6 +35,7 @@ FORMAT_VERSION = 1
 # What every checkpoint repeats from model.json, so that one file rebuilds the model (load_checkpoint_file).
 DESCRIBED = ("network", "normalisation", "classes", "window", "mode", "dims", "voxel_size", "postprocess",
              "precision")
+METRICS_FILE = "metrics.csv"  # a row per logged iteration; the models view reads its curves (catalogue.py)
 METRIC_FIELDS = ("iteration", "loss", "lr", "seconds_per_iteration", "data_seconds", "validation_score",
                  "elapsed_seconds", "learned_score", "kept_score")
 
@@ -261,7 +262,7 @@ class ModelWriter:
             # The job's checks refuse the name of any existing folder (a model, or an unfinished one whose job
             # died): a folder nobody decided to remove is never emptied here.
             raise ModelError(f"{self.folder} already exists: {store.state(config.name).why or 'a model'}")
-        self.metrics_path = self.folder / "metrics.csv"
+        self.metrics_path = self.folder / METRICS_FILE
         with self._writing(self.folder / "config.json"):
             (self.folder / "checkpoints").mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.folder / "config.json", config.to_dict())
