@@ -10,9 +10,9 @@ right half as two simulated users with the truth at hand:
   objects and missed true objects by their best IoU with the other side, lowest first.
 
 A fix makes the labels the truth around the object (8 pixels in-plane) and over every true object it touches.
-Each round then trains a new version for ``--continue-minutes`` trusting only what was corrected so far
-(``touched_only`` with the cumulative fixes as the reviewed mask), beside the left half it was trained on
-(``--balance``), and labels the right half again: the blocks near this round's fixes and the queue's next
+Each round then trains a new version for ``--continue-minutes`` (the dock's round by default) trusting only what
+was corrected so far (``touched_only`` with the cumulative fixes as the reviewed mask), alone as the dock does or
+beside the left half it was trained on (``--balance 1 1``), and labels the right half again: the blocks near this round's fixes and the queue's next
 entries first (what the user waits for), the rest afterwards (while they proofread), never over their fixes.
 Two ways to train each round (``--strategy``): ``continue`` the last version, or retrain from the ``base`` model
 on all corrections so far (round 1 is the same for both, and run once).
@@ -23,7 +23,7 @@ of errors among all objects), matched-object F1 and AP50 on the right half outsi
 and after the round, the new version's validation scores (held-out corrections, left-half block; before and
 best), each phase's seconds and the seconds the user waits (all but the relabelling of the far blocks).
 
-    .venv/bin/python benchmarks/proofread_round.py [--train-minutes 10] [--continue-minutes 3] [--rounds 3]
+    .venv/bin/python benchmarks/proofread_round.py [--train-minutes 10] [--continue-minutes 1] [--rounds 3]
     # end-to-end check on a crop in a few minutes:
     .venv/bin/python benchmarks/proofread_round.py --train-minutes 0.3 --continue-minutes 0.2 --crop 640 512
 
@@ -59,7 +59,7 @@ from napari_plantbio_train.job.config import TrainConfig  # noqa: E402
 from napari_plantbio_train.job.events import run_to_end  # noqa: E402
 from napari_plantbio_train.models.store import ModelStore  # noqa: E402
 from napari_plantbio_train.training.loop import train  # noqa: E402
-from napari_plantbio_train.training.material import continuation  # noqa: E402
+from napari_plantbio_train.training.material import ROUND_MINUTES, continuation  # noqa: E402
 
 SPLIT_X = 1097
 FIX_RING = 8  # in-plane pixels of truth painted around a fixed object
@@ -167,14 +167,17 @@ def first_fields(recipe: str) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-minutes", type=float, default=10.0)
-    parser.add_argument("--continue-minutes", type=float, default=3.0)
+    parser.add_argument("--continue-minutes", type=float, default=ROUND_MINUTES,
+                        help="the dock's round (training.material.ROUND_MINUTES) unless given")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fix", type=int, default=10)
     parser.add_argument("--users", nargs="+", choices=("queue", "oracle"), default=["queue", "oracle"])
     parser.add_argument("--strategy", nargs="+", choices=("continue", "base"), default=["continue", "base"],
                         help="from round 2: continue the last version, or retrain the base on all corrections")
     parser.add_argument("--touched-margin", type=int, default=24)
-    parser.add_argument("--balance", type=float, nargs=2, default=(1.0, 1.0), metavar=("CORRECTED", "LEFT"))
+    parser.add_argument("--balance", type=float, nargs=2, default=(1.0, 0.0), metavar=("CORRECTED", "LEFT"),
+                        help="shares of the corrected half and the left half (the dock's round: the corrections "
+                             "alone, 1 0)")
     parser.add_argument("--overlap", type=float, default=0.25,
                         help="of the auto-label windows (0.25 labels the half in about half the time of 0.5)")
     parser.add_argument("--block-voxels", type=int, default=ROUND_BLOCK_VOXELS,

@@ -9,7 +9,10 @@ loop's worst delay: a 10 ms QTimer records the gaps between its ticks, and any g
 could not react (target: under 50 ms). Each round runs the dock twice: with the view preview at each
 validation (its default, which spends up to a tenth of the training time predicting where the user looks) and
 without.
-``INPROCESS=1`` adds a round of the dock training inside napari's process.
+``INPROCESS=1`` adds a round of the dock training inside napari's process. ``TRACE_STALLS=1`` names what the GUI
+thread was doing during each long gap: a watchdog thread samples the GUI thread's Python stack whenever the
+timer is more than 40 ms late (a gap whose samples show only the event loop waiting was spent outside Python:
+Qt's own painting, or the process not being scheduled).
 
 Run it alone, on a virtual display:
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/widget_responsiveness.py
@@ -23,7 +26,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +43,41 @@ JOB = dict(mode="instance", dims="3d", voxel_size=(5.0, 5.0, 50.0), window=(2, 2
            base_channels=16, depth=4, batch_size=4, lr=2e-3, validate_every=40, iteration_save=10_000,
            iterations=ITERATIONS)
 TICK_MS = 10
+STALL_MS = 40
+
+
+class StallTracer:
+    """Samples the GUI thread's stack from a second thread while the GUI's timer is late."""
+
+    def __init__(self) -> None:
+        self.heartbeat = time.perf_counter()
+        self.samples: list[tuple[float, str]] = []  # (time, innermost frames of our code or the library's)
+        self._main = threading.main_thread().ident
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.01):
+            now = time.perf_counter()
+            if (now - self.heartbeat) * 1000 < STALL_MS:
+                continue
+            frame = sys._current_frames().get(self._main)
+            if frame is None:
+                continue
+            stack = traceback.extract_stack(frame)
+            frames = [f"{Path(f.filename).name}:{f.name}" for f in stack[-6:]]
+            self.samples.append((now, " < ".join(reversed(frames))))
+
+    def during(self, start: float, end: float) -> list[str]:
+        counts = Counter(stack for t, stack in self.samples if start <= t <= end)
+        return [f"{n}x {stack}" for stack, n in counts.most_common(3)]
 
 
 def load() -> tuple[np.ndarray, np.ndarray]:
@@ -92,8 +133,12 @@ def run_widget(viewer, image_layer, labels_layer, models_dir: Path, tag: str,
     seen: list[tuple[float, str]] = []  # when each kind of event reached the GUI thread, to place the worst gaps
     worst: list[tuple[float, float]] = []  # (gap ms, time it ended)
 
+    tracer = StallTracer() if os.environ.get("TRACE_STALLS") else None
+
     def tick() -> None:
         now = time.perf_counter()
+        if tracer is not None:
+            tracer.heartbeat = now
         gaps.append((now - last_tick[0]) * 1000.0 - TICK_MS)
         worst.append((gaps[-1], now))
         last_tick[0] = now
@@ -111,12 +156,19 @@ def run_widget(viewer, image_layer, labels_layer, models_dir: Path, tag: str,
     loop = QEventLoop()
     widget.worker.finished.connect(loop.quit)
     timer.start()
+    if tracer is not None:
+        tracer.start()
     loop.exec()
     timer.stop()
+    if tracer is not None:
+        tracer.stop()
     viewer.window.remove_dock_widget(dock)
     for gap, end in sorted(worst[5:], reverse=True)[:4]:  # where the worst gaps fell, beside the events around them
         near = [f"{name}@{(t - began):.2f}s" for t, name in seen if end - gap / 1000 - 0.5 <= t <= end + 0.1]
         print(f"    gap {gap:.0f} ms ending at {end - began:.2f} s; events near: {', '.join(near) or '-'}")
+        if tracer is not None:
+            for line in tracer.during(end - gap / 1000, end) or ["no sample: the GUI thread held the GIL"]:
+                print(f"      {line}")
     return rate(stamps), stamps[0] - clicked, gaps[5:]  # the first ticks include the job's start in the GUI
 
 

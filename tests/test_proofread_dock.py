@@ -16,7 +16,7 @@ from napari_plantbio_train.inference.proofreading import QueueEntry
 from napari_plantbio_train.job.config import ConfigError
 from napari_plantbio_train.job.events import Validation
 from napari_plantbio_train.models.store import ModelStore
-from napari_plantbio_train.training.material import round_number
+from napari_plantbio_train.training.material import ROUND_MINUTES, round_number
 
 JOB_TIMEOUT_MS = 240_000  # a 20-iteration continuation in a child, on a slow shared CPU
 # Blocks of a quarter of the 4 x 192 x 192 crop's planes, and thresholds at which the 20-iteration model finds
@@ -160,6 +160,7 @@ def test_retrain_job_continues_the_model_on_what_was_reviewed(queue, tiny_models
     config, data, folder = widget.retrain_job()
     try:
         assert config.name == "chl-v2" and config.init_from == "chl" and config.touched_only
+        assert config.time_limit_min == ROUND_MINUTES, "a round is short whatever the parent's iterations"
         reviewed = np.load(data["reviewed"])
         np.testing.assert_array_equal(reviewed > 0, layer.data == 2)
         np.testing.assert_array_equal(np.load(data["auto_labels"]), np.load(data["labels"]))

@@ -271,7 +271,8 @@ class ProofreadQueue(QWidget):
         worker.finished.connect(self._on_train_finished)
         self.worker = worker
         self.retrain_button.setEnabled(False)
-        self.round_info.say(f"Round {self.round}: training {config.name} on your corrections…")
+        self.round_info.say(f"Round {self.round}: training {config.name} on your corrections "
+                            f"(up to {config.time_limit_min:g} min)…")
         worker.start()
         return True
 

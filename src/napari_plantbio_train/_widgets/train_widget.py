@@ -279,6 +279,8 @@ class TrainWidget(QWidget):
         """Recorded at once, shown at most once a second: on a small CPU every repaint in the GUI thread takes
         time from the cores the training thread computes on."""
         self.plot.add_loss(event.iteration, event.loss)
+        if event.eta_seconds is not None and event.seconds_per_iteration > 0:
+            self.plot.expect(min(event.total, event.iteration + round(event.eta_seconds / event.seconds_per_iteration)))
         self._pending_progress = event
         if not self._progress_timer.isActive():
             self._progress_timer.start()
@@ -351,7 +353,7 @@ class TrainWidget(QWidget):
                        self._outcome or (JobState.STOPPED if stopped else JobState.DONE))
         # Re-reading the models folder takes tens of milliseconds: in a later turn of the event loop, so the
         # viewer answers input in between.
-        self.plot.redraw()
+        self.plot.redraw(fit=True)
         QTimer.singleShot(0, self.form.continue_from.refresh)  # the new model can be continued from at once
 
     def _draw_state(self, state: JobState) -> None:

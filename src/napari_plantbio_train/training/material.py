@@ -207,6 +207,9 @@ def checked(config: TrainConfig, store: ModelStore, image_shape: tuple[int, ...]
 
 FINE_TUNE_LR_FACTOR = 0.2
 FINE_TUNE_MAX_ITERATIONS = 1000
+# A proofreading round's training, whichever ends first with the iteration cap: the user waits for it, and on a
+# 2-core CPU 1,000 iterations of a planned network take 5-10 minutes (benchmarks/proofread_round.py).
+ROUND_MINUTES = 1.0
 
 
 def continuation(parent: ModelRecord, name: str) -> TrainConfig:
@@ -224,8 +227,8 @@ def continuation(parent: ModelRecord, name: str) -> TrainConfig:
 def correction_round(parent: ModelRecord, name: str) -> TrainConfig:
     """The job "Retrain on corrections" starts after a proofreading round: the continuation of ``parent`` as
     ``name``, trusting only what the user corrected or reviewed (``touched_only``), since the rest of an
-    auto-label result is the parent's own guess and teaches it nothing."""
-    return continuation(parent, name).replace(touched_only=True)
+    auto-label result is the parent's own guess and teaches it nothing; for at most ``ROUND_MINUTES``."""
+    return continuation(parent, name).replace(touched_only=True, time_limit_min=ROUND_MINUTES)
 
 
 def round_number(parent: ModelRecord) -> int:
