@@ -144,6 +144,13 @@ def test_relabelling_goes_near_the_corrections_first_and_keeps_every_edit(make_n
     assert (after[~near] != before[~near]).any() and (after[before == 88] == 88).all()
     np.testing.assert_array_equal(layer.metadata["plantbio_auto_label"]["labels"], after)  # the next round's base
     assert widget.retrain_button.isEnabled() and "Round" in widget.round_info.text()
+    # The queue is the relabelled layer's, ranked again: ids it now holds, none lying in what was reviewed.
+    qtbot.waitUntil(lambda: widget.requeueing is None, timeout=JOB_TIMEOUT_MS)
+    present = set(np.unique(after[after > 0]).tolist())
+    ids = [e.id for e in widget.entries]
+    assert ids and set(ids) <= present and widget.position == -1, widget.info.text()
+    assert all((after == i)[reviewed].sum() * 2 < (after == i).sum() for i in ids)
+    assert all("error score" in e.why for e in widget.entries) and "objects queued by chl" in widget.info.text()
 
 
 def test_retrain_job_continues_the_model_on_what_was_reviewed(queue, tiny_models):

@@ -210,12 +210,14 @@ class Relabelled:
     far: bool
     labels: np.ndarray
     cores: tuple
+    uncertainty: np.ndarray | None = None  # the new version's doubt inside ``cores`` (for the next queue)
 
 
 def relabel_in_child(model: str, image: str, regions: list, options: list[str], *, models_dir: str | Path,
                      stop: threading.Event | None = None) -> Generator[Event | Relabelled, None, None]:
     """A proofreading round's relabelling as two ``predict --near`` children: the blocks meeting ``regions``
-    first, then (unless those were all) the others; after each, a ``Relabelled`` for the dock to merge."""
+    first, then (unless those were all) the others; after each, a ``Relabelled`` for the dock to merge, with the
+    labels' uncertainty (the next round's queue ranks by it)."""
     import zarr
 
     folder = JobFolder()
@@ -223,7 +225,8 @@ def relabel_in_child(model: str, image: str, regions: list, options: list[str], 
         (folder.path / "near.json").write_text(json.dumps([[list(axis) for axis in r] for r in regions]))
         for far in (False, True):
             part = folder.path / ("far" if far else "near")
-            outputs = {"output": f"{part}.zarr", "cores": f"{part}-cores.json"}
+            outputs = {"output": f"{part}.zarr", "cores": f"{part}-cores.json",
+                       "uncertainty": f"{part}-uncertainty.zarr"}
             last = yield from label_in_child(model, image, outputs,
                                              [*options, "--near", str(folder.path / "near.json"),
                                               *(["--far"] if far else [])], models_dir=models_dir, stop=stop)
@@ -231,7 +234,9 @@ def relabel_in_child(model: str, image: str, regions: list, options: list[str], 
                 return
             cores = tuple(tuple(tuple(axis) for axis in core) for core in json.loads(Path(outputs["cores"]).read_text()))
             if cores:
-                yield Relabelled(far, np.asarray(zarr.open_array(store=outputs["output"], mode="r")), cores)
+                doubt = Path(outputs["uncertainty"])
+                yield Relabelled(far, np.asarray(zarr.open_array(store=outputs["output"], mode="r")), cores,
+                                 np.asarray(zarr.open_array(store=str(doubt), mode="r")) if doubt.exists() else None)
     finally:
         folder.close()
 

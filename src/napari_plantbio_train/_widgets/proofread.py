@@ -36,6 +36,7 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QGridLayout, QLabel, QPushButton, QWidget
 
+from ..inference.proofreading import queue_after_round
 from ..inference.relabel import ROUND_BLOCK_VOXELS, join_across, merge_relabelled, round_regions
 from ..inference.review import ReviewedEdits, object_voxels
 from ..inference.uncertainty import rank_objects
@@ -66,10 +67,31 @@ class Entry:
     why: str
 
 
+def _entries(queue: Any, labels: Any, uncertainty: Any) -> list[Entry]:
+    """The dock's entries from an error queue (``QueueEntry``s) or, without one, the objects ranked by doubt."""
+    if queue is not None:
+        return [Entry(e.id, tuple(e.centroid), f"{e.reason}, error score {e.score:.2f}") for e in queue]
+    return [Entry(o.id, tuple(o.centroid), f"doubt {o.uncertainty:.2f}")
+            for o in rank_objects(np.asarray(labels), np.asarray(uncertainty))]
+
+
+def _next_entries(record: ModelRecord, labels: np.ndarray, image: Any, uncertainty: np.ndarray,
+                  reviewed: np.ndarray | None) -> list[Entry]:
+    """The queue of a relabelled layer, off napari's thread (tens of seconds on a large stack)."""
+    kept = np.asarray(reviewed, bool) if reviewed is not None else None
+    if record.config.mode == "instance":
+        return _entries(queue_after_round(record, labels, image, uncertainty, kept), labels, uncertainty)
+    ranked = _entries(None, labels, uncertainty)
+    if kept is None:
+        return ranked
+    return [e for e in ranked if not kept[tuple(int(round(c)) for c in e.centroid)]]
+
+
 class ProofreadQueue(QWidget):
     """Holds the queue of the last result and the mask of what the user reviewed on its layer."""
 
     relabelled = Signal(bool)  # a part of a round's relabelling was merged into the layer (True: the far part)
+    requeued = Signal(int)  # the queue was rebuilt for the relabelled layer: this many entries
 
     def __init__(self, viewer: napari.Viewer, models_dir: Callable[[], Path] | None = None,
                  parent: QWidget | None = None) -> None:
@@ -90,6 +112,8 @@ class ProofreadQueue(QWidget):
         self.block_voxels = ROUND_BLOCK_VOXELS  # blocks of a round's relabelling
         self._near: tuple = ()  # cores of the part relabelled first
         self._first_new_id = self._next_id = 0  # the first id the relabelling gave, and the next free one
+        self._doubt: np.ndarray | None = None  # the round's new uncertainty, part by part, for the next queue
+        self.requeueing: Any = None  # the worker ranking the relabelled layer's objects
         self.round: int | None = None
         self.before: Validation | None = None
         self.after: Validation | None = None
@@ -121,11 +145,7 @@ class ProofreadQueue(QWidget):
         self._release()
         self.layer, self.image, self.record, self.position = layer, image, record, -1
         self.options = list(options or [])
-        if queue is not None:
-            self.entries = [Entry(e.id, tuple(e.centroid), f"{e.reason}, error score {e.score:.2f}") for e in queue]
-        else:
-            self.entries = [Entry(o.id, tuple(o.centroid), f"doubt {o.uncertainty:.2f}")
-                            for o in rank_objects(np.asarray(layer.data), np.asarray(uncertainty))]
+        self.entries = _entries(queue, layer.data, uncertainty)
         self.review, self.corrected = ReviewedEdits(layer.data.shape), False
         layer.events.paint.connect(self._on_paint)
         layer.events.set_data.connect(self._on_data)  # napari's undo and redo refresh the layer, and say no more
@@ -332,7 +352,7 @@ class ProofreadQueue(QWidget):
         worker.yielded.connect(lambda event: self._on_relabelled(event, target, record))
         worker.errored.connect(self._on_relabel_error)
         worker.finished.connect(lambda: self._on_relabel_finished(folder))
-        self.relabelling, self._near = worker, ()
+        self.relabelling, self._near, self._doubt = worker, (), None
         self._update_retrain()
         worker.start()
         return True
@@ -346,6 +366,13 @@ class ProofreadQueue(QWidget):
         current = np.asarray(data)
         view, reviewed = _stack3(current), _stack3(self.reviewed)
         new = np.asarray(event.labels).reshape(view.shape)
+        if event.uncertainty is not None:
+            if self._doubt is None or self._doubt.shape != view.shape:
+                self._doubt = np.zeros(view.shape, np.float32)
+            doubt = np.asarray(event.uncertainty, np.float32).reshape(view.shape)
+            for core in event.cores:
+                where = tuple(slice(a, b) for a, b in core)
+                self._doubt[where] = doubt[where]
         if not event.far:
             self._first_new_id = int(view.max(initial=0)) + 1
             self._next_id = merge_relabelled(view, new, event.cores, reviewed, first_id=self._first_new_id)
@@ -380,8 +407,39 @@ class ProofreadQueue(QWidget):
             self.record = ModelStore(self.models_dir()).record(self.trained)
             self.round_info.say(f"{self.round_info.text()}\nRound {self.round} done: keep correcting, then "
                                 f"Retrain for round {round_number(self.record)}.")
+            self.requeue()
         self.trained = None
         self._update_retrain()
+
+    def requeue(self) -> bool:
+        """Rank the relabelled layer's objects again, as a new result's queue, in a thread: the old queue's ids
+        and reasons are the old version's. Objects the user reviewed already stay out of it. False if there is
+        no uncertainty of the new version to rank by."""
+        if self._doubt is None or self.record is None or self.image is None or not self._usable():
+            return False
+        labels = np.array(self.layer.data)  # a copy: the user goes on painting meanwhile
+        doubt, self._doubt = self._doubt.reshape(labels.shape), None
+        reviewed = self.reviewed
+        worker = create_worker(_next_entries, self.record, labels, level0(self.image), doubt,
+                               None if reviewed is None else reviewed.copy(), _start_thread=False)
+        target = self.layer
+        worker.returned.connect(lambda entries: self._on_requeued(entries, target))
+        worker.errored.connect(lambda error: self.round_info.say(f"The new queue failed: {error}", error=True))
+        worker.finished.connect(lambda: setattr(self, "requeueing", None))
+        self.requeueing = worker
+        self.info.setText(f"{self.info.text()} (ranking the relabelled objects…)")
+        worker.start()
+        return True
+
+    def _on_requeued(self, entries: list[Entry], target: Labels) -> None:
+        if target is not self.layer or not self._usable():
+            return
+        self.entries, self.position = entries, -1
+        for button in (self.next_button, self.accept_button, self.erase_button):
+            button.setEnabled(bool(entries))
+        self.info.setText(f"{len(entries)} objects queued by {self.record.name if self.record else 'the model'}"
+                          if entries else "no objects left to review")
+        self.requeued.emit(len(entries))
 
     def _update_retrain(self) -> None:
         self.retrain_button.setEnabled(self.worker is None and self.relabelling is None and self.record is not None
