@@ -12,8 +12,9 @@ right half as two simulated users with the truth at hand:
 A fix makes the labels the truth around the object (8 pixels in-plane) and over every true object it touches.
 Each round then trains a new version for ``--continue-minutes`` (the dock's round by default) trusting only what
 was corrected so far (``touched_only`` with the cumulative fixes as the reviewed mask), alone as the dock does or
-beside the left half it was trained on (``--balance 1 1``), and labels the right half again: the blocks near this round's fixes and the queue's next
-entries first (what the user waits for), the rest afterwards (while they proofread), never over their fixes.
+beside the left half it was trained on (``--balance 1 1``), and labels the right half again: the blocks near
+this round's fixes and the queue's next entries first (what the user waits for), the rest afterwards (while they
+proofread), never over their fixes.
 Two ways to train each round (``--strategy``): ``continue`` the last version, or retrain from the ``base`` model
 on all corrections so far (round 1 is the same for both, and run once).
 
@@ -178,8 +179,8 @@ def main() -> int:
     parser.add_argument("--balance", type=float, nargs=2, default=(1.0, 0.0), metavar=("CORRECTED", "LEFT"),
                         help="shares of the corrected half and the left half (the dock's round: the corrections "
                              "alone, 1 0)")
-    parser.add_argument("--overlap", type=float, default=0.25,
-                        help="of the auto-label windows (0.25 labels the half in about half the time of 0.5)")
+    parser.add_argument("--overlap", type=float, default=LabelSettings.overlap,
+                        help="of the auto-label windows (the product's default unless given)")
     parser.add_argument("--block-voxels", type=int, default=ROUND_BLOCK_VOXELS,
                         help="blocks of the relabelling: 'near' runs the blocks that meet the corrections")
     parser.add_argument("--next", type=int, default=10, help="queue entries after the fixed ones relabelled first")

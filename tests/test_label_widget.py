@@ -17,6 +17,7 @@ from napari.layers import Labels
 
 from napari_plantbio_train.job.config import ConfigError
 from napari_plantbio_train.job.events import LabelProgress
+from napari_plantbio_train.inference.label import LabelSettings
 from napari_plantbio_train.job.kinds import POSTPROCESS_DEFAULTS
 
 AutoLabelWidget = pytest.importorskip("napari_plantbio_train._widgets.label_widget").AutoLabelWidget
@@ -98,7 +99,7 @@ def test_a_picked_model_fills_the_settings(dock, trained):
     for key, box in widget.post_boxes.items():
         assert box.value() == pytest.approx(saved[key], abs=1e-3)
     settings = widget.settings()
-    assert (settings.overlap, settings.tta, settings.batch_size) == (0.5, 0, record.config.batch_size)
+    assert (settings.overlap, settings.tta, settings.batch_size) == (LabelSettings.overlap, 0, record.config.batch_size)
     assert settings.postprocess == {}, "untouched fields leave the model's exact values to the engine"
     widget.post_boxes["fg_threshold"].setValue(0.3)
     widget.post_boxes["min_size"].setValue(10)

@@ -76,7 +76,7 @@ class AutoLabelWidget(QWidget):
         # Long model descriptions must not widen the dock: the box elides them, its popup shows them whole.
         self.model_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.model_box.setMinimumContentsLength(16)
-        self.overlap = QDoubleSpinBox(minimum=0.0, maximum=0.95, singleStep=0.05, value=0.5)
+        self.overlap = QDoubleSpinBox(minimum=0.0, maximum=0.95, singleStep=0.05, value=LabelSettings.overlap)
         self.tta = QComboBox()
         for text, value in TTA:
             self.tta.addItem(text, value)

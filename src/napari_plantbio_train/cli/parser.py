@@ -135,7 +135,8 @@ def _add_predict(commands: Any) -> None:
     add("--output", help="labels to write for a single --image: O.tif or O.zarr")
     add("--output-dir", help="folder for the labels of every --image, each named after its input (NAME_labels.tif)")
     add("--format", choices=("tif", "zarr"), default="tif", help="with --output-dir: the results' format (default tif)")
-    add("--overlap", type=float, default=0.5, help="share of a window overlapping its neighbour (default 0.5)")
+    add("--overlap", type=float, default=LabelSettings.overlap,
+        help=f"share of a window overlapping its neighbour (default {LabelSettings.overlap:g})")
     add("--tta", type=int, default=0, choices=(0, 4, 8), help="test-time variants averaged (default 0)")
     add("--batch-size", type=int, help="windows per forward pass (default: the model's samples per batch)")
     add("--models-dir", help="models folder (default: $PLANTBIO_MODELS_DIR or the user data folder)")
