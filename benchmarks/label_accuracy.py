@@ -8,7 +8,11 @@ and the scores of the labels of the part never trained on, not even as the valid
 gets on a new region of the same tissue.
 
     .venv/bin/python benchmarks/label_accuracy.py [--task chloroplast3d|plate2d|all] [--minutes 15]
-        [--recipes defaults,hand] [--set FIELD=JSON ...]
+        [--recipes defaults,hand] [--set FIELD=JSON ...] [--intensity drift,mild] [--overlaps 0.5,0.25]
+
+``--intensity`` trains each recipe with each intensity augmentation of training/sampling.py in turn (the default:
+the one the product uses): ``drift`` (wide contrast, brightness, gamma, blur, noise) or ``mild`` (the narrow
+contrast and brightness jitter used before).
 
 Chloroplast: trained on x < 1600, labelled x >= 1600 (595 columns, about 25% of the stack).
 Plate: trained on rows y < 700, labelled y >= 700 (243 rows).
@@ -34,6 +38,9 @@ from napari_plantbio_train import LabelSettings, TrainConfig, label_stack, read,
 from napari_plantbio_train.evaluation.evaluate import evaluate  # noqa: E402
 from napari_plantbio_train.runtime.hardware import cpu_model  # noqa: E402
 from napari_plantbio_train.job.events import Finished, Started, Validation  # noqa: E402
+from napari_plantbio_train.training import sampling  # noqa: E402
+
+INTENSITIES = {"drift": sampling.DRIFT, "mild": sampling.MILD}
 
 SPLITS = {  # (training part, labelled part) as numpy index expressions on (Z, Y, X) / (Y, X)
     "chloroplast3d": ((slice(None), slice(None), slice(0, 1600)), (slice(None), slice(None), slice(1600, None))),
@@ -50,7 +57,8 @@ def job_for(task: str, recipe: str, minutes: float, overrides: dict) -> dict:
     return {**fields, **overrides}
 
 
-def run(task: str, recipe: str, minutes: float, models_dir: Path, overrides: dict) -> dict:
+def run(task: str, recipe: str, minutes: float, models_dir: Path, overrides: dict,
+        overlaps: list[float | None]) -> dict:
     stack = read(DATA / task / "image.tif")
     image, truth = stack.data, read(DATA / task / "labels.tif").data
     train_part, test_part = SPLITS[task]
@@ -78,14 +86,17 @@ def run(task: str, recipe: str, minutes: float, models_dir: Path, overrides: dic
               "train_seconds": round(train_seconds), "iterations": iterations, "window": window,
               "best_validation": None if best is None else round(best, 4), "plan": plan,
               "labelled_shape": list(test_image.shape), "load_before": [round(v, 2) for v in load_before]}
-    start = time.perf_counter()
-    labelled, events = run_to_end(label_stack(config.name, test_image, models_dir=models_dir,
-                                              settings=LabelSettings()))
-    scores = evaluate(labelled.labels, test_truth, config.mode, per_slice=False)
-    keys = (["f1_50", "precision_50", "recall_50", "ap_50", "f1_75", "n_pred", "n_true", "foreground_iou"]
-            if config.mode == "instance" else [k for k in scores if k.startswith(("mean_", "iou_", "pixel"))])
-    result["unseen"] = {"seconds": round(time.perf_counter() - start, 1), "precision": events[0].precision,
-                        **{k: round(float(scores[k]), 4) for k in keys}}
+    for overlap in overlaps:
+        start = time.perf_counter()
+        labelled, events = run_to_end(label_stack(config.name, test_image, models_dir=models_dir,
+                                                  settings=LabelSettings(**({} if overlap is None else
+                                                                            {"overlap": overlap}))))
+        scores = evaluate(labelled.labels, test_truth, config.mode, per_slice=False)
+        keys = (["f1_50", "precision_50", "recall_50", "ap_50", "f1_75", "n_pred", "n_true", "foreground_iou"]
+                if config.mode == "instance" else [k for k in scores if k.startswith(("mean_", "iou_", "pixel"))])
+        key = "unseen" if overlap is None else f"unseen_overlap_{overlap:g}"
+        result[key] = {"seconds": round(time.perf_counter() - start, 1), "precision": events[0].precision,
+                       **{k: round(float(scores[k]), 4) for k in keys}}
     result["load_after"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(result), flush=True)
     return result
@@ -98,11 +109,16 @@ def main() -> int:
     parser.add_argument("--recipes", default="defaults", help="defaults, hand, or both: defaults,hand")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                         help="a field for every run, e.g. --set stem_stride=2 (a recipe beside the defaults)")
+    parser.add_argument("--intensity", default=next(k for k, v in INTENSITIES.items() if v == sampling.INTENSITY),
+                        help="intensity augmentation(s) to train with: drift, mild, or both: drift,mild")
+    parser.add_argument("--overlaps", help="label the unseen part at each of these window overlaps, e.g. 0.5,0.25 "
+                                           "(default: once, at the product's default overlap)")
     parser.add_argument("--models-dir", type=Path, help="keep the trained models here (default: a temp folder)")
     args = parser.parse_args()
     if not (DATA / "chloroplast3d" / "image.tif").exists():
         print(f"the real data is not at {DATA}", file=sys.stderr)
         return 1
+    overlaps = [None] if not args.overlaps else [float(v) for v in args.overlaps.split(",")]
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     models_dir = args.models_dir or Path(tempfile.mkdtemp(prefix="plantbio-accuracy-"))
@@ -111,7 +127,11 @@ def main() -> int:
              f"{' '.join(sys.argv[1:]) or '(defaults)'} on {cpu_model()}"]
     for task in tasks:
         for recipe in args.recipes.split(","):
-            lines.append(json.dumps(run(task, recipe.strip(), args.minutes, models_dir, overrides)))
+            for intensity in args.intensity.split(","):
+                # Windows are drawn in this process on a CPU (no data workers), so the choice reaches the sampler.
+                sampling.INTENSITY = INTENSITIES[intensity.strip()]
+                result = run(task, recipe.strip(), args.minutes, models_dir, overrides, overlaps)
+                lines.append(json.dumps({"intensity": intensity.strip(), **result}))
     append("label_accuracy", lines)
     return 0
 
