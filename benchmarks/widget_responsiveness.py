@@ -14,7 +14,7 @@ thread was doing during each long gap: a watchdog thread samples the GUI thread'
 timer is more than 40 ms late (a gap whose samples show only the event loop waiting was spent outside Python:
 Qt's own painting, or the process not being scheduled).
 
-Run it alone, on a virtual display:
+Run it alone, on a virtual display (results are appended to benchmarks/results/widget_responsiveness.txt):
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/widget_responsiveness.py
 """
 
@@ -35,7 +35,18 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from napari_plantbio_train.job.events import Progress
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import append  # noqa: E402
+
+from napari_plantbio_train.job.events import Progress  # noqa: E402
+from napari_plantbio_train.runtime.hardware import cpu_model  # noqa: E402
+
+LINES: list[str] = []  # what the run printed, appended to the results file at its end
+
+
+def say(line: str) -> None:
+    LINES.append(line)
+    print(line, flush=True)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chloroplast3d"
 ITERATIONS = 80
@@ -165,10 +176,10 @@ def run_widget(viewer, image_layer, labels_layer, models_dir: Path, tag: str,
     viewer.window.remove_dock_widget(dock)
     for gap, end in sorted(worst[5:], reverse=True)[:4]:  # where the worst gaps fell, beside the events around them
         near = [f"{name}@{(t - began):.2f}s" for t, name in seen if end - gap / 1000 - 0.5 <= t <= end + 0.1]
-        print(f"    gap {gap:.0f} ms ending at {end - began:.2f} s; events near: {', '.join(near) or '-'}")
+        say(f"    gap {gap:.0f} ms ending at {end - began:.2f} s; events near: {', '.join(near) or '-'}")
         if tracer is not None:
             for line in tracer.during(end - gap / 1000, end) or ["no sample: the GUI thread held the GIL"]:
-                print(f"      {line}")
+                say(f"      {line}")
     return rate(stamps), stamps[0] - clicked, gaps[5:]  # the first ticks include the job's start in the GUI
 
 
@@ -201,10 +212,10 @@ def main() -> int:
                                                live=False)
         quiet_rates.append(quiet_rate)
         all_gaps.extend(quiet_gaps)
-        print(f"round {round_}: cli {cli_rates[-1]:.3f} it/s (first loss {cli_first[-1]:.1f} s), dock "
-              f"{widget_rate:.3f} it/s (first loss {first:.1f} s after Train), worst event-loop delay "
-              f"{max(gaps):.0f} ms; dock without live view previews {quiet_rate:.3f} it/s, worst delay "
-              f"{max(quiet_gaps):.0f} ms", flush=True)
+        say(f"round {round_}: cli {cli_rates[-1]:.3f} it/s (first loss {cli_first[-1]:.1f} s), dock "
+            f"{widget_rate:.3f} it/s (first loss {first:.1f} s after Train), worst event-loop delay "
+            f"{max(gaps):.0f} ms; dock without live view previews {quiet_rate:.3f} it/s, worst delay "
+            f"{max(quiet_gaps):.0f} ms")
     inside = None
     if os.environ.get("INPROCESS"):
         inside_rate, inside_first, inside_gaps = run_widget(viewer, image_layer, labels_layer, models_dir, "inside",
@@ -224,7 +235,10 @@ def main() -> int:
         "event_loop_p99_delay_ms": round(float(np.percentile(all_gaps, 99)), 1),
         "load_before": [round(v, 2) for v in load_before], "load_after": [round(v, 2) for v in os.getloadavg()],
     }
-    print(json.dumps(result), flush=True)
+    say(json.dumps(result))
+    header = (f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} widget_responsiveness on {cpu_model()} "
+              f"(ROUNDS={rounds}{', TRACE_STALLS' if os.environ.get('TRACE_STALLS') else ''})")
+    append("widget_responsiveness", [header, *LINES])
     return 0
 
 

@@ -156,8 +156,8 @@ class LossPlot(QWidget):
 
     def _limits(self, iterations: list[int], fit: bool) -> tuple[tuple[float, float], tuple[float, float]]:
         """Axis limits that change only when the curve leaves them: x to the 1-2-5 step above where the job is
-        expected to end (kept while within 2.5 times of that), y from 0 to a quarter above the highest loss
-        (kept while not three times too high)."""
+        expected to end (kept while within 2.5 times of that), y from 0 to a quarter above the highest loss (kept
+        while the curve fits: a falling loss redraws nothing until the job ends and ``fit`` tightens it)."""
         if not iterations:
             return (0.0, 1.0), (0.0, 1.0)
         last = iterations[-1]
@@ -166,7 +166,7 @@ class LossPlot(QWidget):
         target = step_above(last if fit else max(last, self._expected))
         keep = not fit and not self.empty
         x_high = x_now if keep and last <= x_now <= 2.5 * target else target
-        if keep and y_low_now <= low and high <= y_high_now <= 3 * max(high, 1e-9):
+        if keep and y_low_now <= low and high <= y_high_now:
             return (0.0, float(x_high)), (float(y_low_now), float(y_high_now))
         top = high * 1.25 if high > 0 else 0.05
         bottom = 0.0 if low >= 0 else low - 0.05 * (high - low or abs(low))  # losses are never below 0: from 0

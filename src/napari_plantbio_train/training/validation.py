@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .holdout import Box
     from .material import Material
 
-VALIDATION_OVERLAP = 0.25  # as auto-label's default (inference/label.py): validation runs many times per job
+VALIDATION_OVERLAP = 0.25  # fewer windows than auto-label's 0.5 (inference/label.py): validation runs many times
 PART_SCORES = ("learned_score", "kept_score")  # metrics (and metrics.csv columns) of the parts, by part name
 
 
