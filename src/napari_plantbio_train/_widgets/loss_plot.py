@@ -86,6 +86,12 @@ class LossPlot(QWidget):
         self._timer.setSingleShot(True)
         self._timer.setInterval(REDRAW_INTERVAL_MS)
         self._timer.timeout.connect(self.redraw)
+        # Full draws wait for the next turn of the event loop, as matplotlib's draw_idle would, but on a timer that
+        # dies with this widget: draw_idle's own timer fired on a canvas already deleted when a dock closed.
+        self._full_timer = QTimer(self)
+        self._full_timer.setSingleShot(True)
+        self._full_timer.setInterval(0)
+        self._full_timer.timeout.connect(self._draw_full)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -150,7 +156,7 @@ class LossPlot(QWidget):
         self.redraws += 1
         if full:
             self.full_redraws += 1
-            self.canvas.draw_idle()  # _on_full_draw saves the new background and draws the lines over it
+            self._full_timer.start()  # _on_full_draw saves the new background and draws the lines over it
         else:
             self._blit()
 
@@ -177,6 +183,9 @@ class LossPlot(QWidget):
         background and put the lines on it."""
         self._background = self.canvas.copy_from_bbox(self.figure.bbox)
         self._draw_lines()
+
+    def _draw_full(self) -> None:
+        self.canvas.draw()  # repaints the widget too
 
     def _blit(self) -> None:
         self.canvas.restore_region(self._background)
