@@ -47,7 +47,7 @@ def test_most_updates_draw_only_the_lines(qtbot):
     # The smoothed curve is in the picture although most updates never drew the figure.
     assert _pixels_like(plot, LOSS_RGB) > 100
     plot.redraw(fit=True)  # a finished job: the axes fitted to the curve
-    assert plot.ax_loss.get_xlim() == (0.0, 500.0)
+    assert plot.ax_loss.get_xlim() == (0.0, 400.0)
     plot.reset()
     qtbot.wait(50)
     assert plot.empty and plot.ax_loss.get_ylim() == (0.0, 1.0) and _pixels_like(plot, LOSS_RGB) < 20
@@ -64,5 +64,5 @@ def test_a_job_expected_to_end_lays_the_axes_out_once(qtbot):
             qtbot.wait(1)
     assert plot.redraws == 30 and plot.full_redraws == 1
     assert plot.ax_loss.get_xlim() == (0.0, 500.0)
-    plot.redraw(fit=True)
-    assert plot.ax_loss.get_xlim() == (0.0, 500.0) and plot.full_redraws == 1  # 300 fits 500: nothing moves
+    plot.redraw(fit=True)  # the job ended: x to its last iteration
+    assert plot.ax_loss.get_xlim() == (0.0, 300.0) and plot.full_redraws == 2

@@ -162,16 +162,16 @@ class LossPlot(QWidget):
 
     def _limits(self, iterations: list[int], fit: bool) -> tuple[tuple[float, float], tuple[float, float]]:
         """Axis limits that change only when the curve leaves them: x to the 1-2-5 step above where the job is
-        expected to end (kept while within 2.5 times of that), y from 0 to a quarter above the highest loss (kept
+        expected to end (kept while within 2.5 times of that; ``fit``: to the last iteration), y from 0 to a quarter above the highest loss (kept
         while the curve fits: a falling loss redraws nothing until the job ends and ``fit`` tightens it)."""
         if not iterations:
             return (0.0, 1.0), (0.0, 1.0)
         last = iterations[-1]
         low, high = min(v for _, v in self.loss_points), max(v for _, v in self.loss_points)
         (_, x_now), (y_low_now, y_high_now) = self.ax_loss.get_xlim(), self.ax_loss.get_ylim()
-        target = step_above(last if fit else max(last, self._expected))
+        target = step_above(max(last, self._expected))
         keep = not fit and not self.empty
-        x_high = x_now if keep and last <= x_now <= 2.5 * target else target
+        x_high = max(last, 1) if fit else x_now if keep and last <= x_now <= 2.5 * target else target
         if keep and y_low_now <= low and high <= y_high_now:
             return (0.0, float(x_high)), (float(y_low_now), float(y_high_now))
         top = high * 1.25 if high > 0 else 0.05
