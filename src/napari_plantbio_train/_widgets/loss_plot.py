@@ -23,7 +23,7 @@ def step_above(value: float) -> float:
     """The smallest of 1, 2, 5 x 10^k at or above ``value`` (at least 10): an axis limit that holds for a while."""
     value = max(float(value), 10.0)
     power = 10.0 ** math.floor(math.log10(value))
-    for factor in (1.0, 2.0, 5.0, 10.0):
+    for factor in (1.0, 2.0, 5.0):
         if value <= factor * power * (1 + 1e-9):
             return factor * power
     return 10.0 * power

@@ -36,9 +36,9 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QGridLayout, QLabel, QPushButton, QWidget
 
-from ..inference.proofreading import queue_after_round
+from ..inference.proofreading import queue_for
 from ..inference.relabel import ROUND_BLOCK_VOXELS, join_across, merge_relabelled, round_regions
-from ..inference.review import ReviewedEdits, object_voxels
+from ..inference.review import ReviewedEdits, mostly_reviewed, object_voxels
 from ..inference.uncertainty import rank_objects
 from ..job.config import ConfigError, TrainConfig
 from ..job.events import Finished, Started, Validation, parts_text
@@ -77,14 +77,15 @@ def _entries(queue: Any, labels: Any, uncertainty: Any) -> list[Entry]:
 
 def _next_entries(record: ModelRecord, labels: np.ndarray, image: Any, uncertainty: np.ndarray,
                   reviewed: np.ndarray | None) -> list[Entry]:
-    """The queue of a relabelled layer, off napari's thread (tens of seconds on a large stack)."""
-    kept = np.asarray(reviewed, bool) if reviewed is not None else None
-    if record.config.mode == "instance":
-        return _entries(queue_after_round(record, labels, image, uncertainty, kept), labels, uncertainty)
-    ranked = _entries(None, labels, uncertainty)
-    if kept is None:
-        return ranked
-    return [e for e in ranked if not kept[tuple(int(round(c)) for c in e.centroid)]]
+    """The queue of a relabelled layer, off napari's thread (tens of seconds on a large stack): ranked as a new
+    result's would be (by doubt alone for a semantic model), without the objects lying mostly in what the user
+    reviewed."""
+    queue = queue_for(record, labels, image, uncertainty)[1] if record.config.mode == "instance" else None
+    entries = _entries(queue, labels, uncertainty)
+    if reviewed is None:
+        return entries
+    done = mostly_reviewed(labels, reviewed)
+    return [e for e in entries if not done[e.id]]
 
 
 class ProofreadQueue(QWidget):

@@ -363,22 +363,6 @@ def queue_for(record: ModelRecord, labels: np.ndarray, image: Any,
     return novelty, error_queue(labels, image, uncertainty, statistics, normalisation, novelty)
 
 
-def queue_after_round(record: ModelRecord, labels: np.ndarray, image: Any, uncertainty: np.ndarray,
-                      reviewed: np.ndarray | None) -> list[QueueEntry] | None:
-    """The queue of a layer a round relabelled with ``record``: objects lying mostly (half or more) in what the
-    user reviewed already are left out, the rest ranked as a new result's would be. None for a model whose
-    outputs are not objects (semantic): rank those by doubt alone."""
-    if record.config.mode != "instance":
-        return None
-    _, queue = queue_for(record, labels, image, uncertainty)
-    if reviewed is None or not np.any(reviewed):
-        return queue
-    top = int(labels.max(initial=0))
-    inside = np.bincount(labels[np.asarray(reviewed, bool)].ravel(), minlength=top + 1)
-    sizes = np.bincount(labels.ravel(), minlength=top + 1)
-    return [e for e in queue if inside[e.id] * 2 < sizes[e.id]]
-
-
 def queue_document(result: LabelResult) -> dict[str, Any]:
     """The queue as JSON values (``predict --queue``; the dock reads it back with ``queue_from_document``)."""
     tile = (result.record.statistics or {}).get("tile")

@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from .blockwise import UnionFind, mutual_best_pairs, sequential_ids
+from .review import mostly_reviewed
 
 Region = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 ROUND_BLOCK_VOXELS = 8 * 2**20  # blocks of a round: small enough that "near" leaves much of a stack for later
@@ -50,10 +51,7 @@ def merge_relabelled(current: Any, new: np.ndarray, cores: Sequence[Region], rev
         where = tuple(slice(a, b) for a, b in core)
         part = np.asarray(new[where]).astype(np.int64)
         kept = np.zeros(part.shape, bool) if reviewed is None else np.asarray(reviewed[where], bool)
-        top = int(part.max()) if part.size else 0
-        inside = np.bincount(part[kept].ravel(), minlength=top + 1)
-        sizes = np.bincount(part.ravel(), minlength=top + 1)
-        dropped = inside * 2 >= np.maximum(sizes, 1)
+        dropped = mostly_reviewed(part, kept)
         dropped[0] = True
         values = np.where(dropped[part], 0, part + start - 1)
         old = np.asarray(current[where])

@@ -25,6 +25,16 @@ def accept(labels: Any, reviewed: np.ndarray, object_id: int) -> int:
     return int(where[0].size)
 
 
+def mostly_reviewed(labels: np.ndarray, reviewed: np.ndarray) -> np.ndarray:
+    """Per id of ``labels`` (index 0 included): whether half or more of its voxels lie in ``reviewed``. Such an
+    object is the user's: a relabelling leaves a new one there out, and a new queue does not show it again."""
+    labels = np.asarray(labels)
+    top = int(labels.max(initial=0))
+    inside = np.bincount(labels[np.asarray(reviewed, bool)].ravel(), minlength=top + 1)
+    sizes = np.bincount(labels.ravel(), minlength=top + 1)
+    return inside * 2 >= np.maximum(sizes, 1)
+
+
 def mark_edit(reviewed: np.ndarray, where: tuple, mask: np.ndarray | None = None) -> None:
     """Add an edit to the reviewed mask: ``where`` is a box (slices) with ``mask`` the changed voxels inside it
     (None: all of them), or a multi-index of the changed voxels (``mask`` None)."""
