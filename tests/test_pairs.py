@@ -14,7 +14,7 @@ from napari_plantbio_train import planning
 from napari_plantbio_train.planning.plan import DEFAULT_CONTOUR_WIDTH
 from napari_plantbio_train.cli import main
 from napari_plantbio_train.job.config import ConfigError, TrainConfig
-from napari_plantbio_train.training.known import touched
+from napari_plantbio_train.training.known import touched, within
 from napari_plantbio_train.models.store import ModelStore
 from napari_plantbio_train.training.material import prepare
 from napari_plantbio_train.training.loop import _squeeze_z, run_to_end, train
@@ -71,6 +71,17 @@ def test_touched_mask_reaches_margin_in_plane_and_scaled_in_z():
     assert flat[4].any() and not flat[3].any()
     with pytest.raises(ConfigError, match="touched_only: .*identical"):
         touched(auto, auto, 5)
+
+
+@pytest.mark.parametrize("sampling", [(1.0, 1.0, 1.0), (2.5, 1.0, 1.0), (1e6, 1.0, 1.0)])
+@pytest.mark.parametrize("density", [0.0005, 0.02])
+def test_within_by_boxes_is_the_whole_stack_distance_transform(sampling, density):
+    # Scattered corrections (boxes) and dense ones (the whole-stack fallback) give the exact same mask.
+    rng = np.random.default_rng(3)
+    mask = ndimage.binary_dilation(rng.random((9, 70, 80)) < density, iterations=1)
+    mask[0, 0, 0] = mask[8, 69, 79] = True  # parts at the stack's corners: boxes clipped by its edges
+    expected = ndimage.distance_transform_edt(~mask, sampling=sampling) <= 6
+    assert np.array_equal(within(mask, 6, sampling), expected)
 
 
 def _corrected_crop(chloroplast_crop):

@@ -187,3 +187,24 @@ def test_a_step_time_taken_on_shared_cores_is_not_kept(tmp_path, monkeypatch):
 def _spin() -> None:
     while True:
         pass
+
+
+def test_a_continuation_keeps_its_parents_voxel_size_and_plans_nothing(tiny_models, tmp_path, chloroplast_crop):
+    # The parent was trained at 5/5/50; its config on disk says napari's 1/1/1 (as a layer at default scale
+    # would). A new version must not estimate the voxel size again from the new stack, nor time networks: its
+    # network is its parent's.
+    import shutil
+
+    from napari_plantbio_train.training.material import continuation
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models / "chl", models / "chl")
+    config_file = models / "chl" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "voxel_size": [1.0, 1.0, 1.0]}))
+    parent = ModelStore(models).record("chl")
+    assert parent.voxel_size == (5.0, 5.0, 50.0) and parent.config.voxel_size == (1.0, 1.0, 1.0)
+    image, labels = chloroplast_crop
+    job = continuation(parent, "chl-v2").replace(iterations=2, iteration_save=2, validate_every=2, workers=1)
+    _, events = run_to_end(train(job, image, labels, models_dir=models))
+    assert next(e for e in events if isinstance(e, Started)).plan == ()
+    assert ModelStore(models).record("chl-v2").voxel_size == (5.0, 5.0, 50.0)

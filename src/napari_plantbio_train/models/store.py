@@ -72,6 +72,7 @@ class ModelRecord:
     before: dict[str, float] | None = None  # a version's parent scored on what it holds out, before its first step
     best_parts: dict[str, float] | None = None  # the best checkpoint's learned_score and kept_score
     statistics: dict[str, Any] | None = None  # its training objects and tiles (inference/proofreading.py)
+    voxel_size: tuple[float, ...] | None = None  # what it trained with: given, or the plan's estimate
 
     @property
     def score_name(self) -> str:
@@ -176,7 +177,8 @@ class ModelStore:
                            best_iteration=meta.get("best_iteration"), postprocess=meta.get("postprocess"),
                            parent=meta.get("parent"), lineage=tuple(meta.get("lineage", ())),
                            kept_block=meta.get("kept_block"), before=meta.get("validation_before"),
-                           best_parts=meta.get("best_parts"), statistics=meta.get("statistics"))
+                           best_parts=meta.get("best_parts"), statistics=meta.get("statistics"),
+                           voxel_size=tuple(meta["voxel_size"]) if meta.get("voxel_size") else None)
 
     def load_checkpoint(self, record: ModelRecord, which: str = "best") -> dict[str, Any]:
         """The checkpoint's tensors and counters; only plain data is accepted from the file, and only from a file

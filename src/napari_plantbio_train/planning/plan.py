@@ -111,9 +111,11 @@ class Plan:
 
 
 def auto_fields(config: TrainConfig) -> tuple[str, ...]:
-    """The fields a user left to the plan: empty, or the voxel size at napari's default of 1 on every axis."""
+    """The fields a user left to the plan: empty, or the voxel size at napari's default of 1 on every axis
+    (unless the job continues a model, whose voxel size is the one its parent's network was built for)."""
     auto = [name for name in AUTO_FIELDS if getattr(config, name) is None]
-    if config.voxel_size is not None and tuple(float(v) for v in config.voxel_size) == (1.0, 1.0, 1.0):
+    if (config.voxel_size is not None and tuple(float(v) for v in config.voxel_size) == (1.0, 1.0, 1.0)
+            and config.init_from is None):
         auto.insert(0, "voxel_size")
     if config.spatial_dims == 2 and "flat_levels" in auto:
         auto.remove("flat_levels")

@@ -59,7 +59,29 @@ def touched(corrected: np.ndarray, auto_labels: np.ndarray, margin: int, *, anis
     if margin == 0:
         return changed
     z_step = 1e6 if per_slice else max(float(anisotropy), 1e-6)  # a huge z spacing keeps 2D corrections 2D
-    return ndimage.distance_transform_edt(~changed, sampling=(z_step, 1.0, 1.0)) <= margin
+    return within(changed, margin, (z_step, 1.0, 1.0))
+
+
+WHOLE_SHARE = 0.5  # crops covering more of the stack than this: one distance transform of it all is cheaper
+
+
+def within(mask: np.ndarray, distance: float, sampling: tuple[float, ...]) -> np.ndarray:
+    """Voxels within ``distance`` (in units of ``sampling``) of a True voxel of ``mask``.
+
+    Exactly the whole-stack distance transform's answer, computed over each connected part's box grown by the
+    distance: a voxel near the mask is near some part and lies in that part's box, where the part is seen whole.
+    A round's few corrections on a 25M-voxel stack took 4 s of its minute over the whole stack.
+    """
+    grow = [int(distance // s) for s in sampling]
+    boxes = ndimage.find_objects(ndimage.label(mask, structure=np.ones((3,) * mask.ndim, bool))[0])
+    crops = [tuple(slice(max(0, b.start - g), min(n, b.stop + g)) for b, g, n in zip(box, grow, mask.shape))
+             for box in boxes if box is not None]
+    if sum(np.prod([c.stop - c.start for c in crop]) for crop in crops) > WHOLE_SHARE * mask.size:
+        return ndimage.distance_transform_edt(~mask, sampling=sampling) <= distance
+    out = np.zeros(mask.shape, bool)
+    for crop in crops:
+        out[crop] |= ndimage.distance_transform_edt(~mask[crop], sampling=sampling) <= distance
+    return out
 
 
 def combine(*masks: np.ndarray | None) -> np.ndarray | None:

@@ -73,6 +73,10 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     device = torch.device(rank.device)
     if device.type == "cpu":
         torch.set_num_threads(rank.threads(config.workers))
+    if config.init_from is not None and not resume:
+        # A new version keeps the voxel size its parent's network was built for (given, or the parent's plan's
+        # estimate), rather than estimating it again from this stack.
+        config = config.replace(voxel_size=store.record(config.init_from).voxel_size or config.voxel_size)
     # Every field left empty is chosen now, once, from the data and this machine (rank 0 plans for all).
     config, plan = plan_job(config, image, labels, store=store, resume=resume, device=device,
                             threads=rank.threads(config.workers), rank=rank)
