@@ -53,8 +53,7 @@ from train_real import DATA, JOBS  # noqa: E402
 from napari_plantbio_train.evaluation.evaluate import evaluate  # noqa: E402
 from napari_plantbio_train.inference.label import LabelSettings, label_stack  # noqa: E402
 from napari_plantbio_train.inference.proofreading import queue_for, with_queue  # noqa: E402
-from napari_plantbio_train.inference.relabel import (ROUND_BLOCK_VOXELS, join_across, merge_relabelled,  # noqa: E402
-                                                     round_regions)
+from napari_plantbio_train.inference.relabel import join_across, merge_relabelled, round_regions  # noqa: E402
 from napari_plantbio_train.inference.uncertainty import rank_objects  # noqa: E402
 from napari_plantbio_train.job.config import TrainConfig  # noqa: E402
 from napari_plantbio_train.job.events import run_to_end  # noqa: E402
@@ -181,8 +180,8 @@ def main() -> int:
                              "alone, 1 0)")
     parser.add_argument("--overlap", type=float, default=LabelSettings.overlap,
                         help="of the auto-label windows (the product's default unless given)")
-    parser.add_argument("--block-voxels", type=int, default=ROUND_BLOCK_VOXELS,
-                        help="blocks of the relabelling: 'near' runs the blocks that meet the corrections")
+    parser.add_argument("--block-voxels", type=int, default=LabelSettings.block_voxels,
+                        help="largest block of the relabelling (near: blocks cut to the corrections' boxes)")
     parser.add_argument("--next", type=int, default=10, help="queue entries after the fixed ones relabelled first")
     parser.add_argument("--crop", type=int, nargs=2, metavar=("Y", "X"),
                         help="rows 0..Y and X columns on each side of the split: a quick end-to-end check")

@@ -79,13 +79,13 @@ def test_blocks_split_real_chloroplasts_as_the_whole_stack_does():
     window = (4, 256, 256)
     blocks = blockwise.plan_blocks(truth.shape, window, 0.5, (2, 128, 128), max_voxels=2_000_000)
     assert len(blocks) >= 4
-    by_index = {b.index: b for b in blocks}
+    beside = blockwise.neighbours(blocks)
     out = np.zeros(truth.shape, np.uint32)
     results = {}
     for block in blocks:
         context = blockwise.Block.region(block.context)
         labels = instances_from_maps(maps[0][context], maps[1][context], per_slice=False, **settings)
-        results[block.index] = blockwise.store_labels(block, labels, out, blockwise.neighbour_halos(block, by_index),
+        results[block.index] = blockwise.store_labels(block, labels, out, beside[block.index],
                                                       instance=True)
     assert blockwise.join_ids(blocks, results, out) == whole.max()
     assert match_instances(out, whole, 0.5)["f1"] == 1.0
@@ -102,15 +102,48 @@ def test_join_links_objects_cut_by_block_edges():
     truth = ndimage.label(mask)[0]
     blocks = blockwise.plan_blocks(mask.shape, (1, 16, 16), 0.5, (0, 8, 8), max_voxels=40 * 40)
     assert len(blocks) >= 9
-    by_index = {b.index: b for b in blocks}
+    beside = blockwise.neighbours(blocks)
     out = np.zeros(mask.shape, np.uint32)
     results = {}
     for block in blocks:
         context = ndimage.label(mask[blockwise.Block.region(block.context)])[0]
-        results[block.index] = blockwise.store_labels(block, context, out, blockwise.neighbour_halos(block, by_index),
+        results[block.index] = blockwise.store_labels(block, context, out, beside[block.index],
                                                       instance=True)
     count = blockwise.join_ids(blocks, results, out)
     assert count == truth.max()
+    assert match_instances(out, truth, 0.99)["f1"] == 1.0
+
+
+def test_blocks_around_regions_tile_the_stack_and_join_like_a_grid():
+    # A round's layout: cores follow the boxes of the regions exactly, the rest of the stack is tiled by far
+    # blocks, and objects cut by any core face (near or far, of any size) still join into the global ones.
+    yy, xx = np.mgrid[:120, :150]
+    mask = np.zeros((3, 120, 150), bool)
+    rng = np.random.default_rng(5)
+    for cy, cx in rng.integers(10, 140, size=(14, 2)):
+        mask[:] |= (yy - min(cy, 110)) ** 2 + (xx - cx) ** 2 < 9 ** 2
+    truth = ndimage.label(mask)[0]
+    regions = [((0, 3), (10, 40), (20, 70)), ((1, 3), (30, 60), (60, 90)), ((0, 3), (90, 130), (120, 160))]
+    near, far = blockwise.plan_around(mask.shape, (2, 16, 16), 0.5, (1, 8, 8), 40 * 40 * 3, regions)
+    cover = np.zeros(mask.shape, int)
+    in_near = np.zeros(mask.shape, bool)
+    for block in near + far:
+        cover[blockwise.Block.region(block.core)] += 1
+    for block in near:
+        in_near[blockwise.Block.region(block.core)] = True
+    wanted = np.zeros(mask.shape, bool)
+    for region in regions:
+        wanted[tuple(slice(a, b) for a, b in region)] = True
+    assert (cover == 1).all(), "cores tile the stack, none twice"
+    assert np.array_equal(in_near, wanted), "the near cores are the regions' boxes, no more"
+    blocks = near + far
+    beside = blockwise.neighbours(blocks)
+    out = np.zeros(mask.shape, np.uint32)
+    results = {}
+    for block in blocks:
+        context = ndimage.label(mask[blockwise.Block.region(block.context)])[0]
+        results[block.index] = blockwise.store_labels(block, context, out, beside[block.index], instance=True)
+    assert blockwise.join_ids(blocks, results, out) == truth.max()
     assert match_instances(out, truth, 0.99)["f1"] == 1.0
 
 

@@ -36,8 +36,9 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QGridLayout, QLabel, QPushButton, QWidget
 
+from ..inference.label import LabelSettings
 from ..inference.proofreading import queue_for
-from ..inference.relabel import ROUND_BLOCK_VOXELS, join_across, merge_relabelled, round_regions
+from ..inference.relabel import join_across, merge_relabelled, round_regions
 from ..inference.review import ReviewedEdits, mostly_reviewed, object_voxels
 from ..inference.uncertainty import rank_objects
 from ..job.config import ConfigError, TrainConfig
@@ -110,7 +111,7 @@ class ProofreadQueue(QWidget):
         self.relabelling: StoppableWorker | None = None
         self.trained: str | None = None  # the version the running round saved
         self.options: list[str] = []  # the ``predict`` options the result was labelled with
-        self.block_voxels = ROUND_BLOCK_VOXELS  # blocks of a round's relabelling
+        self.block_voxels = LabelSettings.block_voxels  # blocks of a round's relabelling (tests make them small)
         self._near: tuple = ()  # cores of the part relabelled first
         self._first_new_id = self._next_id = 0  # the first id the relabelling gave, and the next free one
         self._doubt: np.ndarray | None = None  # the round's new uncertainty, part by part, for the next queue

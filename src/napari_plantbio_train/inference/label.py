@@ -140,10 +140,10 @@ def label_stack(model: str, image: Any, *, models_dir: str | Path | None = None,
     `probabilities` is None (not kept), True (in memory) or a ``.zarr`` path / array for the (K, ...) maps;
     `uncertainty` likewise for a map of the model's doubt, shaped like the image.
 
-    `near` ((start, stop) per (z, y, x) axis, for each region) labels only the blocks whose core meets one of
-    the regions (with `far`, only the others): a proofreading round relabels around the corrections first and
-    the rest afterwards. Blocks are those of a whole-stack run, so inside them the result is the whole run's
-    (its ids numbered from 1 among the blocks labelled); the result's `cores` says which were written.
+    `near` ((start, stop) per (z, y, x) axis, for each region) labels only blocks whose cores cover the regions
+    (with `far`, only the others; blockwise.plan_around lays both out): a proofreading round relabels around
+    the corrections first and the rest afterwards. Inside those cores the probabilities are a whole-stack run's
+    (ids numbered from 1 among the blocks labelled); the result's `cores` says which were written.
     """
     started = time.perf_counter()
     settings = settings or LabelSettings()
@@ -159,7 +159,11 @@ def label_stack(model: str, image: Any, *, models_dir: str | Path | None = None,
     window3 = job.window3
     halo = _halo(settings.halo, window3, record)
     planned = blockwise.plan_blocks(shape, window3, job.overlap, halo, settings.block_voxels)
-    blocks = planned if near is None else [b for b in planned if blockwise.meets(b, near) != far]
+    if near is None:
+        blocks = planned
+    else:
+        inside, outside = blockwise.plan_around(shape, window3, job.overlap, halo, settings.block_voxels, near)
+        blocks = outside if far else inside
     windows = {b.index: blockwise.count_windows(b, window3, job.overlap) for b in blocks}
     total_windows = sum(windows.values())
 
@@ -254,7 +258,7 @@ def _run(job: _Job, blocks: list[blockwise.Block], windows: dict, image: Any, la
          probs_out: Output | None, unc_out: Output | None, settings: LabelSettings,
          stop: StopSignal) -> Generator[LabelEvent, None, int | None]:
     """Submit every block, report progress as windows finish, then join object ids across blocks."""
-    by_index = {b.index: b for b in blocks}
+    beside = blockwise.neighbours(blocks) if job.mode == "instance" else {}
     remote = settings.scheduler is not None
     for name, out in (("probabilities", probs_out), ("uncertainty", unc_out)):
         if out is not None and remote and isinstance(out.array, np.ndarray):
@@ -271,7 +275,7 @@ def _run(job: _Job, blocks: list[blockwise.Block], windows: dict, image: Any, la
     total = sum(windows.values())
     try:
         for block in blocks:
-            neighbours = blockwise.neighbour_halos(block, by_index) if job.mode == "instance" else []
+            neighbours = beside.get(block.index, [])
             future = executor.submit(run_block, job, block, image, labels_out.array,
                                      probs_out.array if probs_out is not None else None, neighbours,
                                      progress_for(block.index), unc_out.array if unc_out is not None else None)

@@ -2,8 +2,8 @@
 user's own work.
 
 A continued model changes most where it was corrected, and the user looks next where the queue points; so a
-round labels the blocks that meet those places first (``label_stack(near=...)``: the very blocks, and so the
-very result, of a whole-stack run) and the other blocks after it, while the user is already proofreading.
+round labels blocks covering those places first (``label_stack(near=...)``: cores cut to their boxes, with the
+probabilities a whole-stack run gives there) and the rest after it, while the user is already proofreading.
 Each part is merged into the labels the user is correcting: what they reviewed (painted, erased, accepted) stays
 as they left it, and a new object lying mostly there is dropped rather than cut into a sliver around their
 work. Objects the two parts cut at a block face are joined where their faces mostly coincide.
@@ -21,7 +21,6 @@ from .blockwise import UnionFind, mutual_best_pairs, sequential_ids
 from .review import mostly_reviewed
 
 Region = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
-ROUND_BLOCK_VOXELS = 8 * 2**20  # blocks of a round: small enough that "near" leaves much of a stack for later
 
 
 def near_regions(shape: tuple[int, int, int], reviewed: np.ndarray | None, labels: np.ndarray | None = None,
