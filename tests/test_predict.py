@@ -106,3 +106,33 @@ def test_predict_stack_3d_reports_final_progress():
 def test_predict_stack_window_must_match_dims():
     with pytest.raises(ValueError, match=r"\(z, y, x\)"):
         predict_stack(_double, np.zeros((2, 8, 8), np.float32), spatial_dims=3, window=(4, 4))
+
+
+def test_blocks_sharing_a_cache_compute_each_window_once_and_predict_the_same():
+    # Two overlapping reaches of one stack, on the stack's window grid (as blockwise lays them out): the windows
+    # they share are computed once, and each block's output is what it computes alone.
+    from napari_plantbio_train.inference.blockwise import plan_blocks
+    from napari_plantbio_train.inference.sliding import WindowCache, window_origins
+
+    rng = np.random.default_rng(0)
+    stack = rng.random((4, 40, 64)).astype(np.float32)
+    window, overlap = (2, 8, 8), 0.5
+    blocks = plan_blocks(stack.shape, window, overlap, (0, 0, 0), max_voxels=4 * 40 * 40)
+    assert len(blocks) >= 2
+    calls = []
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return torch.cat([x.sin(), x.cos()], dim=1)
+
+    cache = WindowCache(o for b in blocks for o in window_origins(b.reach, window, overlap))
+    for block in blocks:
+        region = tuple(slice(a, b) for a, b in block.reach)
+        alone = predict_stack(counted, stack[region], spatial_dims=3, window=window, overlap=overlap, batch_size=3)
+        shared = predict_stack(counted, stack[region], spatial_dims=3, window=window, overlap=overlap, batch_size=3,
+                               cache=cache, origin=tuple(a for a, _ in block.reach))
+        np.testing.assert_array_equal(shared, alone)
+    every = sum(len(window_origins(b.reach, window, overlap)) for b in blocks)
+    unique = len({o for b in blocks for o in window_origins(b.reach, window, overlap)})
+    assert unique < every and cache.computed == unique and cache.hits == every - unique
+    assert not cache._kept, "nothing is kept once the last block that needs it has run"

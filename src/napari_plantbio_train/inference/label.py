@@ -35,7 +35,7 @@ from ..models.store import ModelRecord, ModelStore
 from ..runtime.hardware import Probe, Verdict, autocast_for, choose_precision, resolve_device, usable
 from . import blockwise
 from .predictor import labels_from_probabilities, make_predictor
-from .sliding import TTA_CHOICES, predict_stack, with_tta
+from .sliding import TTA_CHOICES, WindowCache, predict_stack, window_origins, with_tta
 from .uncertainty import entropy_map
 
 
@@ -260,6 +260,9 @@ def _run(job: _Job, blocks: list[blockwise.Block], windows: dict, image: Any, la
     """Submit every block, report progress as windows finish, then join object ids across blocks."""
     beside = blockwise.neighbours(blocks) if job.mode == "instance" else {}
     remote = settings.scheduler is not None
+    # Local blocks share the windows their reaches have in common (a cluster's workers cannot).
+    cache = None if remote or len(blocks) < 2 else WindowCache(
+        origin for b in blocks for origin in window_origins(b.reach, job.window3, job.overlap))
     for name, out in (("probabilities", probs_out), ("uncertainty", unc_out)):
         if out is not None and remote and isinstance(out.array, np.ndarray):
             raise ConfigError(name, "a cluster writes its maps into a .zarr path the workers can reach, not into "
@@ -278,7 +281,8 @@ def _run(job: _Job, blocks: list[blockwise.Block], windows: dict, image: Any, la
             neighbours = beside.get(block.index, [])
             future = executor.submit(run_block, job, block, image, labels_out.array,
                                      probs_out.array if probs_out is not None else None, neighbours,
-                                     progress_for(block.index), unc_out.array if unc_out is not None else None)
+                                     progress_for(block.index), unc_out.array if unc_out is not None else None,
+                                     cache)
             futures[future] = block
         pending = set(futures)
         while pending:
@@ -323,7 +327,7 @@ class _Reporter:
 
 def run_block(job: _Job, block: blockwise.Block, image: Any, labels_out: Any, probs_out: Any | None,
               neighbours: list[tuple[int, blockwise.Block]], progress: _Reporter | None = None,
-              uncertainty_out: Any | None = None) -> blockwise.BlockResult:
+              uncertainty_out: Any | None = None, cache: WindowCache | None = None) -> blockwise.BlockResult:
     """Predict one block's reach, label its context and write its core (runs on an executor thread or worker)."""
     if progress is not None and progress.stop.is_set():
         raise LabelCancelled("labelling was cancelled")
@@ -333,7 +337,8 @@ def run_block(job: _Job, block: blockwise.Block, image: Any, labels_out: Any, pr
     normalised = Normalisation.from_dict(job.normalisation).apply(raw)
     spatial_dims = len(job.window)
     probs = predict_stack(predictor, normalised, spatial_dims=spatial_dims, window=job.window, overlap=job.overlap,
-                          batch_size=job.batch_size, progress=progress)
+                          batch_size=job.batch_size, progress=progress, cache=cache,
+                          origin=tuple(a for a, _ in block.reach))  # type: ignore[arg-type]
     del normalised, raw
     probs = probs[(slice(None), *block.within(block.reach, block.context))]
     core_in_context = block.within(block.context, block.core)
