@@ -15,6 +15,7 @@ describe ``--events jsonl`` and the STOP file for programs that follow a job). S
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -62,4 +63,10 @@ def entry() -> None:
 
     fresh_process()
     step_aside()
-    sys.exit(main())
+    status = main()
+    if status:
+        # The failure is said in one line. A zarr write it cut short leaves tasks on zarr's event loop, which
+        # asyncio reports at exit ("Task was destroyed but it is pending!", seen after a file-size limit):
+        # noise after the line that says what happened, so this exiting process no longer logs asyncio's.
+        logging.getLogger("asyncio").disabled = True
+    sys.exit(status)

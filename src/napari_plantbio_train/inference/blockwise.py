@@ -157,11 +157,6 @@ def _merge_cells(mask: np.ndarray) -> list[tuple[Span, Span, Span]]:
     return boxes
 
 
-def meets(block: Block, regions: Any) -> bool:
-    """Whether the block's core overlaps any of the regions ((start, stop) per (z, y, x) axis each)."""
-    return any(all(a < d and c < b for (a, b), (c, d) in zip(block.core, region)) for region in regions)
-
-
 def count_windows(block: Block, window: tuple[int, int, int], overlap: float) -> int:
     """Windows the sliding window runs over this block's reach (what progress counts)."""
     return math.prod(len(window_starts(b - a, w, overlap)) for (a, b), w in zip(block.reach, window))
