@@ -125,7 +125,7 @@ def test_blocks_sharing_a_cache_compute_each_window_once_and_predict_the_same():
         calls.append(len(x))
         return torch.cat([x.sin(), x.cos()], dim=1)
 
-    cache = WindowCache(o for b in blocks for o in window_origins(b.reach, window, overlap))
+    cache = WindowCache((o for b in blocks for o in window_origins(b.reach, window, overlap)), most=10_000)
     for block in blocks:
         region = tuple(slice(a, b) for a, b in block.reach)
         alone = predict_stack(counted, stack[region], spatial_dims=3, window=window, overlap=overlap, batch_size=3)
@@ -136,3 +136,14 @@ def test_blocks_sharing_a_cache_compute_each_window_once_and_predict_the_same():
     unique = len({o for b in blocks for o in window_origins(b.reach, window, overlap)})
     assert unique < every and cache.computed == unique and cache.hits == every - unique
     assert not cache._kept, "nothing is kept once the last block that needs it has run"
+
+    # Holding at most one output, the shared windows are mostly computed again, with the same result.
+    small = WindowCache((o for b in blocks for o in window_origins(b.reach, window, overlap)), most=1)
+    for block in blocks:
+        region = tuple(slice(a, b) for a, b in block.reach)
+        alone = predict_stack(counted, stack[region], spatial_dims=3, window=window, overlap=overlap, batch_size=3)
+        np.testing.assert_array_equal(predict_stack(counted, stack[region], spatial_dims=3, window=window,
+                                                    overlap=overlap, batch_size=3, cache=small,
+                                                    origin=tuple(a for a, _ in block.reach)), alone)
+        assert len(small._kept) <= 1
+    assert small.computed > unique

@@ -94,6 +94,9 @@ class LabelSettings:
         return out
 
 
+MAX_COUNTED_WINDOWS = 200_000  # windows of a labelling whose uses are counted for sharing (a few tens of MB)
+
+
 @dataclass(frozen=True)
 class LabelResult:
     labels: Any  # numpy array, zarr array, or the path of the written file
@@ -260,9 +263,11 @@ def _run(job: _Job, blocks: list[blockwise.Block], windows: dict, image: Any, la
     """Submit every block, report progress as windows finish, then join object ids across blocks."""
     beside = blockwise.neighbours(blocks) if job.mode == "instance" else {}
     remote = settings.scheduler is not None
-    # Local blocks share the windows their reaches have in common (a cluster's workers cannot).
-    cache = None if remote or len(blocks) < 2 else WindowCache(
-        origin for b in blocks for origin in window_origins(b.reach, job.window3, job.overlap))
+    # Local blocks share the windows their reaches have in common (a cluster's workers cannot): at most one
+    # block's worth of outputs is kept, and counting uses is left to stacks of moderate size (a count per window).
+    shareable = not remote and len(blocks) > 1 and sum(windows.values()) <= MAX_COUNTED_WINDOWS
+    cache = WindowCache((origin for b in blocks for origin in window_origins(b.reach, job.window3, job.overlap)),
+                        most=max(1, settings.block_voxels // math.prod(job.window3))) if shareable else None
     for name, out in (("probabilities", probs_out), ("uncertainty", unc_out)):
         if out is not None and remote and isinstance(out.array, np.ndarray):
             raise ConfigError(name, "a cluster writes its maps into a .zarr path the workers can reach, not into "

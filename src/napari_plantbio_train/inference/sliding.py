@@ -62,12 +62,14 @@ class WindowCache:
     cut to the boxes around its corrections, many and adjacent, and without sharing they ran about as many
     windows for a third of the right half of the chloroplast stack as a whole-stack run did for all of it (913
     against 900, at overlap 0.25); shared, 522-558. ``uses`` counts, per window origin (in stack voxels), the
-    blocks that will ask for it: an output is kept only while another block still needs it, so memory holds the
-    windows along block faces, not the stack's.
+    blocks that will ask for it: an output is kept only while another block still needs it, and never more than
+    ``most`` outputs at once (the windows along the faces between slabs of a large stack's blocks would otherwise
+    all wait for the next slab); past that, a window is computed again.
     """
 
-    def __init__(self, uses: Iterable[tuple[int, ...]]) -> None:
+    def __init__(self, uses: Iterable[tuple[int, ...]], most: int) -> None:
         self._uses = Counter(uses)
+        self._most = int(most)
         self._kept: dict[tuple[int, ...], torch.Tensor] = {}
         self._lock = threading.Lock()
         self.hits = 0
@@ -86,7 +88,7 @@ class WindowCache:
         """The output just computed at ``origin``: kept if a later block needs it."""
         with self._lock:
             self.computed += 1
-            if self._uses.get(origin, 0) > 1:
+            if self._uses.get(origin, 0) > 1 and len(self._kept) < self._most:
                 self._kept[origin] = value.clone()
             self._used(origin)
 
