@@ -73,10 +73,11 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     device = torch.device(rank.device)
     if device.type == "cpu":
         torch.set_num_threads(rank.threads(config.workers))
-    if config.init_from is not None and not resume:
+    continued = store.record(config.init_from) if config.init_from is not None and not resume else None
+    if continued is not None:
         # A new version keeps the voxel size its parent's network was built for (given, or the parent's plan's
         # estimate), rather than estimating it again from this stack.
-        config = config.replace(voxel_size=store.record(config.init_from).voxel_size or config.voxel_size)
+        config = config.replace(voxel_size=continued.voxel_size or config.voxel_size)
     # Every field left empty is chosen now, once, from the data and this machine (rank 0 plans for all).
     config, plan = plan_job(config, image, labels, store=store, resume=resume, device=device,
                             threads=rank.threads(config.workers), rank=rank)
@@ -87,10 +88,10 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
                          "postprocess": record.postprocess, "kept_block": record.kept_block,
                          "statistics": record.statistics, "resumed": True}
         previous_state = store.load_checkpoint(record, "last")
-    elif config.init_from is not None:
+    elif continued is not None:
         # A new version: the parent's weights, intensity scale and classes, so what it learned carries over and
         # its outputs keep their meaning; optimiser and schedule start afresh for the new labels.
-        parent = store.record(config.init_from)
+        parent = continued
         previous_meta = {"classes": parent.classes, "normalisation": parent.normalisation,
                          "postprocess": parent.postprocess, "kept_block": parent.kept_block,
                          "statistics": parent.statistics}
