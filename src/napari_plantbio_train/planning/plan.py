@@ -36,7 +36,7 @@ AUTO_FIELDS = ("voxel_size", "window", "stem_stride", "flat_levels", "depth", "b
 # by 0.11 IoU on rows never trained on; on the chloroplast, 245 iterations of 4x256x256 were too few (F1 0.39 on
 # its validation block against 0.86 for 532 of 4x128x128). Past this pace, a wider view pays more than more steps.
 TARGET_ITERATIONS = 800
-PLANNING_SHARE = 0.05  # of the budget, at most, spent timing candidates (beyond the first two)
+PLANNING_SHARE = 0.05  # of the budget (or a shorter job's length), at most, spent timing candidates beyond two
 UNTIMED_BUDGET_S = 3600.0  # without a time limit, the pace the plan aims for: TARGET_ITERATIONS within an hour
 BASE_CHANNELS = 16
 LR = 2e-3  # the benchmarks' rate at batch 2-4 (1e-3 learned slower in the same minutes)
@@ -181,7 +181,7 @@ def make_plan(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, dev
     expected = None
     if seconds:
         expected = int(min(config.iterations, budget / seconds)) if config.time_limit_min else config.iterations
-    values["validate_every"] = _validation_interval(expected or config.iterations)
+    values["validate_every"] = validation_interval(expected or config.iterations)
     values["contour_width"] = 2 if prints.radius is not None and prints.radius < 12 else DEFAULT_CONTOUR_WIDTH
     return Plan(auto=auto, values=values, voxel_source=source, budget_seconds=budget,
                 timed=bool(config.time_limit_min), seconds_per_iteration=seconds, expected_iterations=expected,
@@ -320,7 +320,10 @@ def _choose(candidates: list[Candidate], config: TrainConfig, out_channels: int,
         elif best is not None or len(timed) > 1:
             break
         spent += (1 + TIMED_STEPS) * seconds
-        if len(timed) > 1 and spent > PLANNING_SHARE * budget:
+        # A job without a time limit lasts its iterations, at least at the fastest pace measured: a job of a few
+        # iterations is not held up by minutes of timing networks it would run for seconds.
+        length = budget if config.time_limit_min else min(budget, config.iterations * min(c.seconds for c in timed))
+        if len(timed) > 1 and spent > PLANNING_SHARE * length:
             break  # measuring must not eat the job it plans (a 2-minute job spent 45 s here on busy cores)
     return (best or min(timed, key=lambda c: c.seconds or math.inf)), timed
 
@@ -351,7 +354,17 @@ def _with_seconds(candidate: Candidate, seconds: float) -> Candidate:
     return replace(candidate, seconds=round(float(seconds), 3))
 
 
-def _validation_interval(iterations: int) -> int:
+def version_interval(config: TrainConfig, seconds_per_iteration: float | None) -> int:
+    """A new version's validation interval, at its parent's pace (the same network, so no candidate is timed
+    again): a proofreading round of a minute runs ~150 iterations, and the parent's interval for its hours-long
+    job (200 and more) would validate it once, at its end, so that its best checkpoint is merely its last."""
+    expected = config.iterations
+    if config.time_limit_min and seconds_per_iteration:
+        expected = min(expected, int(config.time_limit_min * 60.0 / seconds_per_iteration))
+    return validation_interval(max(expected, 1))
+
+
+def validation_interval(iterations: int) -> int:
     """About ten validations a job, at round numbers, between 10 and 500 iterations apart (a short job on a slow
     machine still sees its curve)."""
     raw = max(10, min(500, iterations // 10))
