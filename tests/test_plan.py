@@ -208,3 +208,28 @@ def test_a_continuation_keeps_its_parents_voxel_size_and_plans_nothing(tiny_mode
     _, events = run_to_end(train(job, image, labels, models_dir=models))
     assert next(e for e in events if isinstance(e, Started)).plan == ()
     assert ModelStore(models).record("chl-v2").voxel_size == (5.0, 5.0, 50.0)
+
+
+def test_a_short_version_validates_at_its_own_pace_not_its_parents_interval(tiny_models, tmp_path, chloroplast_crop):
+    # A round of a minute at 0.4 s per iteration runs ~150 iterations: validated every 15, not every 200 as its
+    # parent's hour was, which scored it once, at its end (its best checkpoint merely its last).
+    import shutil
+
+    from napari_plantbio_train.models.catalogue import step_seconds_logged
+    from napari_plantbio_train.planning.plan import version_interval
+    from napari_plantbio_train.training.material import continuation, correction_round
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models / "chl", models / "chl")
+    parent = ModelStore(models).record("chl")
+    assert correction_round(parent, "chl-v2").validate_every is None  # chosen by the new job, not inherited
+    assert version_interval(TrainConfig(name="r", iterations=1000, time_limit_min=1.0), 0.4) == 15
+    assert version_interval(TrainConfig(name="r", iterations=40, time_limit_min=1.0), 0.4) == 10
+    assert version_interval(TrainConfig(name="r", iterations=1000), None) == 100
+    pace = step_seconds_logged(ModelStore(models), "chl")
+    assert pace is not None and pace > 0
+    image, labels = chloroplast_crop
+    job = continuation(parent, "chl-v2").replace(iterations=3, iteration_save=3, workers=1)
+    _, events = run_to_end(train(job, image, labels, models_dir=models))
+    assert next(e for e in events if isinstance(e, Started)).plan == ()  # still nothing planned or timed
+    assert ModelStore(models).record("chl-v2").config.validate_every == version_interval(job, pace) == 10

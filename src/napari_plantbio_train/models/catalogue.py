@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import statistics
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -54,19 +55,31 @@ def summaries(store: ModelStore) -> list[ModelSummary]:
 def validation_curve(store: ModelStore, name: str) -> list[tuple[int, float]]:
     """(iteration, validation score) of each validation the model's job logged in metrics.csv, in order; empty
     for a model that never validated or has no metrics.csv (an imported one may not)."""
+    return [(int(row["iteration"]), row["validation_score"]) for row in _metric_rows(store, name, "validation_score")]
+
+
+def step_seconds_logged(store: ModelStore, name: str) -> float | None:
+    """The median seconds per iteration the model's own job logged (None without metrics.csv): the pace a new
+    version of it, the same network, can expect on the machine it trained on."""
+    steps = [row["seconds_per_iteration"] for row in _metric_rows(store, name, "seconds_per_iteration")]
+    return float(statistics.median(steps)) if steps else None
+
+
+def _metric_rows(store: ModelStore, name: str, column: str) -> list[dict[str, float]]:
+    """metrics.csv's rows that logged ``column``, as numbers (iteration and column), in order."""
     path = store.folder(name) / METRICS_FILE
     if not path.is_file():
         return []
-    points = []
+    rows = []
     with open(path, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
-            score, iteration = row.get("validation_score"), row.get("iteration")
-            if score and iteration:
+            value, iteration = row.get(column), row.get("iteration")
+            if value and iteration:
                 try:
-                    points.append((int(float(iteration)), float(score)))
+                    rows.append({"iteration": int(float(iteration)), column: float(value)})
                 except ValueError:
                     continue  # a line cut by a crash mid-write
-    return points
+    return rows
 
 
 def delete_model(store: ModelStore, name: str) -> Path:

@@ -216,12 +216,14 @@ def continuation(parent: ModelRecord, name: str) -> TrainConfig:
     """The job that continues ``parent`` as a new version ``name``, before the user's own changes.
 
     Fine-tuning defaults: a fifth of the parent's learning rate and a short run adapt the model to corrected
-    labels without forgetting what it learned. Data fields start empty: the corrected stack is new data.
+    labels without forgetting what it learned. Data fields start empty: the corrected stack is new data; the
+    validation interval is chosen for the new job's own length (planning.plan.version_interval).
     """
     return parent.config.replace(
         name=name, init_from=parent.name, lr=parent.config.lr * FINE_TUNE_LR_FACTOR,
         iterations=min(parent.config.iterations, FINE_TUNE_MAX_ITERATIONS), time_limit_min=None, image=None,
-        labels=None, extra_images=(), extra_labels=(), pair_weights=None, touched_only=False, auto_labels=None)
+        labels=None, extra_images=(), extra_labels=(), pair_weights=None, touched_only=False, auto_labels=None,
+        validate_every=None)
 
 
 def correction_round(parent: ModelRecord, name: str) -> TrainConfig:

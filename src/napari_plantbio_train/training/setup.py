@@ -19,10 +19,11 @@ import torch
 
 from ..io.checks import check_labels, check_stack
 from ..job.config import ConfigError, TrainConfig
+from ..models.catalogue import step_seconds_logged
 from ..models.network import UNet
 from ..models.store import ModelStore, ModelWriter
 from ..planning import network_for
-from ..planning.plan import Plan, auto_fields, make_plan
+from ..planning.plan import Plan, auto_fields, make_plan, version_interval
 from ..runtime.hardware import Probe, Verdict, autocast_for, choose_precision, usable
 from ..runtime.memory import suggest_batch_size
 from .distributed import Rank, gather
@@ -78,6 +79,8 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         # A new version keeps the voxel size its parent's network was built for (given, or the parent's plan's
         # estimate), rather than estimating it again from this stack.
         config = config.replace(voxel_size=continued.voxel_size or config.voxel_size)
+        if config.validate_every is None:
+            config = config.replace(validate_every=version_interval(config, step_seconds_logged(store, continued.name)))
     # Every field left empty is chosen now, once, from the data and this machine (rank 0 plans for all).
     config, plan = plan_job(config, image, labels, store=store, resume=resume, device=device,
                             threads=rank.threads(config.workers), rank=rank)
