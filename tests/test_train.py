@@ -251,3 +251,35 @@ def test_every_checkpoint_rebuilds_its_model_alone(models_dir, tmp_path):
     torch.save({"model": model.state_dict()}, tmp_path / "bare.pt")
     with pytest.raises(ModelError, match="does not describe its network"):
         load_checkpoint_file(tmp_path / "bare.pt")
+
+
+def test_validations_of_an_interval_left_to_the_job_keep_to_their_share_of_its_time(chloroplast_crop, models_dir,
+                                                                                 monkeypatch):
+    # Held-out corrections once took longer to score than the iterations between two validations took to run.
+    # Here a validation takes a second and a step a fraction of one: a job that chose its own interval validates
+    # when validations have taken at most VALIDATION_SHARE of its time, and at its end; an interval the user gave
+    # is kept to the letter.
+    import time
+
+    from napari_plantbio_train.training import loop
+
+    real = loop.score_region
+
+    def slow(*args, **kwargs):
+        time.sleep(1.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "score_region", slow)
+    image, labels = chloroplast_crop
+    fields = dict(TINY, iterations=40, validate_every=None, iteration_save=40)
+    config = TrainConfig(name="paced", mode="instance", dims="3d", window=(2, 64, 64), voxel_size=(5, 5, 50),
+                         **fields)
+    _, events = run_to_end(train(config, image, labels, models_dir=models_dir))
+    interval = ModelStore(models_dir).record("paced").config.validate_every
+    due = list(range(interval, 41, interval))
+    validated = [v.iteration for v in _of(events, Validation)]
+    assert len(due) >= 3 and validated[0] == due[0] and validated[-1] == 40
+    assert set(validated) <= set(due) and len(validated) < len(due)  # some due validations waited
+    given = config.replace(name="given", validate_every=interval)
+    _, events = run_to_end(train(given, image, labels, models_dir=models_dir))
+    assert [v.iteration for v in _of(events, Validation)] == due

@@ -37,6 +37,7 @@ AUTO_FIELDS = ("voxel_size", "window", "stem_stride", "flat_levels", "depth", "b
 # its validation block against 0.86 for 532 of 4x128x128). Past this pace, a wider view pays more than more steps.
 TARGET_ITERATIONS = 800
 PLANNING_SHARE = 0.05  # of the budget (or a shorter job's length), at most, spent timing candidates beyond two
+UNTIMED_FLOOR_S = 10.0  # a job without a time limit may always take these: small networks time in a fraction of one
 UNTIMED_BUDGET_S = 3600.0  # without a time limit, the pace the plan aims for: TARGET_ITERATIONS within an hour
 BASE_CHANNELS = 16
 LR = 2e-3  # the benchmarks' rate at batch 2-4 (1e-3 learned slower in the same minutes)
@@ -165,7 +166,9 @@ def make_plan(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, dev
         values["flat_levels"] = sum(k[0] == 1 for k in _levels(config, chosen.depth, anisotropy, chosen.stem_stride,
                                                                 chosen.flat_levels, chosen.window).kernels)
     if len(candidates) > 1:
-        too_slow = [c for c in timed if c.seconds is not None and c is not chosen and c.seconds > chosen.seconds]
+        # Only a more detailed network is worth naming as too slow (a wider, coarser one may also be slower).
+        too_slow = [c for c in timed if c.seconds is not None and c is not chosen and c.seconds > chosen.seconds
+                    and _detail(c) < _detail(chosen)]
         if chosen.seconds and chosen.seconds > budget / max(target, 1):
             reasons.append(f"chose {chosen.describe()} (the fastest measured: none reaches ~{target:,} iterations "
                            f"in {_minutes(budget)} here; a longer time limit allows a more detailed network)")
@@ -322,8 +325,9 @@ def _choose(candidates: list[Candidate], config: TrainConfig, out_channels: int,
         spent += (1 + TIMED_STEPS) * seconds
         # A job without a time limit lasts its iterations, at least at the fastest pace measured: a job of a few
         # iterations is not held up by minutes of timing networks it would run for seconds.
-        length = budget if config.time_limit_min else min(budget, config.iterations * min(c.seconds for c in timed))
-        if len(timed) > 1 and spent > PLANNING_SHARE * length:
+        allowed = PLANNING_SHARE * budget if config.time_limit_min else max(
+            PLANNING_SHARE * min(budget, config.iterations * min(c.seconds for c in timed)), UNTIMED_FLOOR_S)
+        if len(timed) > 1 and spent > allowed:
             break  # measuring must not eat the job it plans (a 2-minute job spent 45 s here on busy cores)
     return (best or min(timed, key=lambda c: c.seconds or math.inf)), timed
 

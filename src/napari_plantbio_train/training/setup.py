@@ -52,6 +52,7 @@ class Run:
     autocast: Any
     batch_hint: int | None
     plan: Plan | None = None  # what the plan chose for the fields left empty (None: every field was given)
+    paced_validation: bool = False  # validate_every was left to the job: validations keep to VALIDATION_SHARE
 
 
 def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
@@ -60,6 +61,7 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     """Check the job against its data, prepare the material, build (or restore) the network and its optimiser,
     choose the number format, open the model folder (rank 0) and start the window stream."""
     store = ModelStore(models_dir)
+    paced = config.validate_every is None  # chosen below (plan, parent's pace or the resumed job's), not given
     if extra_pairs and not config.extra_images:  # arrays without names (a script): name them by position
         config = config.replace(extra_images=tuple(f"pair {i}" for i in range(2, len(extra_pairs) + 2)),
                                 extra_labels=tuple(f"pair {i} labels" for i in range(2, len(extra_pairs) + 2)))
@@ -157,7 +159,7 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
             forward = torch.compile(net)  # optional: minutes of compiling first, then faster steps
     return Run(config=config, material=material, model=model, net=net, forward=forward, optimizer=optimizer,
                writer=writer, folder=folder, start=start, best_score=best_score, batches=batches, device=device,
-               verdict=verdict, autocast=autocast, batch_hint=batch_hint, plan=plan)
+               verdict=verdict, autocast=autocast, batch_hint=batch_hint, plan=plan, paced_validation=paced)
 
 
 def plan_job(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, store: ModelStore, resume: bool,
