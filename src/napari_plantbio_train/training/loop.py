@@ -37,8 +37,8 @@ from .view import ViewFile, ViewPreviews, ViewSource
 WARMUP_ITERATIONS = 100
 # Of a job's time, at most what validations may take when the job chose its own interval: a proofreading round's
 # held-out corrections took 2-7 s to score against 5 s for the 15 iterations between two validations, so a
-# one-minute round trained 67 iterations instead of ~170. A validation due past the share waits for the next due
-# iteration; the last validation, and every one of an interval the user gave, are kept.
+# one-minute second round trained 67 iterations (139 with the share). A validation due past the share waits for the
+# next due iteration; the last validation, and every one of an interval the user gave, are kept.
 VALIDATION_SHARE = 0.2
 
 
