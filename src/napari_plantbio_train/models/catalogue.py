@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..io.files import atomic_write_json
 from ..job.config import ConfigError
@@ -55,7 +56,7 @@ def summaries(store: ModelStore) -> list[ModelSummary]:
 def validation_curve(store: ModelStore, name: str) -> list[tuple[int, float]]:
     """(iteration, validation score) of each validation the model's job logged in metrics.csv, in order; empty
     for a model that never validated or has no metrics.csv (an imported one may not)."""
-    return [(int(row["iteration"]), row["validation_score"]) for row in _metric_rows(store, name, "validation_score")]
+    return [(row["iteration"], row["validation_score"]) for row in _metric_rows(store, name, "validation_score")]
 
 
 def step_seconds_logged(store: ModelStore, name: str) -> float | None:
@@ -65,7 +66,7 @@ def step_seconds_logged(store: ModelStore, name: str) -> float | None:
     return float(statistics.median(steps)) if steps else None
 
 
-def _metric_rows(store: ModelStore, name: str, column: str) -> list[dict[str, float]]:
+def _metric_rows(store: ModelStore, name: str, column: str) -> list[dict[str, Any]]:
     """metrics.csv's rows that logged ``column``, as numbers (iteration and column), in order."""
     path = store.folder(name) / METRICS_FILE
     if not path.is_file():

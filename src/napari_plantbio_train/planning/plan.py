@@ -181,9 +181,7 @@ def make_plan(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, dev
     values["base_channels"] = BASE_CHANNELS
     values["lr"] = LR
     seconds = chosen.seconds
-    expected = None
-    if seconds:
-        expected = int(min(config.iterations, budget / seconds)) if config.time_limit_min else config.iterations
+    expected = expected_iterations(config, seconds)
     values["validate_every"] = validation_interval(expected or config.iterations)
     values["contour_width"] = 2 if prints.radius is not None and prints.radius < 12 else DEFAULT_CONTOUR_WIDTH
     return Plan(auto=auto, values=values, voxel_source=source, budget_seconds=budget,
@@ -362,10 +360,17 @@ def version_interval(config: TrainConfig, seconds_per_iteration: float | None) -
     """A new version's validation interval, at its parent's pace (the same network, so no candidate is timed
     again): a proofreading round of a minute runs ~150 iterations, and the parent's interval for its hours-long
     job (200 and more) would validate it once, at its end, so that its best checkpoint is merely its last."""
-    expected = config.iterations
-    if config.time_limit_min and seconds_per_iteration:
-        expected = min(expected, int(config.time_limit_min * 60.0 / seconds_per_iteration))
-    return validation_interval(max(expected, 1))
+    expected = expected_iterations(config, seconds_per_iteration)
+    return validation_interval(config.iterations if expected is None else expected)
+
+
+def expected_iterations(config: TrainConfig, seconds_per_iteration: float | None) -> int | None:
+    """The iterations a job runs at this pace: its total, or what its time limit allows (None: pace unknown)."""
+    if not seconds_per_iteration:
+        return None
+    if not config.time_limit_min:
+        return config.iterations
+    return int(min(config.iterations, config.time_limit_min * 60.0 / seconds_per_iteration))
 
 
 def validation_interval(iterations: int) -> int:

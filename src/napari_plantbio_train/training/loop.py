@@ -216,13 +216,13 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
 
         row = {"iteration": iteration, "loss": loss_sum, "lr": lr, "seconds_per_iteration": seconds,
                "data_seconds": data_seconds, "elapsed_seconds": time.perf_counter() - began}
-        if writer is not None and validated and (iteration == config.iterations or (
-                iteration % config.validate_every == 0
-                and (not run.paced_validation or validating <= VALIDATION_SHARE * (time.perf_counter() - began)))):
+        due = iteration % config.validate_every == 0 or iteration == config.iterations
+        waits = (run.paced_validation and iteration != config.iterations
+                 and validating > VALIDATION_SHARE * (time.perf_counter() - began))
+        if writer is not None and validated and due and not waits:
             row.update((yield from validation(iteration)))  # the other ranks wait for it at the next agreement
             last_validated = iteration
-        if views is not None and views.wanted(iteration % config.validate_every == 0
-                                              or iteration == config.iterations):
+        if views is not None and views.wanted(due):
             # Where the user looks, at each validation (unless the user turned that off) and when asked (a stat
             # per iteration otherwise).
             shown = views.predict(model, iteration, device, autocast, seconds_ema)
