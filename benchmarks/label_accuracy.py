@@ -8,7 +8,7 @@ and the scores of the labels of the part never trained on, not even as the valid
 gets on a new region of the same tissue.
 
     .venv/bin/python benchmarks/label_accuracy.py [--task chloroplast3d|plate2d|all] [--minutes 15]
-        [--recipes defaults,hand] [--set FIELD=JSON ...] [--intensity drift,mild] [--overlaps 0.5,0.25]
+        [--recipes defaults,hand,'FIELD=JSON;...'] [--set FIELD=JSON ...] [--intensity drift,mild] [--overlaps 0.5,0.25]
 
 ``--intensity`` trains each recipe with each intensity augmentation of training/sampling.py in turn (the default:
 the one the product uses): ``drift`` (wide contrast, brightness, gamma, blur, noise) or ``mild`` (the narrow
@@ -54,7 +54,15 @@ def job_for(task: str, recipe: str, minutes: float, overrides: dict) -> dict:
     fields = dict(mode=mode, dims=dims, time_limit_min=minutes, workers=os.cpu_count() or 1)
     if recipe == "hand":
         fields.update(JOBS[task], iterations=100_000, iteration_save=100_000)
+    elif recipe != "defaults":  # FIELD=JSON[;FIELD=JSON...]: those fields set, the plan choosing the rest
+        fields.update(parse_fields(recipe.split(";")))
     return {**fields, **overrides}
+
+
+def parse_fields(pairs: list[str]) -> dict:
+    """``FIELD=JSON`` strings as TrainConfig fields (JSON lists become tuples, as the config holds them)."""
+    fields = {k.strip(): json.loads(v) for k, v in (p.split("=", 1) for p in pairs if p.strip())}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
 
 
 def run(task: str, recipe: str, minutes: float, models_dir: Path, overrides: dict,
@@ -65,7 +73,8 @@ def run(task: str, recipe: str, minutes: float, models_dir: Path, overrides: dic
     fields = job_for(task, recipe, minutes, overrides)
     if stack.voxel_size is not None and "voxel_size" not in fields:
         fields["voxel_size"] = tuple(stack.voxel_size)  # what the command line and the dock take from the file
-    config = TrainConfig(name=f"accuracy-{task}-{recipe}-{int(time.time())}", **fields)
+    slug = recipe if recipe in ("defaults", "hand") else "recipe"  # a model name takes no brackets or '='
+    config = TrainConfig(name=f"accuracy-{task}-{slug}-{int(time.time())}", **fields)
     load_before = os.getloadavg()
     started = time.perf_counter()
     best, iterations, plan, window = None, 0, [], None
@@ -102,11 +111,26 @@ def run(task: str, recipe: str, minutes: float, models_dir: Path, overrides: dic
     return result
 
 
+def split_recipes(text: str) -> list[str]:
+    """Commas separate recipes, except inside a JSON list (``window=[4,128,128]``)."""
+    recipes, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            recipes.append(current)
+            current = ""
+        else:
+            current += char
+    return [r.strip() for r in [*recipes, current] if r.strip()]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=[*SPLITS, "all"], default="all")
     parser.add_argument("--minutes", type=float, default=15.0, help="training budget per run (wall clock)")
-    parser.add_argument("--recipes", default="defaults", help="defaults, hand, or both: defaults,hand")
+    parser.add_argument("--recipes", default="defaults",
+                        help="defaults, hand, or a recipe of fields over the defaults, FIELD=JSON;FIELD=JSON; "
+                             "several, comma-separated: defaults,hand or 'defaults,window=[4,128,128];stem_stride=2'")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=JSON",
                         help="a field for every run, e.g. --set stem_stride=2 (a recipe beside the defaults)")
     parser.add_argument("--intensity", default=next(k for k, v in INTENSITIES.items() if v == sampling.INTENSITY),
@@ -119,14 +143,13 @@ def main() -> int:
         print(f"the real data is not at {DATA}", file=sys.stderr)
         return 1
     overlaps = [None] if not args.overlaps else [float(v) for v in args.overlaps.split(",")]
-    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    overrides = parse_fields(args.set)
     models_dir = args.models_dir or Path(tempfile.mkdtemp(prefix="plantbio-accuracy-"))
     tasks = list(SPLITS) if args.task == "all" else [args.task]
     lines = [f"=== {datetime.datetime.now().isoformat(timespec='seconds')} label_accuracy "
              f"{' '.join(sys.argv[1:]) or '(defaults)'} on {cpu_model()}"]
     for task in tasks:
-        for recipe in args.recipes.split(","):
+        for recipe in split_recipes(args.recipes):
             for intensity in args.intensity.split(","):
                 # Windows are drawn in this process on a CPU (no data workers), so the choice reaches the sampler.
                 sampling.INTENSITY = INTENSITIES[intensity.strip()]
