@@ -10,7 +10,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (QInputDialog, QMessageBox, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout,
                             QWidget)
 
@@ -55,6 +55,13 @@ class ModelsView(QWidget):
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(180)
         self.axes = self.figure.add_subplot(111)
+        # The curves are drawn on the next turn of the event loop, on a timer this widget owns: matplotlib's
+        # draw_idle schedules its own, which fired on a canvas already deleted when a dock closed (a traceback
+        # from _draw_idle in the test log).
+        self._draw_timer = QTimer(self)
+        self._draw_timer.setSingleShot(True)
+        self._draw_timer.setInterval(0)
+        self._draw_timer.timeout.connect(self.canvas.draw)
         self.rename_button, self.delete_button = QPushButton("Rename…"), QPushButton("Delete…")
         self.status = StatusLine()
         layout = QVBoxLayout(self)
@@ -127,7 +134,7 @@ class ModelsView(QWidget):
             self.axes.text(0.5, 0.5, "tick models to compare their validation curves" if not drawn else
                            "the ticked models logged no validation", transform=self.axes.transAxes,
                            ha="center", va="center", fontsize=8, alpha=0.7)
-        self.canvas.draw_idle()
+        self._draw_timer.start()
         return drawn
 
     def _on_item_changed(self, item: QTableWidgetItem) -> None:

@@ -33,8 +33,7 @@ from .window import deepest, held_out_size, network_for, room_to_validate
 AUTO_FIELDS = ("voxel_size", "window", "stem_stride", "flat_levels", "depth", "base_channels", "lr", "batch_size",
                "validate_every", "contour_width")
 # Enough iterations to learn, not the most: on the plate, 895 iterations of a 256x256 window beat 2,502 of 128x128
-# by 0.11 IoU on rows never trained on; on the chloroplast, 245 iterations of 4x256x256 were too few (F1 0.39 on
-# its validation block against 0.86 for 532 of 4x128x128). Past this pace, a wider view pays more than more steps.
+# by 0.11 IoU on rows never trained on; past this pace, a finer stem stride pays more than more steps.
 TARGET_ITERATIONS = 800
 PLANNING_SHARE = 0.05  # of the budget (or a shorter job's length), at most, spent timing candidates beyond two
 UNTIMED_FLOOR_S = 10.0  # a job without a time limit may always take these: small networks time in a fraction of one
@@ -214,16 +213,23 @@ def _candidates(config: TrainConfig, shape: tuple[int, int, int], device: torch.
     gpu = device.type == "cuda"
     batch = config.batch_size or ((8 if gpu else 2) if three else (16 if gpu else 4))
     options: list[tuple[int, int | None, tuple[int, ...]]] = []
+    # From the cheapest up (the measuring stops at the first that is too slow). Windows of at most 2^16 voxels:
+    # on the parts of both stacks never trained on, every larger window lost, with as many iterations or more
+    # (benchmarks/results/label_accuracy.txt). Chloroplast, 15 min on an AVX512-BF16 CPU in bf16: 4x128x128 F1
+    # 0.51 (5,000 iterations), 8x256x256 0.39 (1,192), 4x256x256 0.31 (3,247); on an AVX2 CPU in fp32, 4x128x128
+    # 0.46-0.57 (532-2,138) against the old hand recipe's 4x256x256 0.44 (245). Plate: 512x512 at stem stride 4
+    # 0.68 IoU against 256x256 0.92 (15 min); below the size a wider view still pays (256x256 0.84 against 128x128
+    # 0.74 in 5 min, with a third of the iterations).
+    # Stem stride 1 only on a GPU: on this CPU it lost at the same 15 minutes, with fewer iterations (chloroplast
+    # 4x128x128 F1 0.49 against 0.51; plate 256x256 IoU 0.85 against 0.92, bf16 on an AVX512-BF16 CPU).
     if three:
-        # In order of measured cost here (the measuring stops at the first that is too slow). No stem stride 4:
-        # on the plate its 512x512 window scored 0.68 IoU on rows never trained on against 0.84 for 256x256 at
-        # stride 2 (benchmarks/label_accuracy.py): a wider view does not buy back a quarter of the resolution.
-        for stem, flat, z, xy in ((2, 2, 4, 128), (2, 2, 4, 256), (2, 2, 8, 256), (2, 0, 4, 256), (2, 0, 8, 256),
-                                  (1, 2, 8, 256), (1, 0, 8, 256)):
-            options.append((stem, flat, (z, xy, xy)))
+        for stem, flat, z, xy in ((2, 2, 4, 128), (1, 2, 4, 128)):
+            if stem == 2 or gpu:
+                options.append((stem, flat, (z, xy, xy)))
     else:
-        for stem, xy in ((2, 128), (2, 256), (2, 512), (1, 256), (1, 512)):
-            options.append((stem, None, (xy, xy)))
+        for stem, xy in ((2, 128), (2, 256), (1, 256)):
+            if stem == 2 or gpu:
+                options.append((stem, None, (xy, xy)))
     if anisotropy > ANISOTROPIC and three:
         options = [(s, None if f == 0 else f, w) for s, f, w in options]  # the voxel size decides flatness too
     found: list[Candidate] = []
