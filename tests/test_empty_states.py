@@ -22,10 +22,10 @@ def test_thresholds_are_blank_until_a_model_is_picked(make_napari_viewer, tiny_m
 def test_an_empty_loss_plot_says_what_will_appear(qtbot):
     plot = LossPlot()
     qtbot.addWidget(plot)
-    assert plot.empty and plot.ax_loss.get_ylim() == (0.0, 1.0)
+    assert plot.empty and plot.ylim == (0.0, 1.0)
     plot.add_loss(1, 0.7)
     plot.add_loss(2, 0.5)
     plot.redraw()
-    assert not plot.empty and plot.ax_loss.get_ylim()[1] > 0.7
+    assert not plot.empty and plot.ylim[1] > 0.7
     plot.reset()
-    assert plot.empty and plot.ax_loss.get_ylim() == (0.0, 1.0)
+    assert plot.empty and plot.ylim == (0.0, 1.0)
