@@ -283,3 +283,28 @@ def test_validations_of_an_interval_left_to_the_job_keep_to_their_share_of_its_t
     given = config.replace(name="given", validate_every=interval)
     _, events = run_to_end(train(given, image, labels, models_dir=models_dir))
     assert [v.iteration for v in _of(events, Validation)] == due
+
+
+def test_a_flat_validation_score_keeps_the_weights_that_overlap_the_truth_best(chloroplast_crop, models_dir,
+                                                                               monkeypatch):
+    """An F1 over a handful of held-out objects stays flat for thousands of iterations; among equal scores the
+    best checkpoint is the one whose foreground overlaps the truth most, not merely the first to reach it."""
+    from dataclasses import replace
+
+    from napari_plantbio_train.training import loop
+
+    real = loop.score_region
+    overlaps = iter([0.70, 0.90, 0.80])  # the second validation's weights overlap best; all score F1 0.5
+
+    def flat(*args, **kwargs):
+        return replace(real(*args, **kwargs), score=0.5, tiebreak=next(overlaps))
+
+    monkeypatch.setattr(loop, "score_region", flat)
+    image, labels = chloroplast_crop
+    config = TrainConfig(name="flat", mode="instance", dims="3d", window=(2, 64, 64), voxel_size=(5, 5, 50),
+                         **dict(TINY, iterations=18))
+    _, events = run_to_end(train(config, image, labels, models_dir=models_dir))
+    assert [v.is_best for v in _of(events, Validation)] == [True, True, False]
+    record = ModelStore(models_dir).record("flat")
+    assert (record.best_iteration, record.best_score) == (12, 0.5)
+    assert json.loads((record.folder / "model.json").read_text())["best_tiebreak"] == 0.9

@@ -109,6 +109,7 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     config, material, model, net, forward = run.config, run.material, run.model, run.net, run.forward
     optimizer, writer, device, autocast, batches = run.optimizer, run.writer, run.device, run.autocast, run.batches
     start, best_score, folder = run.start, run.best_score, run.folder
+    best_tiebreak = run.best_tiebreak
     target_dtype = torch.long if config.mode == "semantic" else torch.float32
 
     validated = bool(material.holdout.parts)
@@ -131,19 +132,20 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     def validation(at: int, eligible: bool = True) -> Generator[Event, None, dict]:
         """Score what is held out, show it, and keep the weights if they are the best so far (``eligible``:
         weights this job trained; the parent's, scored before the first step, are only the "before")."""
-        nonlocal best_score, validating
+        nonlocal best_score, best_tiebreak, validating
         tick = time.perf_counter()
         result = score_region(model, material, config, device, autocast)
         validating += time.perf_counter() - tick
-        is_best = eligible and (best_score is None or result.score > best_score)
+        is_best = eligible and (best_score is None or
+                                (result.score, result.tiebreak) > (best_score, best_tiebreak or -math.inf))
         yield Validation(at, result.score, result.metrics, is_best)
         if result.offset is not None:
             yield Preview(at, result.probabilities, result.labels, result.offset, result.channel_names)
         # Plain finite numbers or nothing: model.json refuses NaN (a semantic part with no class present scores it).
         parts = {k: result.metrics[k] for k in PART_SCORES if math.isfinite(result.metrics.get(k, math.nan))}
         if is_best:
-            best_score = result.score
-            writer.describe(best_parts=parts)
+            best_score, best_tiebreak = result.score, result.tiebreak
+            writer.describe(best_parts=parts, best_tiebreak=result.tiebreak)
             yield CheckpointSaved(at, writer.save_best(at, _cpu_state(model), best_score), "best")
         model.train()
         return {"validation_score": result.score if math.isfinite(result.score) else None, **parts}

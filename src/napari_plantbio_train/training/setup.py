@@ -52,7 +52,8 @@ class Run:
     autocast: Any
     batch_hint: int | None
     plan: Plan | None = None  # what the plan chose for the fields left empty (None: every field was given)
-    paced_validation: bool = False  # validate_every was left to the job: validations keep to VALIDATION_SHARE
+    paced_validation: bool = False
+    best_tiebreak: float | None = None  # what broke the best score's ties (validation.RegionScore.tiebreak)  # validate_every was left to the job: validations keep to VALIDATION_SHARE
 
 
 def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
@@ -127,7 +128,7 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
                if rank.is_main else None)
     verdict = usable(gather(rank, verdict)[0])
     precision = verdict.precision
-    folder, writer, best_score = store.folder(config.name), None, None
+    folder, writer, best_score, best_tiebreak = store.folder(config.name), None, None, None
     if rank.is_main:
         writer = ModelWriter(store, config, resume=resume)
         writer.describe(network=model.spec, normalisation=material.normalisation.to_dict(),
@@ -143,7 +144,7 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
                         precision=verdict.to_dict())
         if plan is not None:
             writer.describe(plan=plan.to_dict())
-        best_score = writer.meta.get("best_score")
+        best_score, best_tiebreak = writer.meta.get("best_score"), writer.meta.get("best_tiebreak")
 
     # A resumed job draws new windows, not the same ones; on a GPU, worker processes keep batches ready.
     processes = config.data_processes(device.type)
@@ -159,7 +160,8 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
             forward = torch.compile(net)  # optional: minutes of compiling first, then faster steps
     return Run(config=config, material=material, model=model, net=net, forward=forward, optimizer=optimizer,
                writer=writer, folder=folder, start=start, best_score=best_score, batches=batches, device=device,
-               verdict=verdict, autocast=autocast, batch_hint=batch_hint, plan=plan, paced_validation=paced)
+               verdict=verdict, autocast=autocast, batch_hint=batch_hint, plan=plan, paced_validation=paced,
+               best_tiebreak=best_tiebreak)
 
 
 def plan_job(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, store: ModelStore, resume: bool,
