@@ -357,3 +357,32 @@ def test_a_dock_job_on_layers_from_files_reruns_headless_from_its_config(dock, q
     assert (recorded.image, recorded.labels) == (str(tmp_path / "em.tif"), str(tmp_path / "em_labels.tif"))
     assert main(["train", "--config", str(saved), "--name", "again", "--models-dir", str(models), "--quiet"]) == 0
     assert ModelStore(models).record("again").config.image == recorded.image
+
+
+def test_a_removed_dock_stops_reading_the_models_folder(make_napari_viewer, tmp_path, qtbot):
+    """napari's remove_dock_widget hands the widget to Python with no parent, and the garbage collector may delete
+    it at any moment: its polls must have stopped by then (one deleted mid-poll once aborted the process). A
+    dock shown again polls again."""
+    import gc
+
+    from napari_plantbio_train._widgets.label_widget import AutoLabelWidget
+    from napari_plantbio_train._widgets.train_widget import TrainWidget
+
+    viewer = make_napari_viewer(show=True)
+    train, label = TrainWidget(viewer), AutoLabelWidget(viewer, models_dir=tmp_path)
+    train.form.set_values(models_dir=tmp_path)
+    polls = [train.form.continue_from._poll, label._poll]
+    for widget in (train, label):
+        viewer.window.add_dock_widget(widget)
+    qtbot.waitUntil(lambda: train.isVisible() and label.isVisible())
+    assert all(p.isActive() for p in polls)
+    for widget in (train, label):
+        viewer.window.remove_dock_widget(widget)
+    assert not any(p.isActive() for p in polls)
+    (tmp_path / "new-model").mkdir()  # a change that a running poll would re-read
+    viewer.window.add_dock_widget(label)
+    qtbot.waitUntil(label.isVisible)
+    assert label._poll.isActive() and not polls[0].isActive()
+    del train, label, widget, polls
+    gc.collect()
+    qtbot.wait(2500)  # past a poll's interval: nothing fires on a deleted widget

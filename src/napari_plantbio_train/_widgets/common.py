@@ -10,7 +10,7 @@ from typing import Any
 
 from napari.qt.threading import GeneratorWorker
 from psygnal import Signal, SignalInstance
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
 
 from .settings import DockSettings
@@ -90,6 +90,32 @@ def follow(signal: SignalInstance, widget: QWidget, method: str) -> None:
         getattr(target, method)(value)
 
     signal.connect(call)
+
+
+class _WhileShown(QObject):
+    def __init__(self, widget: QWidget, timer: QTimer) -> None:
+        super().__init__(widget)
+        self._timer = timer
+
+    def eventFilter(self, _watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.Hide:
+            self._timer.stop()
+        elif event.type() == QEvent.Type.Show and not self._timer.isActive():
+            self._timer.start()
+        return False
+
+
+def poll_while_shown(widget: QWidget, timer: QTimer) -> None:
+    """Run a widget's polling ``timer`` only while the widget is shown (it starts running, for a widget never
+    shown, as in a hidden viewer).
+
+    A dock nobody sees needs no re-reading of the models folder, and a removed one must not: napari's
+    ``remove_dock_widget`` hands the dock's widget to Python with no parent, and the garbage collector deleted it
+    while its poll was re-reading the folder (benchmarks/widget_responsiveness.py: "wrapped C/C++ object of type
+    ContinueFromBox has been deleted" in the slot, and PyQt6 aborted the process). Being removed hides it first.
+    """
+    widget.installEventFilter(_WhileShown(widget, timer))
+    timer.start()
 
 
 class ModelsFolderField(QWidget):

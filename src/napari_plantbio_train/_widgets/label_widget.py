@@ -25,7 +25,8 @@ from ..job.config import ConfigError
 from ..job.events import LabelFinished, LabelProgress, LabelStarted, StackStarted, StacksProgress
 from ..job.kinds import POSTPROCESS_DEFAULTS
 from ..models.store import ModelRecord, ModelStore
-from .common import WARNING_STYLE, DockState, JobState, ModelsFolderField, StatusLine, StoppableWorker, follow, row
+from .common import (WARNING_STYLE, DockState, JobState, ModelsFolderField, StatusLine, StoppableWorker, follow,
+                     poll_while_shown, row)
 from .corrections import auto_label_metadata
 from .job_process import (ChildDied, JobFolder, StoredResult, labelled_in_child, labelled_many_in_child,
                           remove_stale_results, source_path)
@@ -153,7 +154,7 @@ class AutoLabelWidget(QWidget):
         self.cancel_button.clicked.connect(lambda: self.cancel())
         self._poll = QTimer(self, interval=self.POLL_MS)
         self._poll.timeout.connect(self._look_again)
-        self._poll.start()
+        poll_while_shown(self, self._poll)
         follow(self.dock_settings.models_dir_changed, self, "_use_models_dir")
         self.refresh_models()
         self._on_model_changed()  # an empty list never says its index changed

@@ -12,6 +12,7 @@ from qtpy.QtWidgets import QComboBox, QWidget
 
 from ..job.config import NAME_PATTERN
 from ..models.store import ModelRecord, ModelStore
+from .common import poll_while_shown
 from .model_info import describe
 
 NEW_MODEL = "(new model)"
@@ -111,7 +112,7 @@ class ContinueFromBox(QComboBox):
         self.currentIndexChanged.connect(self._on_index_changed)
         self._poll = QTimer(self, interval=self.POLL_MS)
         self._poll.timeout.connect(self._look_again)
-        self._poll.start()
+        poll_while_shown(self, self._poll)
         self.refresh()
 
     @property
