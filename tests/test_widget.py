@@ -386,3 +386,33 @@ def test_a_removed_dock_stops_reading_the_models_folder(make_napari_viewer, tmp_
     del train, label, widget, polls
     gc.collect()
     qtbot.wait(2500)  # past a poll's interval: nothing fires on a deleted widget
+
+
+def test_a_timer_slot_on_a_deleted_widget_ends_quietly(qtbot):
+    from qtpy.QtWidgets import QLabel
+
+    from napari_plantbio_train._widgets.common import unless_deleted
+
+    label = QLabel("x")
+    label.deleteLater()
+    qtbot.waitUntil(lambda: not _alive(label))
+
+    @unless_deleted
+    def touch() -> str:
+        return label.text()
+
+    @unless_deleted
+    def other() -> None:
+        raise RuntimeError("a real error")
+
+    assert touch() is None
+    with pytest.raises(RuntimeError, match="a real error"):
+        other()
+
+
+def _alive(widget) -> bool:
+    try:
+        widget.objectName()
+        return True
+    except RuntimeError:
+        return False

@@ -26,7 +26,7 @@ from ..job.events import LabelFinished, LabelProgress, LabelStarted, StackStarte
 from ..job.kinds import POSTPROCESS_DEFAULTS
 from ..models.store import ModelRecord, ModelStore
 from .common import (WARNING_STYLE, DockState, JobState, ModelsFolderField, StatusLine, StoppableWorker, follow,
-                     poll_while_shown, row)
+                     poll_while_shown, row, unless_deleted)
 from .corrections import auto_label_metadata
 from .job_process import (ChildDied, JobFolder, StoredResult, labelled_in_child, labelled_many_in_child,
                           remove_stale_results, source_path)
@@ -231,6 +231,7 @@ class AutoLabelWidget(QWidget):
         self.refresh_models()
         super().showEvent(event)
 
+    @unless_deleted
     def _look_again(self) -> None:
         """What changes outside the dock: models trained or removed, the image's scale set in its controls."""
         if folder_stamp(self.models_dir) != self._folder_stamp:

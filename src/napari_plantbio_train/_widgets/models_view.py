@@ -17,7 +17,7 @@ from qtpy.QtWidgets import (QInputDialog, QMessageBox, QPushButton, QTableWidget
 from ..job.config import ConfigError
 from ..models.catalogue import ModelSummary, delete_model, rename_model, summaries, validation_curve
 from ..models.store import ModelStore
-from .common import StatusLine, row
+from .common import StatusLine, row, unless_deleted
 
 COLUMNS = ("model", "mode", "dims", "voxel size", "iterations", "best score", "parent", "date")
 
@@ -61,7 +61,7 @@ class ModelsView(QWidget):
         self._draw_timer = QTimer(self)
         self._draw_timer.setSingleShot(True)
         self._draw_timer.setInterval(0)
-        self._draw_timer.timeout.connect(self.canvas.draw)
+        self._draw_timer.timeout.connect(self._draw)
         self.rename_button, self.delete_button = QPushButton("Rename…"), QPushButton("Delete…")
         self.status = StatusLine()
         layout = QVBoxLayout(self)
@@ -72,6 +72,10 @@ class ModelsView(QWidget):
         self.rename_button.clicked.connect(lambda: self.rename())
         self.delete_button.clicked.connect(lambda: self.delete())
         self.refresh()
+
+    @unless_deleted
+    def _draw(self) -> None:
+        self.canvas.draw()
 
     # ----- what is shown ------------------------------------------------------------------------------------------
     def set_root(self, root: str | Path) -> None:

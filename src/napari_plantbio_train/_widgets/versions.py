@@ -12,7 +12,7 @@ from qtpy.QtWidgets import QComboBox, QWidget
 
 from ..job.config import NAME_PATTERN
 from ..models.store import ModelRecord, ModelStore
-from .common import poll_while_shown
+from .common import poll_while_shown, unless_deleted
 from .model_info import describe
 
 NEW_MODEL = "(new model)"
@@ -143,6 +143,7 @@ class ContinueFromBox(QComboBox):
         self._on_index_changed()
         return self.names()
 
+    @unless_deleted
     def _look_again(self) -> None:
         # While a job trains the form (and this box) is disabled and its checkpoints keep changing the folder:
         # re-reading every model then would only take time from the viewer. The job's end refreshes it.
