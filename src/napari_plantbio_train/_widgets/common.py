@@ -6,8 +6,8 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
-from enum import Enum
 from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 from napari.qt.threading import GeneratorWorker

@@ -136,8 +136,8 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         tick = time.perf_counter()
         result = score_region(model, material, config, device, autocast)
         validating += time.perf_counter() - tick
-        is_best = eligible and (best_score is None or
-                                (result.score, result.tiebreak) > (best_score, best_tiebreak or -math.inf))
+        kept = (best_score, -math.inf if best_tiebreak is None else best_tiebreak)  # none kept: an equal score wins
+        is_best = eligible and (best_score is None or (result.score, result.tiebreak) > kept)
         yield Validation(at, result.score, result.metrics, is_best)
         if result.offset is not None:
             yield Preview(at, result.probabilities, result.labels, result.offset, result.channel_names)

@@ -52,8 +52,8 @@ class Run:
     autocast: Any
     batch_hint: int | None
     plan: Plan | None = None  # what the plan chose for the fields left empty (None: every field was given)
-    paced_validation: bool = False
-    best_tiebreak: float | None = None  # what broke the best score's ties (validation.RegionScore.tiebreak)  # validate_every was left to the job: validations keep to VALIDATION_SHARE
+    paced_validation: bool = False  # validate_every was left to the job: validations keep to VALIDATION_SHARE
+    best_tiebreak: float | None = None  # what broke the best score's ties (validation.RegionScore.tiebreak)
 
 
 def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
