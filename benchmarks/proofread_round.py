@@ -11,8 +11,9 @@ right half as two simulated users with the truth at hand:
 
 A fix makes the labels the truth around the object (8 pixels in-plane) and over every true object it touches.
 Each round then trains a new version for ``--continue-minutes`` (the dock's round by default) trusting only what
-was corrected so far (``touched_only`` with the cumulative fixes as the reviewed mask), alone as the dock does or
-beside the left half it was trained on (``--balance 1 1``), and labels the right half again: the blocks near
+was corrected so far (``touched_only`` with the cumulative fixes as the reviewed mask), beside the crop of the
+left half the first model keeps in its folder (``--rehearse``: its share of windows, the dock's 0.5 unless given),
+and, with ``--balance 1 1``, the whole left half besides; then it labels the right half again: the blocks near
 this round's fixes and the queue's next entries first (what the user waits for), the rest afterwards (while they
 proofread), never over their fixes.
 Two ways to train each round (``--strategy``): ``continue`` the last version, or retrain from the ``base`` model
@@ -60,6 +61,7 @@ from napari_plantbio_train.job.events import run_to_end  # noqa: E402
 from napari_plantbio_train.models.store import ModelStore  # noqa: E402
 from napari_plantbio_train.training.loop import train  # noqa: E402
 from napari_plantbio_train.training.material import ROUND_MINUTES, continuation  # noqa: E402
+from napari_plantbio_train.training.rehearsal import REHEARSE_SHARE  # noqa: E402
 
 SPLIT_X = 1097
 FIX_RING = 8  # in-plane pixels of truth painted around a fixed object
@@ -178,6 +180,9 @@ def main() -> int:
     parser.add_argument("--balance", type=float, nargs=2, default=(1.0, 0.0), metavar=("CORRECTED", "LEFT"),
                         help="shares of the corrected half and the left half (the dock's round: the corrections "
                              "alone, 1 0)")
+    parser.add_argument("--rehearse", type=float, default=REHEARSE_SHARE,
+                        help="share of a round's windows from the first model's data kept in its folder "
+                             "(training/rehearsal.py; the product's default unless given, 0: none)")
     parser.add_argument("--overlap", type=float, default=LabelSettings.overlap,
                         help="of the auto-label windows (the product's default unless given)")
     parser.add_argument("--block-voxels", type=int, default=LabelSettings.block_voxels,
@@ -284,7 +289,7 @@ def play_round(number: int, user: str, strategy: str, state: dict, image: np.nda
     name = f"round-{stamp}-{user}-{strategy}-{number}"
     job = continuation(parent, name).replace(
         iterations=100_000, iteration_save=100_000, time_limit_min=args.continue_minutes, workers=workers,
-        touched_only=True, touched_margin=args.touched_margin,
+        touched_only=True, touched_margin=args.touched_margin, rehearse=args.rehearse,
         pair_weights=tuple(args.balance) if args.balance[1] else None)
     extra = [original] if args.balance[1] else []
     t = time.perf_counter()

@@ -14,6 +14,7 @@ from ..job.config import ConfigError, TrainConfig, unsaved_layer
 from ..job.voxels import voxel_size_from_scale
 from ..models.store import ModelRecord
 from ..training.material import INHERITED, continuation
+from ..training.rehearsal import REHEARSE_SHARE
 from .common import ERROR_STYLE, ModelsFolderField, column, error_label, follow
 from .corrections import TouchedOption, auto_labels_of
 from .layer_picker import follow_layers, layer_choice, reset_keeping_pick, source_of
@@ -368,6 +369,7 @@ class TrainForm(QWidget):
             touched_only=self.touched.checkbox.isChecked(),
             touched_margin=self.touched.margin.value(),
             auto_labels=unsaved_layer(corrected[0]) if corrected is not None else None,
+            rehearse=REHEARSE_SHARE if parent is not None else 0.0,
         )
         return config, errors
 

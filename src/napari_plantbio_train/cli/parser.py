@@ -19,7 +19,7 @@ FIELD_OPTIONS = {
     "log_every": "log_every", "val_fraction": "val_fraction", "base_channels": "base_channels",
     "depth": "depth", "stem_stride": "stem_stride", "flat_levels": "flat_levels", "contour_width": "contour_width", "seed": "seed",
     "precision": "precision", "painted_slices_only": "painted_slices_only", "ignore_value": "ignore_value",
-    "touched_margin": "touched_margin", "data_workers": "data_workers",
+    "touched_margin": "touched_margin", "rehearse": "rehearse", "data_workers": "data_workers",
     "compile": "compile", "cpu_processes": "cpu_processes",
 }
 
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="trust only the regions of the first --labels that differ from this auto-label result (the one "
              "they were corrected from), plus --touched-margin pixels around them; the rest is ignored")
     add("--touched-margin", type=int, help="pixels of context around each correction (default 16)")
+    add("--rehearse", type=float, metavar="SHARE",
+        help="with --init-from: share of windows from the first model's data kept in its folder, so the new "
+             "version does not forget it (default 0.5; 0: the given pairs only)")
     add("--reviewed", metavar="MASK",
         help="with --touched-only: a mask (non-zero: reviewed) of voxels checked by hand, trusted like the "
              "corrections even where the labels did not change (objects accepted as right)")

@@ -85,6 +85,9 @@ class TrainConfig:
     auto_labels: str | None = None  # the auto-label result the first pair's labels were corrected from
     # With touched_only: a mask of the voxels the user reviewed (painted, erased, accepted), trusted with the changes.
     reviewed: str | None = None
+    # A continued model: the share of windows drawn from its lineage's first data, kept in the parent's folder
+    # (training/rehearsal.py), so that a version trained on a few corrections does not forget the rest; 0: none.
+    rehearse: float = 0.0
     seed: int = 0
 
     # ----- derived values -------------------------------------------------------------------------------------
@@ -177,6 +180,9 @@ class TrainConfig:
             elif not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
                          for w in weights) or not sum(weights) > 0:
                 bad("pair_weights", f"{weights!r} must be shares of at least 0, not all 0")
+        if not (isinstance(self.rehearse, (int, float)) and not isinstance(self.rehearse, bool)
+                and 0 <= self.rehearse < 1):
+            bad("rehearse", f"{self.rehearse!r} must be a share from 0 (none) up to, not including, 1")
         if not _whole_number(self.touched_margin, 0):
             bad("touched_margin", f"{self.touched_margin!r} must be a whole number of pixels, at least 0")
 

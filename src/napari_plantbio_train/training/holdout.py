@@ -85,10 +85,11 @@ def block_record(stack: np.ndarray, region: Region) -> dict[str, Any]:
 
 def plan_holdout(pairs: Sequence[tuple[np.ndarray, np.ndarray | None]], window: tuple[int, int, int],
                  fraction: float, placed_by: np.ndarray, *, touched: bool,
-                 inherited: dict[str, Any] | None) -> Holdout:
+                 inherited: dict[str, Any] | None, rehearsal: Region | None = None) -> Holdout:
     """Where a job validates. ``pairs`` are (stack, trusted mask or None) per pair, first pair first;
     ``placed_by`` is what places the first pair's block (its trusted voxels, else its labelled ones);
-    ``touched``: the first pair's trusted voxels are corrections; ``inherited``: the lineage's kept block."""
+    ``touched``: the first pair's trusted voxels are corrections; ``inherited``: the lineage's kept block;
+    ``rehearsal``: the last pair is the lineage's rehearsal crop (rehearsal.py) and this its block."""
     shapes = [tuple(int(s) for s in stack.shape) for stack, _ in pairs]
     regions: list[Region] = [whole(shape) for shape in shapes]
     found = _find_block(pairs, inherited)
@@ -111,11 +112,16 @@ def plan_holdout(pairs: Sequence[tuple[np.ndarray, np.ndarray | None]], window: 
             regions[0], block = split_validation(shapes[0], window, fraction, placed_by)
         parts.append(Part("learned", "the held-out block", (Box(0, block, None),)))
         kept_block = inherited if inherited is not None else block_record(pairs[0][0], block)
+    if rehearsal is not None:  # never trained on, whichever part scores it
+        regions[-1] = _complement(shapes[-1], rehearsal)
     if found is not None and found > 0:
         block = _region(inherited["region"])
         regions[found] = _complement(shapes[found], block)
         parts.append(Part("kept", f"pair {found + 1}'s block the first model was validated on",
                           (Box(found, block, None),)))
+    elif rehearsal is not None and found is None:
+        parts.append(Part("kept", "the first model's validation block, kept in its folder",
+                          (Box(len(pairs) - 1, rehearsal, None),)))
     elif inherited is not None:
         notes.append("forgetting is not measured: add the pair the first model was trained on to measure it")
     if not parts:

@@ -25,6 +25,7 @@ from ..models.store import ModelRecord, ModelStore
 from .holdout import Holdout, plan_holdout, whole
 from .known import combine, painted, touched
 from .loader import Pool
+from .rehearsal import REHEARSE_SHARE, Rehearsal
 from .sampling import MixedSampler, Region, WindowSampler, crop
 from .targets import class_values, instance_targets, semantic_target
 
@@ -69,7 +70,7 @@ class Material:
         known = self.known if withheld is None else self.known & ~withheld  # held-out corrections: never in the loss
         pairs = [(self.stack, self.target, self.foreground, known, self.train_region)]
         pairs += [(s.stack, s.target, s.foreground, s.known, s.region or whole(s.stack.shape)) for s in self.extra]
-        return Pool(pairs, self.weights, _window3(self.window), self.normalisation)
+        return Pool(pairs, self.weights, window3(self.window), self.normalisation)
 
     def pair(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """(stack, labels as given, target, trusted mask) of pair ``index`` (0: the first)."""
@@ -84,15 +85,20 @@ class Material:
 
 def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previous: dict | None,
             extra_pairs: Sequence[tuple[np.ndarray, np.ndarray]] = (),
-            auto_labels: np.ndarray | None = None, reviewed: np.ndarray | None = None) -> Material:
+            auto_labels: np.ndarray | None = None, reviewed: np.ndarray | None = None,
+            rehearsal: Rehearsal | None = None) -> Material:
     """Check the data against the job and derive targets, normalisation and what validation holds out.
 
     ``previous`` is the parent's (or, resuming, the model's own) description: classes, normalisation,
     post-processing and the lineage's kept block. ``reviewed`` marks voxels the user reviewed in the first
-    labels (painted, erased or accepted), trusted with the corrections in a touched-only job."""
+    labels (painted, erased or accepted), trusted with the corrections in a touched-only job. ``rehearsal``, the
+    lineage's first data (rehearsal.py), is sampled last, in the share ``config.rehearse`` of all windows."""
     pairs = [_checked_pair(config, image, labels, "image", "labels")]
     pairs += [_checked_pair(config, i, lab, "extra_images", "extra_labels", index)
               for index, (i, lab) in enumerate(extra_pairs, start=2)]
+    if rehearsal is not None:
+        pairs.append(_checked_pair(config, rehearsal.stack, rehearsal.labels, "rehearse", "rehearse",
+                                   len(pairs) + 1))
     if config.touched_only:
         stack, truth, known = pairs[0]
         if auto_labels is None:
@@ -112,13 +118,14 @@ def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previ
     sources = [_source(config, stack, truth, known, classes) for stack, truth, known in pairs]
     window = planning.window_for(config, pairs[0][0].shape)
     for index, source in enumerate(sources[1:], start=2):
-        _check_fits(source.stack.shape, _window3(window), index)
+        _check_fits(source.stack.shape, window3(window), index)
     stack, truth, _ = pairs[0]
     first = sources[0]
     # With a trusted-voxel mask, the held-out block is placed by what is trusted, never by labels nobody vouches for.
-    holdout = plan_holdout([(s.stack, s.known) for s in sources], _window3(window), config.val_fraction,
+    holdout = plan_holdout([(s.stack, s.known) for s in sources], window3(window), config.val_fraction,
                            first.foreground if first.known is None else first.known, touched=config.touched_only,
-                           inherited=(previous or {}).get("kept_block"))
+                           inherited=(previous or {}).get("kept_block"),
+                           rehearsal=None if rehearsal is None else rehearsal.block)
     for source, region in zip(sources, holdout.train_regions):
         source.region = region
     train_region, val_region = holdout.train_regions[0], holdout.first_region
@@ -126,7 +133,10 @@ def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previ
     if config.mode == "instance":
         postprocess = (previous or {}).get("postprocess") or params_from_truth(
             crop(truth, train_region), per_slice=config.dims == "2d", anisotropy=config.anisotropy)
-    weights = tuple(float(w) for w in config.pair_weights) if config.pair_weights else (1.0,) * len(sources)
+    given = len(sources) - (rehearsal is not None)
+    weights = tuple(float(w) for w in config.pair_weights) if config.pair_weights else (1.0,) * given
+    if rehearsal is not None:  # its share of all windows: the given pairs keep their proportions between them
+        weights += (sum(weights) * config.rehearse / (1 - config.rehearse),)
     material = Material(stack, truth, first.target, classes, normalisation, window, first.foreground, train_region,
                         val_region, postprocess, first.known, sources[1:], weights, holdout)
     material.statistics = _statistics(config, material, previous)
@@ -216,14 +226,15 @@ def continuation(parent: ModelRecord, name: str) -> TrainConfig:
     """The job that continues ``parent`` as a new version ``name``, before the user's own changes.
 
     Fine-tuning defaults: a fifth of the parent's learning rate and a short run adapt the model to corrected
-    labels without forgetting what it learned. Data fields start empty: the corrected stack is new data; the
-    validation interval is chosen for the new job's own length (planning.plan.version_interval).
+    labels, and half of its windows from the lineage's first data (rehearsal.py) keep it from forgetting what it
+    learned. Data fields start empty: the corrected stack is new data; the validation interval is chosen for
+    the new job's own length (planning.plan.version_interval).
     """
     return parent.config.replace(
         name=name, init_from=parent.name, lr=parent.config.lr * FINE_TUNE_LR_FACTOR,
         iterations=min(parent.config.iterations, FINE_TUNE_MAX_ITERATIONS), time_limit_min=None, image=None,
         labels=None, extra_images=(), extra_labels=(), pair_weights=None, touched_only=False, auto_labels=None,
-        validate_every=None)
+        validate_every=None, rehearse=REHEARSE_SHARE)
 
 
 def correction_round(parent: ModelRecord, name: str) -> TrainConfig:
@@ -240,6 +251,6 @@ def round_number(parent: ModelRecord) -> int:
     return len(ancestors) + 1
 
 
-def _window3(window: tuple[int, ...]) -> tuple[int, int, int]:
+def window3(window: tuple[int, ...]) -> tuple[int, int, int]:
     """Windows are drawn from (Z, Y, X) stacks; a 2D job's window is one slice thick."""
     return window if len(window) == 3 else (1, *window)  # type: ignore[return-value]

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io.checks import check_labels, check_stack
+from ..io.checks import as_stack, check_labels, check_stack
 from ..job.config import ConfigError, TrainConfig
 from ..models.catalogue import step_seconds_logged
 from ..models.network import UNet
-from ..models.store import ModelStore, ModelWriter
+from ..models.store import ModelRecord, ModelStore, ModelWriter
 from ..planning import network_for
 from ..planning.plan import Plan, auto_fields, make_plan, version_interval
 from ..runtime.hardware import Probe, Verdict, autocast_for, choose_precision, usable
@@ -29,7 +29,8 @@ from ..runtime.memory import suggest_batch_size
 from .distributed import Rank, gather
 from .loader import window_batches
 from .known import painted
-from .material import Material, checked, prepare
+from .material import Material, checked, prepare, window3
+from .rehearsal import Rehearsal, copy_rehearsal, read_rehearsal, write_rehearsal
 
 
 @dataclass
@@ -105,7 +106,7 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         raise ConfigError("extra_images", f"{len(config.extra_images)} extra pair(s) named but "
                                           f"{len(extra_pairs)} given")
     material = prepare(config, image, labels, previous=previous_meta, extra_pairs=extra_pairs,
-                       auto_labels=auto_labels, reviewed=reviewed)
+                       auto_labels=auto_labels, reviewed=reviewed, rehearsal=_rehearsal(config, store))
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also copies rank 0's)
     out_channels = 2 if config.mode == "instance" else len(material.classes)
@@ -144,6 +145,8 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
                         precision=verdict.to_dict())
         if plan is not None:
             writer.describe(plan=plan.to_dict())
+        if not resume:
+            _keep_first_data(store, config, parent, material, labels)
         best_score, best_tiebreak = writer.meta.get("best_score"), writer.meta.get("best_tiebreak")
 
     # A resumed job draws new windows, not the same ones; on a GPU, worker processes keep batches ready.
@@ -193,6 +196,34 @@ def plan_job(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, stor
     if rank is not None:
         plan = gather(rank, plan)[0]
     return plan.apply(config), plan
+
+
+def _rehearsal(config: TrainConfig, store: ModelStore) -> Rehearsal | None:
+    """The lineage's first data a continued (or resumed) version practises, where it asks to and there is some
+    its window fits (a parent from before rehearsal files, or a window changed by hand, goes without)."""
+    if not config.rehearse or config.init_from is None or not store.exists(str(config.init_from)):
+        return None
+    kept = read_rehearsal(store.folder(str(config.init_from)))
+    window = window3(tuple(config.window or ()))
+    if kept is None or not kept.labels.any() or len(window) != 3 or any(
+            w > s for w, s in zip(window, kept.stack.shape)):
+        return None
+    return kept
+
+
+def _keep_first_data(store: ModelStore, config: TrainConfig, parent: ModelRecord | None, material: Material,
+                     labels: np.ndarray) -> None:
+    """A new model keeps a crop of its first pair around its validation block, a version its parent's
+    (rehearsal.py). A first model validated otherwise (touched-only: held-out corrections) keeps nothing."""
+    folder = store.folder(config.name)
+    if parent is not None:
+        copy_rehearsal(parent.folder, folder)
+        return
+    block = material.holdout.kept_block if material.holdout is not None else None
+    if block is None or tuple(block["shape"]) != tuple(material.stack.shape) or config.touched_only:
+        return
+    region = tuple((int(a), int(b)) for a, b in block["region"])
+    write_rehearsal(folder, material.stack, as_stack(labels, field="labels"), region, window3(material.window))
 
 
 def _first_stream(rank: Rank, processes: int) -> int | None:

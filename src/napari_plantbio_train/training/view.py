@@ -28,7 +28,7 @@ from ..inference.sliding import predict_stack
 from ..io.files import atomic_write_json
 from ..job.events import ViewPreview
 from ..job.kinds import channel_names
-from .material import _window3
+from .material import window3
 from .sampling import Region, crop
 from .validation import VALIDATION_OVERLAP
 
@@ -118,7 +118,7 @@ class ViewFile:
 # ----- the region -----------------------------------------------------------------------------------------------
 def smallest_view(shape: tuple[int, int, int], window: tuple[int, ...]) -> int:
     """Voxels of the smallest region worth predicting: one window (or the whole stack, where it is smaller)."""
-    return math.prod(min(w, s) for w, s in zip(_window3(window), shape))
+    return math.prod(min(w, s) for w, s in zip(window3(window), shape))
 
 
 def view_region(request: ViewRequest, shape: tuple[int, int, int], window: tuple[int, ...],
@@ -126,7 +126,7 @@ def view_region(request: ViewRequest, shape: tuple[int, int, int], window: tuple
     """The (start, stop) per (z, y, x) axis to predict for a request: the slices around its z (one for a 2D
     job, a window's depth for a 3D one), and the largest near-square field around its centre that keeps the
     region within ``budget`` voxels, clipped to the stack and never smaller than a window."""
-    depth, wy, wx = (min(w, s) for w, s in zip(_window3(window), shape))
+    depth, wy, wx = (min(w, s) for w, s in zip(window3(window), shape))
     size_z, size_y, size_x = shape
     plane = max(1, budget // depth)
     height = min(size_y, max(wy, math.isqrt(plane)))
