@@ -150,11 +150,12 @@ def make_plan(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, dev
     # The pace a network must keep: enough iterations to learn in the budget, whatever the iteration total (a
     # job asked for 100 iterations should not get a network that learns nothing in 800).
     target = TARGET_ITERATIONS
+    per_step = budget / target  # the slowest step that still reaches the target
     candidates = _candidates(config, stack.shape, device, anisotropy)
     timed: list[Candidate] = []
     chosen = candidates[0]
     if len(candidates) > 1 and measure:
-        chosen, timed = _choose(candidates, config, out_channels, device, precision, threads, budget, target,
+        chosen, timed = _choose(candidates, config, out_channels, device, precision, threads, budget, per_step,
                                 voxel)
     elif measure:
         seconds = _seconds(chosen, config, out_channels, device, precision, threads, voxel, None)
@@ -169,10 +170,10 @@ def make_plan(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, dev
         # Only a more detailed network is worth naming as too slow (a wider, coarser one may also be slower).
         too_slow = [c for c in timed if c.seconds is not None and c is not chosen and c.seconds > chosen.seconds
                     and _detail(c) < _detail(chosen)]
-        if chosen.seconds and chosen.seconds > budget / max(target, 1):
+        if chosen.seconds and chosen.seconds > per_step:
             reasons.append(f"chose {chosen.describe()} (the fastest measured: none reaches ~{target:,} iterations "
                            f"in {_minutes(budget)} here; a longer time limit allows a more detailed network)")
-        elif too_slow and chosen.seconds and too_slow[-1].seconds <= budget / max(target, 1):
+        elif too_slow and chosen.seconds and too_slow[-1].seconds <= per_step:
             finer = too_slow[-1]
             reasons.append(f"chose {chosen.describe()} ({finer.describe()} would run ~{int(budget / finer.seconds):,} "
                            f"of the job's {config.iterations:,} iterations in {_minutes(budget)}; on a CPU the "
@@ -314,12 +315,11 @@ def _smallest(config: TrainConfig, shape: tuple[int, int, int], batch: int, anis
 
 
 def _choose(candidates: list[Candidate], config: TrainConfig, out_channels: int, device: torch.device,
-            precision: str, threads: int, budget: float, target: int,
+            precision: str, threads: int, budget: float, per_step: float,
             voxel: tuple[float, float, float]) -> tuple[Candidate, list[Candidate]]:
-    """The most detailed candidate that reaches ``target`` iterations in the budget (the finest stem stride first,
-    then the largest window); the cheapest when none does. The list runs from the cheapest up, so measuring stops
-    at the first that is too slow: the rest cost more."""
-    per_step = budget / max(target, 1)
+    """The most detailed candidate whose step takes at most ``per_step`` seconds (the target's pace: the finest
+    stem stride first, then the largest window); the cheapest when none does. The list runs from the cheapest
+    up, so measuring stops at the first that is too slow: the rest cost more."""
     timed: list[Candidate] = []
     best = None
     spent = 0.0  # what the timings cost, from their own figures: cached or not, the same plan stops at the same place
