@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from ..io.files import atomic_write
-from .holdout import block_record
 from .sampling import Region, crop
 
 REHEARSAL_FILE = "rehearsal.npz"
@@ -41,11 +40,6 @@ class Rehearsal:
     stack: np.ndarray  # (Z, Y, X) as the user's image gave it
     labels: np.ndarray  # (Z, Y, X) labels as given (ignore values and unpainted slices included)
     block: Region  # the validation block, in the crop's coordinates
-
-    @property
-    def block_record(self) -> dict:
-        """The block as holdout.py recognises it among a job's pairs."""
-        return block_record(self.stack, self.block)
 
 
 def rehearsal_crop(shape: tuple[int, int, int], block: Region, window: tuple[int, int, int],
