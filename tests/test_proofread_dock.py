@@ -127,6 +127,7 @@ def test_relabelling_goes_near_the_corrections_first_and_keeps_every_edit(make_n
     widget.relabelled.connect(lambda far: parts.append((far, layer.data.copy())))
     assert widget.relabel("chl") and widget.relabel("chl") is False, "one relabelling at a time"
     assert not widget.retrain_button.isEnabled(), "no retrain while the layer is relabelled"
+    reviewed_at_start = widget.reviewed.copy()
     layer.paint((3, 60, 40), 88)  # made while the relabelling runs
     before, reviewed = layer.data.copy(), widget.reviewed.copy()
     qtbot.waitUntil(lambda: widget.relabelling is None, timeout=JOB_TIMEOUT_MS)
@@ -134,7 +135,7 @@ def test_relabelling_goes_near_the_corrections_first_and_keeps_every_edit(make_n
     near = np.zeros(auto.shape, bool)
     for core in widget._near:
         near[tuple(slice(a, b) for a, b in core)] = True
-    assert near[reviewed].all() and not near.all(), "the blocks around the corrections, not the whole stack"
+    assert near[reviewed_at_start].all() and not near.all(), "the blocks around the corrections, not the whole stack"
     first = parts[0][1]
     np.testing.assert_array_equal(first[~near], before[~near])  # the rest waits for the second part
     assert (first[near & ~reviewed] != before[near & ~reviewed]).any(), "the near blocks are the new model's"
