@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_plantbio_train.inference.label import LabelSettings, label_stack
-from napari_plantbio_train.inference.relabel import join_across, merge_relabelled, near_regions
+from napari_plantbio_train.inference.relabel import join_across, merge_relabelled, near_regions, round_regions
 from napari_plantbio_train.job.events import run_to_end
 
 # Blocks of about a quarter of the 4 x 192 x 192 crop, and thresholds at which the 20-iteration model finds objects.
@@ -91,3 +91,16 @@ def test_joining_after_a_merge_keeps_the_users_ids():
     assert join_across(labels, [left], [right], kept_below=10) == 12
     assert set(np.unique(labels[0, 2:8, 15:25])) == {3, 8}, "the user's objects stay apart, with their ids"
     assert set(np.unique(labels[0, 12:18, 15:25])) == {10}
+
+
+def test_a_sprawling_queued_object_waits_for_the_far_part():
+    labels = np.zeros((4, 200, 200), np.uint16)
+    labels[:, 10:20, 10:20] = 2  # a compact object next in the queue
+    labels[:, 5:195, 100] = 7  # a thin one whose box spans the stack
+    labels[:, 190, 5:195] = 7
+    reviewed = np.zeros(labels.shape, bool)
+    reviewed[1, 150:160, 20:30] = True
+    regions = round_regions(labels.shape, reviewed, labels, [7, 2], (4, 32, 32))
+    assert regions[0] == ((0, 3), (142, 168), (12, 38)), "the ring around the correction comes first"
+    assert regions[1:] == [((0, 4), (10, 20), (10, 20))], "the compact object, not the sprawling one"
+    assert sum(np.prod([b - a for a, b in r]) for r in regions) <= 0.25 * labels.size

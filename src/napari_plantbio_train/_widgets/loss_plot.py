@@ -72,6 +72,7 @@ class LossPlot(QWidget):
         self.ylim: tuple[float, float] = (0.0, 1.0)
         self.score_name = score_name
         self._expected = 0  # about where the job ends (from its ETA): the x axis is laid out for it early
+        self._laid_out = False  # the limits come from points (not the empty plot's 0..1): they may be kept
         self._smoothed: list[float] = []
         self._background = QColor(background)
         self._foreground = QColor(foreground)
@@ -125,6 +126,7 @@ class LossPlot(QWidget):
         if limits != (self.xlim, self.ylim):
             self.xlim, self.ylim = limits
             self.axis_changes += 1
+        self._laid_out = bool(self.loss_points)
         self.redraws += 1
         self.update()  # Qt paints at its next turn, once however many updates came before
 
@@ -139,7 +141,7 @@ class LossPlot(QWidget):
         low, high = min(values), max(values)
         (_, x_now), (y_low_now, y_high_now) = self.xlim, self.ylim
         target = step_above(max(last, self._expected))
-        keep = not fit and self.xlim != (0.0, 1.0)
+        keep = not fit and self._laid_out
         x_high = max(last, 1) if fit else x_now if keep and last <= x_now <= 2.5 * target else target
         if keep and y_low_now <= low and high <= y_high_now:
             return (0.0, float(x_high)), (float(y_low_now), float(y_high_now))

@@ -84,20 +84,39 @@ def join_across(labels: Any, first: Sequence[Region], second: Sequence[Region], 
     return int(joined.max()) if joined.size else 0
 
 
+NEAR_MOST = 0.25  # of the stack's voxels, summed over a round's first boxes: the rest waits for the far part
+
+
 def round_regions(shape: tuple[int, int, int], reviewed: np.ndarray | None, labels: np.ndarray | None,
-                  ids: Iterable[int], window: Sequence[int]) -> list[Region]:
+                  ids: Iterable[int], window: Sequence[int], *, most: float = NEAR_MOST) -> list[Region]:
     """What a round labels first: each reviewed region grown by a quarter of the model's window (a 2D window is
-    one slice thick), and the boxes of the queue's next objects ``ids`` as they are.
+    one slice thick), and the boxes of the queue's next objects ``ids`` as they are, together at most ``most``
+    of the stack.
 
     Inside a reviewed region the user's labels stay whatever the model says, so what is worth seeing first is
     the ring around it: the neighbours a correction cut or touched, about an object's width (windows are sized
     to hold objects). A queued object is seen whole in its own box. Each core still needs every window that
     touches it, so growth is dear: half a window around both (before 2026-12-02) labelled 39% of the
-    chloroplast right half first in 74 s; this labels 20% in 50 s (AMD EPYC, 2 cores)."""
+    chloroplast right half first in 74 s; this labels 20% in 50 s (AMD EPYC, 2 cores).
+
+    Boxes are taken smallest reviewed first, then the queue's in its order, while their volumes sum to at most
+    ``most`` (the first is always taken): one sprawling object, whose box spans the stack while its voxels are
+    few, made a round's "first" part the whole stack (174 s of waiting instead of 120)."""
     window3 = tuple(window) if len(window) == 3 else (1, *window)
     ring = tuple(int(w) // 4 for w in window3)
-    return (near_regions(shape, reviewed, grow=ring)  # type: ignore[arg-type]
-            + near_regions(shape, None, labels, ids))
+    boxes = sorted(near_regions(shape, reviewed, grow=ring), key=_volume)  # type: ignore[arg-type]
+    boxes += near_regions(shape, None, labels, ids)
+    budget, taken = most * float(np.prod(shape)), []
+    for box in boxes:
+        if taken and budget < _volume(box):
+            continue
+        budget -= _volume(box)
+        taken.append(box)
+    return taken
+
+
+def _volume(region: Region) -> int:
+    return int(np.prod([b - a for a, b in region]))
 
 
 def _faces(a: Region, b: Region) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
