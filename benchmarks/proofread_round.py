@@ -14,7 +14,7 @@ Each round then trains a new version for ``--continue-minutes`` (the dock's roun
 was corrected so far (``touched_only`` with the cumulative fixes as the reviewed mask), beside the crop of the
 left half the first model keeps in its folder (``--rehearse``: its share of windows, the dock's 0.5 unless given),
 and, with ``--balance 1 1``, the whole left half besides; then it labels the right half again: the blocks near
-this round's fixes and the queue's next entries first (what the user waits for), the rest afterwards (while they
+this round's fixes and the queue's next entries first (what the user waits for), the whole stack afterwards (while they
 proofread), never over their fixes.
 Two ways to train each round (``--strategy``): ``continue`` the last version, or retrain from the ``base`` model
 on all corrections so far (round 1 is the same for both, and run once).
@@ -23,7 +23,7 @@ Reports, per user, strategy and round: the queue's precision (of its first 10 en
 errors: predicted objects without a true object at IoU >= 0.5; beside it the doubt-only ranking's and the share
 of errors among all objects), matched-object F1 and AP50 on the right half outside the fixes so far, before
 and after the round, the new version's validation scores (held-out corrections, left-half block; before and
-best), each phase's seconds and the seconds the user waits (all but the relabelling of the far blocks).
+best), each phase's seconds and the seconds the user waits (all but the relabelling of the whole stack).
 
     .venv/bin/python benchmarks/proofread_round.py [--train-minutes 10] [--continue-minutes 1] [--rounds 3]
     # end-to-end check on a crop in a few minutes:
@@ -54,7 +54,7 @@ from train_real import DATA, JOBS  # noqa: E402
 from napari_plantbio_train.evaluation.evaluate import evaluate  # noqa: E402
 from napari_plantbio_train.inference.label import LabelSettings, label_stack  # noqa: E402
 from napari_plantbio_train.inference.proofreading import queue_for, with_queue  # noqa: E402
-from napari_plantbio_train.inference.relabel import join_across, merge_relabelled, round_regions  # noqa: E402
+from napari_plantbio_train.inference.relabel import merge_relabelled, round_regions  # noqa: E402
 from napari_plantbio_train.inference.uncertainty import rank_objects  # noqa: E402
 from napari_plantbio_train.job.config import TrainConfig  # noqa: E402
 from napari_plantbio_train.job.events import run_to_end  # noqa: E402
@@ -135,26 +135,21 @@ def fix(labels: np.ndarray, truth: np.ndarray, chosen: list[tuple[str, int]]) ->
 
 def relabel(model: str, image: np.ndarray, layer: np.ndarray, reviewed: np.ndarray, near: list, models_dir: Path,
             settings: LabelSettings) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Label again near the corrections first, then the rest, each merged into the layer around the user's work;
-    (the new layer, the new uncertainty map, seconds of each part and the share of the stack labelled first)."""
+    """Label again as the dock does: near the corrections first, then the whole stack, each merged into the layer
+    around the user's work; (the new layer, the new uncertainty map, seconds of each part and the share of the
+    stack labelled first)."""
     layer = layer.copy()
     t = time.perf_counter()
     first, _ = run_to_end(label_stack(model, image, models_dir=models_dir, settings=settings, near=near,
                                       uncertainty=True))
-    after = merge_relabelled(layer, first.labels, first.cores, reviewed)
+    merge_relabelled(layer, first.labels, first.cores, reviewed)
     near_seconds = time.perf_counter() - t
     t = time.perf_counter()
-    rest, _ = run_to_end(label_stack(model, image, models_dir=models_dir, settings=settings, near=near, far=True,
-                                     uncertainty=True))
-    merge_relabelled(layer, rest.labels, rest.cores, reviewed, first_id=after)
-    join_across(layer, first.cores, rest.cores)
-    uncertainty = rest.uncertainty
-    for core in first.cores:
-        where = tuple(slice(a, b) for a, b in core)
-        uncertainty[where] = first.uncertainty[where]
+    whole, _ = run_to_end(label_stack(model, image, models_dir=models_dir, settings=settings, uncertainty=True))
+    merge_relabelled(layer, whole.labels, whole.cores, reviewed)
     share = sum(np.prod([b - a for a, b in c]) for c in first.cores) / layer.size
-    return layer, uncertainty, {"relabel_near": near_seconds, "relabel_far": time.perf_counter() - t,
-                                "near_share": round(float(share), 3)}
+    return layer, whole.uncertainty, {"relabel_near": near_seconds, "relabel_whole": time.perf_counter() - t,
+                                      "near_share": round(float(share), 3)}
 
 
 class NothingToFix(Exception):

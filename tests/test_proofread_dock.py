@@ -12,11 +12,14 @@ from napari.utils.key_bindings import coerce_keybinding
 
 from napari_plantbio_train._widgets.corrections import auto_label_metadata
 from napari_plantbio_train._widgets.proofread import KEYS, ProofreadQueue
+from napari_plantbio_train.inference.label import LabelSettings, label_stack
 from napari_plantbio_train.inference.proofreading import QueueEntry
+from napari_plantbio_train.inference.review import mostly_reviewed
 from napari_plantbio_train.job.config import ConfigError
-from napari_plantbio_train.job.events import Validation
+from napari_plantbio_train.job.events import Validation, run_to_end
 from napari_plantbio_train.models.store import ModelStore
 from napari_plantbio_train.training.material import ROUND_MINUTES, round_number
+from test_relabel import same_partition
 
 JOB_TIMEOUT_MS = 240_000  # a 20-iteration continuation in a child, on a slow shared CPU
 # Blocks of a quarter of the 4 x 192 x 192 crop's planes, and thresholds at which the 20-iteration model finds
@@ -124,25 +127,33 @@ def test_relabelling_goes_near_the_corrections_first_and_keeps_every_edit(make_n
     layer.brush_size = 5
     layer.paint((1, 50, 20), 77)  # a correction of its own
     parts: list[tuple[bool, np.ndarray]] = []
-    widget.relabelled.connect(lambda far: parts.append((far, layer.data.copy())))
+    widget.relabelled.connect(lambda whole: parts.append((whole, layer.data.copy())))
     assert widget.relabel("chl") and widget.relabel("chl") is False, "one relabelling at a time"
     assert not widget.retrain_button.isEnabled(), "no retrain while the layer is relabelled"
     reviewed_at_start = widget.reviewed.copy()
     layer.paint((3, 60, 40), 88)  # made while the relabelling runs
     before, reviewed = layer.data.copy(), widget.reviewed.copy()
     qtbot.waitUntil(lambda: widget.relabelling is None, timeout=JOB_TIMEOUT_MS)
-    assert [far for far, _ in parts] == [False, True], widget.round_info.text()
+    assert [whole for whole, _ in parts] == [False, True], widget.round_info.text()
     near = np.zeros(auto.shape, bool)
     for core in widget._near:
         near[tuple(slice(a, b) for a, b in core)] = True
     assert near[reviewed_at_start].all() and not near.all(), "the blocks around the corrections, not the whole stack"
     first = parts[0][1]
-    np.testing.assert_array_equal(first[~near], before[~near])  # the rest waits for the second part
+    np.testing.assert_array_equal(first[~near], before[~near])  # the rest waits for the whole stack's pass
     assert (first[near & ~reviewed] != before[near & ~reviewed]).any(), "the near blocks are the new model's"
     for _, labels in parts:
         np.testing.assert_array_equal(labels[reviewed], before[reviewed])  # corrections and their ids, as left
     after = layer.data
     assert (after[~near] != before[~near]).any() and (after[before == 88] == 88).all()
+    # The final labels are a full relabel's wherever the user reviewed nothing (objects no core face cut), less
+    # the objects merge_relabelled drops for lying mostly in what they reviewed.
+    settings = LabelSettings(block_voxels=RELABEL_BLOCK_VOXELS, precision="fp32",
+                             postprocess={"fg_threshold": 0.3, "seed_threshold": 0.0, "min_size": 1})
+    full, _ = run_to_end(label_stack("chl", image, models_dir=tiny_models, settings=settings))
+    dropped = mostly_reviewed(full.labels.astype(np.int64), reviewed)
+    expected = np.where(dropped[full.labels], 0, full.labels)
+    assert same_partition(after[~reviewed], expected[~reviewed])
     np.testing.assert_array_equal(layer.metadata["plantbio_auto_label"]["labels"], after)  # the next round's base
     assert widget.retrain_button.isEnabled() and "Round" in widget.round_info.text()
     # The queue is the relabelled layer's, ranked again: ids it now holds, none lying in what was reviewed.

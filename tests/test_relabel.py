@@ -1,12 +1,12 @@
 """Labelling again after a round (inference/relabel.py): near the corrections first, with the very result a
-whole-stack run gives there, the rest afterwards, never over what the user reviewed."""
+whole-stack run gives there, the whole stack afterwards, never over what the user reviewed."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from napari_plantbio_train.inference.label import LabelSettings, label_stack
-from napari_plantbio_train.inference.relabel import join_across, merge_relabelled, near_regions, round_regions
+from napari_plantbio_train.inference.relabel import merge_relabelled, near_regions, round_regions
 from napari_plantbio_train.job.events import run_to_end
 
 # Blocks of about a quarter of the 4 x 192 x 192 crop, and thresholds at which the 20-iteration model finds objects.
@@ -61,17 +61,17 @@ def test_merging_keeps_what_the_user_reviewed():
     new = np.zeros_like(current)
     new[0, 2:8, 2:9] = 1  # the model's version of the same object: mostly in the reviewed region, dropped
     new[0, 12:18, 2:8] = 2
-    new[0, 12:18, 15:25] = 3  # cut by the face between the two cores at x = 20
-    left, right = ((0, 1), (0, 20), (0, 20)), ((0, 1), (0, 20), (20, 40))
+    new[0, 12:18, 15:25] = 3  # cut by the first part's core face at x = 20
+    left = ((0, 1), (0, 20), (0, 20))
     after = merge_relabelled(current, new, [left], reviewed)
     assert after == 9 and (current[reviewed] == 5).all() and not current[0, 2:8, 8].any()
     assert set(np.unique(current[0, 12:18, :20])) == {0, 7, 8}
-    rest = np.zeros_like(current)
-    rest[0, 12:18, 20:25] = 1  # the far part, labelled afterwards
-    merge_relabelled(current, rest, [right], reviewed, first_id=after)
-    assert len(np.unique(current[0, 12:18, 15:25])) == 2, "two ids before the join"
-    assert join_across(current, [left], [right]) == 3
-    assert len(np.unique(current[0, 12:18, 15:25])) == 1 and current[0, 3, 3] != current[0, 14, 18]
+    whole = np.zeros_like(current)
+    whole[0, 12:18, 15:25] = 1  # the whole stack's pass, labelled afterwards: one object where the first cut it
+    whole[0, 2:8, 2:8] = 2  # its version of the reviewed object: dropped again
+    merge_relabelled(current, whole, [((0, 1), (0, 20), (0, 40))], reviewed)
+    assert (current[reviewed] == 5).all() and set(np.unique(current)) == {0, 5, 9}
+    assert (current[0, 12:18, 15:25] == 9).all() and not current[0, 12:18, 2:8].any(), "the first part replaced"
 
 
 def test_near_regions_cover_reviewed_voxels_and_queued_objects():
@@ -83,17 +83,7 @@ def test_near_regions_cover_reviewed_voxels_and_queued_objects():
     assert regions == [((0, 2), (2, 13), (2, 13)), ((0, 2), (27, 43), (27, 48))]
 
 
-def test_joining_after_a_merge_keeps_the_users_ids():
-    left, right = ((0, 1), (0, 20), (0, 20)), ((0, 1), (0, 20), (20, 40))
-    labels = np.zeros((1, 20, 40), np.uint32)
-    labels[0, 2:8, 15:20], labels[0, 2:8, 20:25] = 3, 8  # the user's two objects, meeting at the face
-    labels[0, 12:18, 15:20], labels[0, 12:18, 20:25] = 10, 12  # one new object, cut by the face
-    assert join_across(labels, [left], [right], kept_below=10) == 12
-    assert set(np.unique(labels[0, 2:8, 15:25])) == {3, 8}, "the user's objects stay apart, with their ids"
-    assert set(np.unique(labels[0, 12:18, 15:25])) == {10}
-
-
-def test_a_sprawling_queued_object_waits_for_the_far_part():
+def test_a_sprawling_queued_object_waits_for_the_whole_stacks_pass():
     labels = np.zeros((4, 200, 200), np.uint16)
     labels[:, 10:20, 10:20] = 2  # a compact object next in the queue
     labels[:, 5:195, 100] = 7  # a thin one whose box spans the stack

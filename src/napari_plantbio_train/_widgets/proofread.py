@@ -10,11 +10,12 @@ the layer which edits napari can still undo or redo). "Retrain on corrections" r
 command line in a child process (no training in napari's process) and shows the round and its score before and
 after.
 
-When the continuation is saved the dock labels again with it, as two ``predict --near`` children: first the
-blocks around everything reviewed and the queue's next entries (``inference.relabel.round_regions``), merged into
-the layer at once, then the other blocks in the background, joined to the first across their faces. Each merge
-leaves every reviewed voxel as the user left it (``merge_relabelled``) and keeps the user's ids (``join_across``
-with ``kept_below``); the labels the model gave become the new version's, and the next round continues it.
+When the continuation is saved the dock labels again with it, as two ``predict`` children: first the blocks
+around everything reviewed and the queue's next entries (``inference.relabel.round_regions``, ``--near``), merged
+into the layer at once, then the whole stack in the background, which replaces every label the user has not
+reviewed (a full relabel's labels, whose objects no block face cut: ``job_process.relabel_in_child`` says why).
+Each merge leaves every reviewed voxel as the user left it, with its id (``merge_relabelled``); the labels the
+model gave become the new version's, and the next round continues it.
 
 Correcting while a round runs (the simplest safe design): the retrain takes a snapshot of the labels and the
 reviewed mask when it starts, so the user keeps painting while it trains and relabels. Every edit made meanwhile
@@ -38,7 +39,7 @@ from qtpy.QtWidgets import QGridLayout, QLabel, QPushButton, QWidget
 
 from ..inference.label import LabelSettings
 from ..inference.proofreading import queue_for
-from ..inference.relabel import join_across, merge_relabelled, round_regions
+from ..inference.relabel import merge_relabelled, round_regions
 from ..inference.review import ReviewedEdits, mostly_reviewed, object_voxels
 from ..inference.uncertainty import rank_objects
 from ..job.config import ConfigError, TrainConfig
@@ -92,7 +93,7 @@ def _next_entries(record: ModelRecord, labels: np.ndarray, image: Any, uncertain
 class ProofreadQueue(QWidget):
     """Holds the queue of the last result and the mask of what the user reviewed on its layer."""
 
-    relabelled = Signal(bool)  # a part of a round's relabelling was merged into the layer (True: the far part)
+    relabelled = Signal(bool)  # a part of a round's relabelling was merged into the layer (True: the whole)
     requeued = Signal(int)  # the queue was rebuilt for the relabelled layer: this many entries
 
     def __init__(self, viewer: napari.Viewer, models_dir: Callable[[], Path] | None = None,
@@ -113,7 +114,6 @@ class ProofreadQueue(QWidget):
         self.options: list[str] = []  # the ``predict`` options the result was labelled with
         self.block_voxels = LabelSettings.block_voxels  # blocks of a round's relabelling (tests make them small)
         self._near: tuple = ()  # cores of the part relabelled first
-        self._first_new_id = self._next_id = 0  # the first id the relabelling gave, and the next free one
         self._doubt: np.ndarray | None = None  # the round's new uncertainty, part by part, for the next queue
         self.requeueing: Any = None  # the worker ranking the relabelled layer's objects
         self.round: int | None = None
@@ -333,8 +333,8 @@ class ProofreadQueue(QWidget):
 
     # ----- relabelling --------------------------------------------------------------------------------------------
     def relabel(self, model: str) -> bool:
-        """Label the layer again with ``model``: near the corrections and the next entries first, then the rest,
-        each part merged as it comes (``_on_relabelled``); False if a relabelling is running already."""
+        """Label the layer again with ``model``: near the corrections and the next entries first, then the whole
+        stack, each part merged as it comes (``_on_relabelled``); False if a relabelling is running already."""
         if self.relabelling is not None or not self._usable() or self.image is None:
             return False
         record = ModelStore(self.models_dir()).record(model)
@@ -375,22 +375,20 @@ class ProofreadQueue(QWidget):
             for core in event.cores:
                 where = tuple(slice(a, b) for a, b in core)
                 self._doubt[where] = doubt[where]
-        if not event.far:
-            self._first_new_id = int(view.max(initial=0)) + 1
-            self._next_id = merge_relabelled(view, new, event.cores, reviewed, first_id=self._first_new_id)
+        # New ids start above every id in the layer (the near part's included): a reviewed voxel keeps its id,
+        # and no new object shares it.
+        merge_relabelled(view, new, event.cores, reviewed)
+        if not event.whole:
             self._near = event.cores
-        else:
-            merge_relabelled(view, new, event.cores, reviewed, first_id=self._next_id)
-            join_across(view, self._near, event.cores, kept_below=self._first_new_id)
         if current is not data:  # a result on disk: write the merged labels back
             data[...] = current
         self.layer.refresh()
         share = sum(np.prod([b - a for a, b in core]) for core in event.cores) / max(view.size, 1)
-        part = "the rest" if event.far else "near your corrections and the next objects"
+        part = "the whole stack" if event.whole else "near your corrections and the next objects"
         self.round_info.say(f"{self.score_text()}\nRelabelled {part} with {record.name} ({len(event.cores)} "
                             f"block(s), {100 * share:.0f}% of the stack)"
-                            + ("; the rest in the background…" if not event.far else "."))
-        self.relabelled.emit(event.far)
+                            + ("; the whole stack in the background…" if not event.whole else "."))
+        self.relabelled.emit(event.whole)
 
     def _on_relabel_error(self, error: BaseException) -> None:
         text = str(error) if isinstance(error, (ConfigError, ChildDied)) else f"{type(error).__name__}: {error}"

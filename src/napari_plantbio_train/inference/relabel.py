@@ -1,12 +1,13 @@
-"""Labelling again after a proofreading round: near the corrections first, the rest afterwards, never over the
-user's own work.
+"""Labelling again after a proofreading round: near the corrections first, the whole stack afterwards, never
+over the user's own work.
 
 A continued model changes most where it was corrected, and the user looks next where the queue points; so a
 round labels blocks covering those places first (``label_stack(near=...)``: cores cut to their boxes, with the
-probabilities a whole-stack run gives there) and the rest after it, while the user is already proofreading.
-Each part is merged into the labels the user is correcting: what they reviewed (painted, erased, accepted) stays
-as they left it, and a new object lying mostly there is dropped rather than cut into a sliver around their
-work. Objects the two parts cut at a block face are joined where their faces mostly coincide.
+probabilities a whole-stack run gives there) and then the whole stack, while the user is already proofreading;
+the second replaces the first's provisional labels (see ``_widgets.job_process.relabel_in_child`` for why not
+only the blocks the first left out). Each part is merged into the labels the user is correcting: what they
+reviewed (painted, erased, accepted) stays as they left it, and a new object lying mostly there is dropped
+rather than cut into a sliver around their work.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .blockwise import UnionFind, mutual_best_pairs, sequential_ids
 from .review import mostly_reviewed
 
 Region = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
@@ -58,33 +58,7 @@ def merge_relabelled(current: Any, new: np.ndarray, cores: Sequence[Region], rev
     return start + int(np.max(new)) if np.size(new) else start
 
 
-def join_across(labels: Any, first: Sequence[Region], second: Sequence[Region], *, kept_below: int = 0) -> int:
-    """Join objects that a block face between a core of ``first`` and one of ``second`` cuts in two: ids whose
-    voxels on the two sides of the face mostly coincide (mutual best matches, as blocks of one run are joined)
-    become one. ``labels`` is renumbered 1..n in place; returns n.
-
-    With ``kept_below`` (the first id the relabelling gave), ids below it (the user's, in a layer being
-    proofread) are neither joined nor renumbered: each joined object takes the smallest id of its parts, so no
-    voxel outside the new objects changes; returns the largest id."""
-    array = np.asarray(labels)
-    top = int(array.max()) if array.size else 0
-    links = UnionFind(top + 1)
-    for a in first:
-        for b in second:
-            for one, other in _faces(a, b):
-                for x, y in mutual_best_pairs(np.asarray(array[one]), np.asarray(array[other])):
-                    if min(x, y) >= kept_below:
-                        links.union(x, y)
-    if kept_below:
-        roots = np.array([links.find(i) for i in range(top + 1)], dtype=array.dtype)
-        labels[...] = roots[array]
-        return top
-    joined, _ = sequential_ids(links.final_ids()[array])
-    labels[...] = joined.astype(array.dtype, copy=False)
-    return int(joined.max()) if joined.size else 0
-
-
-NEAR_MOST = 0.25  # of the stack's voxels, summed over a round's first boxes: the rest waits for the far part
+NEAR_MOST = 0.25  # of the stack's voxels, summed over a round's first boxes: the rest waits for the whole stack
 
 
 def round_regions(shape: tuple[int, int, int], reviewed: np.ndarray | None, labels: np.ndarray | None,
@@ -117,22 +91,3 @@ def round_regions(shape: tuple[int, int, int], reviewed: np.ndarray | None, labe
 
 def _volume(region: Region) -> int:
     return int(np.prod([b - a for a, b in region]))
-
-
-def _faces(a: Region, b: Region) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
-    """The planes of voxels on each side of the face two cores share (none when they do not touch)."""
-    out = []
-    for axis in range(3):
-        for low, high in ((a, b), (b, a)):
-            if low[axis][1] != high[axis][0]:
-                continue
-            span = [(max(p, q), min(r, s)) for (p, r), (q, s) in zip(a, b)]
-            if any(lo >= hi for k, (lo, hi) in enumerate(span) if k != axis):
-                continue
-            near = [slice(lo, hi) for lo, hi in span]
-            far = list(near)
-            near[axis] = slice(low[axis][1] - 1, low[axis][1])
-            far[axis] = slice(high[axis][0], high[axis][0] + 1)
-            pair = (tuple(near), tuple(far)) if low is a else (tuple(far), tuple(near))
-            out.append(pair)
-    return out
