@@ -14,8 +14,8 @@ Each round then trains a new version for ``--continue-minutes`` (the dock's roun
 was corrected so far (``touched_only`` with the cumulative fixes as the reviewed mask), beside the crop of the
 left half the first model keeps in its folder (``--rehearse``: its share of windows, the dock's 0.5 unless given),
 and, with ``--balance 1 1``, the whole left half besides; then it labels the right half again: the blocks near
-this round's fixes and the queue's next entries first (what the user waits for), the whole stack afterwards (while they
-proofread), never over their fixes.
+this round's fixes and the queue's next entries first (what the user waits for), the whole stack afterwards
+(while they proofread), never over their fixes.
 Two ways to train each round (``--strategy``): ``continue`` the last version, or retrain from the ``base`` model
 on all corrections so far (round 1 is the same for both, and run once).
 

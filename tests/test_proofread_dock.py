@@ -12,19 +12,19 @@ from napari.utils.key_bindings import coerce_keybinding
 
 from napari_plantbio_train._widgets.corrections import auto_label_metadata
 from napari_plantbio_train._widgets.proofread import KEYS, ProofreadQueue
-from napari_plantbio_train.inference.label import LabelSettings, label_stack
+from napari_plantbio_train.inference.label import label_stack
 from napari_plantbio_train.inference.proofreading import QueueEntry
 from napari_plantbio_train.inference.review import mostly_reviewed
 from napari_plantbio_train.job.config import ConfigError
 from napari_plantbio_train.job.events import Validation, run_to_end
 from napari_plantbio_train.models.store import ModelStore
 from napari_plantbio_train.training.material import ROUND_MINUTES, round_number
-from test_relabel import same_partition
+from test_relabel import SETTINGS, same_partition
 
 JOB_TIMEOUT_MS = 240_000  # a 20-iteration continuation in a child, on a slow shared CPU
 # Blocks of a quarter of the 4 x 192 x 192 crop's planes, and thresholds at which the 20-iteration model finds
-# objects (as in test_relabel.py).
-RELABEL_BLOCK_VOXELS = 60_000
+# objects: test_relabel.py's, so the dock's rounds can be compared with a full relabel in-process.
+RELABEL_BLOCK_VOXELS = SETTINGS.block_voxels
 RELABEL_OPTIONS = ["--precision", "fp32", "--fg-threshold", "0.3", "--seed-threshold", "0.0", "--min-size", "1"]
 
 
@@ -148,9 +148,7 @@ def test_relabelling_goes_near_the_corrections_first_and_keeps_every_edit(make_n
     assert (after[~near] != before[~near]).any() and (after[before == 88] == 88).all()
     # The final labels are a full relabel's wherever the user reviewed nothing (objects no core face cut), less
     # the objects merge_relabelled drops for lying mostly in what they reviewed.
-    settings = LabelSettings(block_voxels=RELABEL_BLOCK_VOXELS, precision="fp32",
-                             postprocess={"fg_threshold": 0.3, "seed_threshold": 0.0, "min_size": 1})
-    full, _ = run_to_end(label_stack("chl", image, models_dir=tiny_models, settings=settings))
+    full, _ = run_to_end(label_stack("chl", image, models_dir=tiny_models, settings=SETTINGS))
     dropped = mostly_reviewed(full.labels.astype(np.int64), reviewed)
     expected = np.where(dropped[full.labels], 0, full.labels)
     assert same_partition(after[~reviewed], expected[~reviewed])

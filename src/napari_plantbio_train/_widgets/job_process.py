@@ -224,7 +224,7 @@ def relabel_in_child(model: str, image: str, regions: list, options: list[str], 
     objects of 200-300 pixels only in part, and its watershed cut and merged them differently from the
     neighbouring blocks, so joining the two parts across their faces lost matched objects (F1 outside the
     fixes 0.377 against 0.462 for a full relabel of the same round, chloroplast right half). The blocks left
-    out cost about what the whole stack does (89-130 s against 99 s there: they need every window reaching
+    out cost about what the whole stack does (89-131 s against 89-125 s there: they need every window reaching
     into the first part's blocks too), so the final labels are simply a full relabel's."""
     import zarr
 
