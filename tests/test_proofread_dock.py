@@ -230,3 +230,6 @@ def test_retrain_on_corrections_runs_the_round_in_a_child(make_napari_viewer, qt
     assert (layer.data[during] == 99).all() and widget.reviewed[during].all(), "kept for the next round"
     assert widget.record.name == "chl-v2" and "Retrain for round 2" in widget.round_info.text()
     assert widget.retrain_button.isEnabled()
+    # Round 2's queue is ranked by the new version (and its thread is done before the viewer goes).
+    qtbot.waitUntil(lambda: widget.requeueing is None, timeout=JOB_TIMEOUT_MS)
+    assert "objects queued by chl-v2" in widget.info.text() or "no objects left" in widget.info.text()

@@ -45,6 +45,20 @@ class StoppableWorker(GeneratorWorker):
         self.stop_event.set()
 
 
+def stops_on_destroy(widget: QObject) -> set[threading.Event]:
+    """The stop events of a dock's running jobs, all set when the dock is deleted (its window closed, napari
+    quitting): a job then ends its child and its thread instead of outliving the Qt objects it reports to. The
+    set is read by a closure, never through the widget, which is half gone by then."""
+    stops: set[threading.Event] = set()
+
+    def set_all(*_: Any) -> None:
+        for stop in list(stops):
+            stop.set()
+
+    widget.destroyed.connect(set_all)
+    return stops
+
+
 def error_label() -> QLabel:
     """A red message under a field, hidden until the field is wrong."""
     label = QLabel()

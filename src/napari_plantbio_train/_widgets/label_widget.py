@@ -26,7 +26,7 @@ from ..job.events import LabelFinished, LabelProgress, LabelStarted, StackStarte
 from ..job.kinds import POSTPROCESS_DEFAULTS
 from ..models.store import ModelRecord, ModelStore
 from .common import (WARNING_STYLE, DockState, JobState, ModelsFolderField, StatusLine, StoppableWorker, follow,
-                     poll_while_shown, row, unless_deleted)
+                     poll_while_shown, row, stops_on_destroy, unless_deleted)
 from .corrections import auto_label_metadata
 from .job_process import (ChildDied, JobFolder, StoredResult, labelled_in_child, labelled_many_in_child,
                           remove_stale_results, source_path)
@@ -140,10 +140,7 @@ class AutoLabelWidget(QWidget):
         self._folder_stamp: tuple = ()
         self._results: dict[str, list[Layer]] = {}  # a child's result folder -> the layers reading from it
         remove_stale_results()
-        # Read by a closure when this widget is deleted, so it must not be reached through ``self``.
-        self._running_stops: set[threading.Event] = set()
-        stops = self._running_stops
-        self.destroyed.connect(lambda *_: [stop.set() for stop in list(stops)])
+        self._running_stops = stops_on_destroy(self)
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
         self.refresh_button.clicked.connect(lambda: self.refresh_models())
         self.model_box.currentIndexChanged.connect(self._on_model_changed)

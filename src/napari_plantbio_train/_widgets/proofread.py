@@ -46,7 +46,7 @@ from ..job.config import ConfigError, TrainConfig
 from ..job.events import Finished, Started, Validation, parts_text
 from ..models.store import ModelRecord, ModelStore
 from ..training.material import correction_round, round_number
-from .common import StatusLine, StoppableWorker, camera_of
+from .common import StatusLine, StoppableWorker, camera_of, stops_on_destroy
 from .corrections import AUTO_LABEL_KEY, auto_label_metadata, auto_labels_of
 from .job_process import ChildDied, JobFolder, Relabelled, relabel_in_child, train_in_child
 from .layer_picker import level0
@@ -116,6 +116,7 @@ class ProofreadQueue(QWidget):
         self._near: tuple = ()  # cores of the part relabelled first
         self._doubt: np.ndarray | None = None  # the round's new uncertainty, part by part, for the next queue
         self.requeueing: Any = None  # the worker ranking the relabelled layer's objects
+        self._running_stops = stops_on_destroy(self)  # a round's children end with the dock
         self.round: int | None = None
         self.before: Validation | None = None
         self.after: Validation | None = None
@@ -288,6 +289,7 @@ class ProofreadQueue(QWidget):
         worker = create_worker(train_in_child, config, data, models_dir=self.models_dir(), folder=folder, stop=stop,
                                _start_thread=False, _ignore_errors=True, _worker_class=StoppableWorker)
         worker.stop_event = stop
+        self._running_stops.add(stop)
         worker.yielded.connect(self._on_train_event)
         worker.errored.connect(self._on_train_error)
         worker.finished.connect(self._on_train_finished)
@@ -326,6 +328,8 @@ class ProofreadQueue(QWidget):
         self.round_info.say(f"Round {self.round} failed: {text}", error=True)
 
     def _on_train_finished(self) -> None:
+        if self.worker is not None:
+            self._running_stops.discard(self.worker.stop_event)
         self.worker = None
         if self.trained is not None and self._usable() and self.image in self.viewer.layers:
             self.relabel(self.trained)
@@ -350,6 +354,7 @@ class ProofreadQueue(QWidget):
         worker = create_worker(relabel_in_child, model, image, regions, options, models_dir=self.models_dir(),
                                stop=stop, _start_thread=False, _ignore_errors=True, _worker_class=StoppableWorker)
         worker.stop_event = stop
+        self._running_stops.add(stop)
         target = self.layer
         worker.yielded.connect(lambda event: self._on_relabelled(event, target, record))
         worker.errored.connect(self._on_relabel_error)
@@ -398,6 +403,8 @@ class ProofreadQueue(QWidget):
         """The round is over: the layer's model labels are the new version's (so the next round's corrections are
         told from them), and the next round continues that version, on all corrections so far."""
         folder.close()
+        if self.relabelling is not None:
+            self._running_stops.discard(self.relabelling.stop_event)
         self.relabelling = None
         if self._usable() and self.trained is not None and self._near:
             kept = self.layer.metadata.get(AUTO_LABEL_KEY)

@@ -25,7 +25,7 @@ from ..job.kinds import score_name
 from ..models.store import ModelStore
 from ..runtime.hardware import processes_per_machine
 from ..training.loop import train
-from .common import DockState, JobState, StatusLine, StoppableWorker, follow, row
+from .common import DockState, JobState, StatusLine, StoppableWorker, follow, row, stops_on_destroy
 from .corrections import auto_labels_of, touched_problems
 from .job_process import ChildDied, JobFolder, train_in_child
 from .layer_picker import level0
@@ -102,10 +102,7 @@ class TrainWidget(QWidget):
         self._progress_timer.setSingleShot(True)
         self._progress_timer.setInterval(REDRAW_INTERVAL_MS)
         self._progress_timer.timeout.connect(self._show_progress)
-        # Read by a closure when this widget is deleted, so it must not be reached through ``self``.
-        self._running_stops: set[threading.Event] = set()
-        stops = self._running_stops
-        self.destroyed.connect(lambda *_: _set_all(stops))
+        self._running_stops = stops_on_destroy(self)
         napari_viewer.layers.events.removed.connect(self._on_layer_removed)
         self.form.name.changed.connect(self._update_resume)
         follow(self.form.dock_settings.models_dir_changed, self, "_update_resume")
@@ -386,11 +383,6 @@ def _resumed(config: TrainConfig, models_dir: Path, errors: list[ConfigError]) -
 
 RESUME_FROM_FORM = ("image", "labels", "extra_images", "extra_labels", "iterations", "time_limit_min", "gpus",
                     "workers", "cpu_processes", "data_workers")
-
-
-def _set_all(events: set[threading.Event]) -> None:
-    for event in list(events):
-        event.set()
 
 
 CONVERT = "Plugins > PlantBio Train > Colour image to labels"
