@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from napari_plantbio_train.inference.label import LabelSettings, label_stack
+from napari_plantbio_train.inference.proofreading import MAX_OBJECTS
 from napari_plantbio_train.job.config import ConfigError, TrainConfig
 from napari_plantbio_train.job.events import Started, Validation, run_to_end
 from napari_plantbio_train.models.store import ModelStore
@@ -69,6 +70,10 @@ def test_a_correction_round_practises_the_first_data_and_scores_what_it_kept(tin
     version = ModelStore(models).record("chl-v2")
     assert (version.folder / REHEARSAL_FILE).read_bytes() == (parent.folder / REHEARSAL_FILE).read_bytes(), \
         "every version carries the lineage's first data on"
+    # The first data's objects are the parent's already: the version adds only its corrections' (once each).
+    rows = [tuple(r) for r in version.statistics["objects"]]
+    assert len(rows) <= MAX_OBJECTS and {tuple(r) for r in parent.statistics["objects"]} <= set(rows)
+    assert len(rows) == len(set(rows)), "no training object is counted twice"
 
     alone = config.replace(name="chl-v2b", rehearse=0.0)
     _, events = run_to_end(train(alone, other, corrected, auto_labels=auto.labels, reviewed=fixed,
