@@ -95,3 +95,38 @@ def test_a_damaged_or_code_carrying_file_is_passed_over(tmp_path):
 def test_a_rehearse_share_outside_0_to_1_is_refused_by_name(share):
     errors = TrainConfig(name="x", mode="instance", dims="3d", rehearse=share).problems()
     assert [e.field for e in errors] == ["rehearse"] and isinstance(errors[0], ConfigError)
+
+
+def test_a_rounds_before_takes_the_kept_blocks_score_from_its_parent_and_it_is_the_same(tiny_models, tmp_path,
+                                                                                       chloroplast_crop,
+                                                                                       monkeypatch):
+    """The parent's best weights scored the kept block already: the version's "before" there is that score,
+    the very number predicting the block again gives."""
+    import napari_plantbio_train.training.setup as setup_module
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models / "chl", models / "chl")
+    parent = ModelStore(models).record("chl")
+    image, labels = chloroplast_crop
+    other = image[:, ::-1].copy()
+    auto, _ = run_to_end(label_stack("chl", other, models_dir=models, settings=LabelSettings(precision="fp32")))
+    truth = labels[:, ::-1]
+    ids, sizes = np.unique(truth[truth > 0], return_counts=True)
+    fixed = np.isin(truth, ids[np.argsort(-sizes)][:6])
+    corrected = np.where(fixed, truth.astype(np.uint32) + 1000 * (truth > 0), auto.labels).astype(np.uint32)
+    config = correction_round(parent, "given").replace(iterations=2, validate_every=2, iteration_save=2,
+                                                       time_limit_min=None, touched_margin=2, workers=1)
+    import napari_plantbio_train.training.loop as loop_module
+
+    seen = []
+    score = loop_module.score_region
+    monkeypatch.setattr(loop_module, "score_region", lambda *args: seen.append(args[5]) or score(*args))
+    run_to_end(train(config, other, corrected, auto_labels=auto.labels, reviewed=fixed, models_dir=models))
+    given = ModelStore(models).record("given")
+    assert seen[0] == {"kept": parent.best_score} and given.before["kept_score"] == parent.best_score
+    assert all(s is None for s in seen[1:]), "the version's own weights are always predicted"
+
+    monkeypatch.setattr(setup_module, "parent_scores", lambda *args: {})
+    run_to_end(train(config.replace(name="predicted"), other, corrected, auto_labels=auto.labels, reviewed=fixed,
+                     models_dir=models))
+    assert ModelStore(models).record("predicted").before == given.before

@@ -73,6 +73,9 @@ class ModelRecord:
     best_parts: dict[str, float] | None = None  # the best checkpoint's learned_score and kept_score
     statistics: dict[str, Any] | None = None  # its training objects and tiles (inference/proofreading.py)
     voxel_size: tuple[float, ...] | None = None  # what it trained with: given, or the plan's estimate
+    validation: dict[str, Any] | None = None  # what its scores were measured on (training/holdout.py describe)
+    precision: dict[str, Any] | None = None  # the number format it trained in (runtime/hardware.py Verdict)
+    device: str | None = None  # the device type its last run trained on
 
     @property
     def score_name(self) -> str:
@@ -178,7 +181,9 @@ class ModelStore:
                            parent=meta.get("parent"), lineage=tuple(meta.get("lineage", ())),
                            kept_block=meta.get("kept_block"), before=meta.get("validation_before"),
                            best_parts=meta.get("best_parts"), statistics=meta.get("statistics"),
-                           voxel_size=tuple(meta["voxel_size"]) if meta.get("voxel_size") else None)
+                           voxel_size=tuple(meta["voxel_size"]) if meta.get("voxel_size") else None,
+                           validation=meta.get("validation"), precision=meta.get("precision"),
+                           device=(meta.get("runs") or [{}])[-1].get("device"))
 
     def load_checkpoint(self, record: ModelRecord, which: str = "best") -> dict[str, Any]:
         """The checkpoint's tensors and counters; only plain data is accepted from the file, and only from a file

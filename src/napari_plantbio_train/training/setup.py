@@ -31,6 +31,7 @@ from .loader import window_batches
 from .known import painted
 from .material import Material, checked, prepare, window3
 from .rehearsal import Rehearsal, copy_rehearsal, read_rehearsal, write_rehearsal
+from .validation import parent_scores
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Run:
     plan: Plan | None = None  # what the plan chose for the fields left empty (None: every field was given)
     paced_validation: bool = False  # validate_every was left to the job: validations keep to VALIDATION_SHARE
     best_tiebreak: float | None = None  # what broke the best score's ties (validation.RegionScore.tiebreak)
+    before_given: dict[str, float] | None = None  # parts of the "before" the parent scored already (by part name)
 
 
 def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
@@ -164,7 +166,7 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     return Run(config=config, material=material, model=model, net=net, forward=forward, optimizer=optimizer,
                writer=writer, folder=folder, start=start, best_score=best_score, batches=batches, device=device,
                verdict=verdict, autocast=autocast, batch_hint=batch_hint, plan=plan, paced_validation=paced,
-               best_tiebreak=best_tiebreak)
+               best_tiebreak=best_tiebreak, before_given=parent_scores(parent, material.holdout, verdict, device))
 
 
 def plan_job(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, store: ModelStore, resume: bool,
