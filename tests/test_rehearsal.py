@@ -40,28 +40,35 @@ def test_the_crop_holds_a_block_at_its_end_and_training_beside_it_within_the_bud
     assert size - (held[1] - held[0]) >= window[cut], "a window of training beside the block"
 
 
-def test_a_correction_round_practises_the_first_data_and_scores_what_it_kept(tiny_models, tmp_path, chloroplast_crop):
+def _corrected_round(tiny_models, tmp_path, chloroplast_crop):
+    """(models folder, parent, other tissue, its corrected labels, the auto-labels, the fixed mask): corrections on
+    other tissue (the crop mirrored), and no copy of the first pair given: the dock's round."""
     models = tmp_path / "models"
     shutil.copytree(tiny_models / "chl", models / "chl")
     parent = ModelStore(models).record("chl")
-    kept = read_rehearsal(parent.folder)
     image, labels = chloroplast_crop
-    region = [tuple(r) for r in parent.kept_block["region"]]
-    assert kept is not None and block_record(kept.stack, kept.block)["digest"] == parent.kept_block["digest"], \
-        "the crop holds the very block the first model was validated on"
-    assert kept.labels.dtype == labels.dtype and (crop(kept.labels, kept.block) == crop(labels, region)).all()
-
-    # Corrections on other tissue (the crop mirrored), and no copy of the first pair given: the dock's round.
     other = image[:, ::-1].copy()
     auto, _ = run_to_end(label_stack("chl", other, models_dir=models, settings=LabelSettings(precision="fp32")))
     truth = labels[:, ::-1]
     ids, sizes = np.unique(truth[truth > 0], return_counts=True)
     fixed = np.isin(truth, ids[np.argsort(-sizes)][:6])
     corrected = np.where(fixed, truth.astype(np.uint32) + 1000 * (truth > 0), auto.labels).astype(np.uint32)
+    return models, parent, other, corrected, auto.labels, fixed
+
+
+def test_a_correction_round_practises_the_first_data_and_scores_what_it_kept(tiny_models, tmp_path, chloroplast_crop):
+    models, parent, other, corrected, auto_labels, fixed = _corrected_round(tiny_models, tmp_path, chloroplast_crop)
+    kept = read_rehearsal(parent.folder)
+    labels = chloroplast_crop[1]
+    region = [tuple(r) for r in parent.kept_block["region"]]
+    assert kept is not None and block_record(kept.stack, kept.block)["digest"] == parent.kept_block["digest"], \
+        "the crop holds the very block the first model was validated on"
+    assert kept.labels.dtype == labels.dtype and (crop(kept.labels, kept.block) == crop(labels, region)).all()
+
     config = correction_round(parent, "chl-v2").replace(iterations=12, validate_every=4, iteration_save=12,
                                                          time_limit_min=None, touched_margin=2, workers=1)
     assert config.rehearse == 0.5
-    _, events = run_to_end(train(config, other, corrected, auto_labels=auto.labels, reviewed=fixed,
+    _, events = run_to_end(train(config, other, corrected, auto_labels=auto_labels, reviewed=fixed,
                                  models_dir=models))
     note = next(e for e in events if isinstance(e, Started)).validation_note
     assert "held-out" in note and "validation block, kept in its folder" in note
@@ -76,7 +83,7 @@ def test_a_correction_round_practises_the_first_data_and_scores_what_it_kept(tin
     assert len(rows) == len(set(rows)), "no training object is counted twice"
 
     alone = config.replace(name="chl-v2b", rehearse=0.0)
-    _, events = run_to_end(train(alone, other, corrected, auto_labels=auto.labels, reviewed=fixed,
+    _, events = run_to_end(train(alone, other, corrected, auto_labels=auto_labels, reviewed=fixed,
                                  models_dir=models))
     note = next(e for e in events if isinstance(e, Started)).validation_note
     assert "forgetting is not measured" in note
@@ -104,16 +111,7 @@ def test_a_rounds_before_takes_the_kept_blocks_score_from_its_parent_and_it_is_t
     the very number predicting the block again gives."""
     import napari_plantbio_train.training.setup as setup_module
 
-    models = tmp_path / "models"
-    shutil.copytree(tiny_models / "chl", models / "chl")
-    parent = ModelStore(models).record("chl")
-    image, labels = chloroplast_crop
-    other = image[:, ::-1].copy()
-    auto, _ = run_to_end(label_stack("chl", other, models_dir=models, settings=LabelSettings(precision="fp32")))
-    truth = labels[:, ::-1]
-    ids, sizes = np.unique(truth[truth > 0], return_counts=True)
-    fixed = np.isin(truth, ids[np.argsort(-sizes)][:6])
-    corrected = np.where(fixed, truth.astype(np.uint32) + 1000 * (truth > 0), auto.labels).astype(np.uint32)
+    models, parent, other, corrected, auto_labels, fixed = _corrected_round(tiny_models, tmp_path, chloroplast_crop)
     config = correction_round(parent, "given").replace(iterations=2, validate_every=2, iteration_save=2,
                                                        time_limit_min=None, touched_margin=2, workers=1)
     import napari_plantbio_train.training.loop as loop_module
@@ -121,12 +119,12 @@ def test_a_rounds_before_takes_the_kept_blocks_score_from_its_parent_and_it_is_t
     seen = []
     score = loop_module.score_region
     monkeypatch.setattr(loop_module, "score_region", lambda *args: seen.append(args[5]) or score(*args))
-    run_to_end(train(config, other, corrected, auto_labels=auto.labels, reviewed=fixed, models_dir=models))
+    run_to_end(train(config, other, corrected, auto_labels=auto_labels, reviewed=fixed, models_dir=models))
     given = ModelStore(models).record("given")
     assert seen[0] == {"kept": parent.best_score} and given.before["kept_score"] == parent.best_score
     assert all(s is None for s in seen[1:]), "the version's own weights are always predicted"
 
     monkeypatch.setattr(setup_module, "parent_scores", lambda *args: {})
-    run_to_end(train(config.replace(name="predicted"), other, corrected, auto_labels=auto.labels, reviewed=fixed,
+    run_to_end(train(config.replace(name="predicted"), other, corrected, auto_labels=auto_labels, reviewed=fixed,
                      models_dir=models))
     assert ModelStore(models).record("predicted").before == given.before
