@@ -136,7 +136,7 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     seconds_ema: float | None = None
     validating = 0.0  # seconds spent scoring the held-out parts so far
     reserve = 0.0  # seconds the last validation will take, as the latest one measured them (rank 0)
-    every_window = holdout_windows(material, config)
+    every_window = holdout_windows(material)
     iteration, last_saved, last_validated, reason = start, start, start, "completed"
 
     def validation(at: int, eligible: bool = True) -> Generator[Event, None, dict]:
@@ -148,7 +148,7 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         given = None if eligible else run.before_given
         result = score_region(model, material, config, device, autocast, given)
         validating += time.perf_counter() - tick
-        predicted = holdout_windows(material, config, skip=given or ())
+        predicted = holdout_windows(material, skip=given or ())
         if limit and predicted:
             reserve = min(FINAL_VALIDATION_SHARE * limit, (time.perf_counter() - tick) * every_window / predicted)
         kept = (best_score, -math.inf if best_tiebreak is None else best_tiebreak)  # none kept: an equal score wins

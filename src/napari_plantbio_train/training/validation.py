@@ -22,6 +22,7 @@ from ..evaluation.metrics import (foreground_iou, instance_scores, match_instanc
 from ..inference.predictor import labels_from_probabilities, make_predictor
 from ..inference.sliding import predict_stack, window_origins
 from ..job.kinds import channel_names
+from .material import window3
 from .sampling import crop
 
 if TYPE_CHECKING:
@@ -88,9 +89,9 @@ def score_region(model: torch.nn.Module, material: "Material", config: "TrainCon
     return RegionScore(score, metrics, preview[0], preview[1], names, preview[2], tiebreak)
 
 
-def holdout_windows(material: "Material", config: "TrainConfig", skip: Iterable[str] = ()) -> int:
+def holdout_windows(material: "Material", skip: Iterable[str] = ()) -> int:
     """How many windows a validation predicts (the parts named in ``skip`` left out): what its time scales with."""
-    window = tuple(material.window) if len(material.window) == 3 else (1, *material.window)
+    window = window3(material.window)
     return sum(len(window_origins([(0, b - a) for a, b in box.region], window, VALIDATION_OVERLAP))
                for part in material.holdout.parts if part.name not in set(skip) for box in part.boxes)
 
