@@ -253,6 +253,41 @@ def test_every_checkpoint_rebuilds_its_model_alone(models_dir, tmp_path):
         load_checkpoint_file(tmp_path / "bare.pt")
 
 
+@pytest.mark.parametrize("share, ends_within", [(0.25, True), (0.0, False)])
+def test_a_time_limited_job_keeps_its_last_validation_within_its_limit(chloroplast_crop, models_dir, monkeypatch,
+                                                                       share, ends_within):
+    """On a clock that moves only when read (and 5 s per validation), a job with a 30 s limit ends with its last
+    validation done by then; without the reserve (share 0) that validation comes after the limit."""
+    from types import SimpleNamespace
+
+    from napari_plantbio_train.training import loop
+
+    clock = [0.0]
+
+    def now() -> float:
+        clock[0] += 0.01
+        return clock[0]
+
+    real = loop.score_region
+
+    def validation(*args, **kwargs):
+        clock[0] += 5.0
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=now))
+    monkeypatch.setattr(loop, "score_region", validation)
+    monkeypatch.setattr(loop, "FINAL_VALIDATION_SHARE", share)
+    image, labels = chloroplast_crop
+    config = TrainConfig(name="reserved", mode="instance", dims="2d", window=(64, 64), time_limit_min=0.5,
+                         **{**TINY, "iterations": 100000, "validate_every": 40, "iteration_save": 100000})
+    started = clock[0]
+    _, events = run_to_end(train(config, image, labels, models_dir=models_dir))
+    finished = _of(events, Finished)[-1]
+    validations = _of(events, Validation)
+    assert finished.reason == "time limit" and validations[-1].iteration == finished.iteration
+    assert (clock[0] - started <= 31.0) is ends_within
+
+
 def test_validations_of_an_interval_left_to_the_job_keep_to_their_share_of_its_time(chloroplast_crop, models_dir,
                                                                                  monkeypatch):
     # Held-out corrections once took longer to score than the iterations between two validations took to run.
