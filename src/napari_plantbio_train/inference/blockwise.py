@@ -157,9 +157,10 @@ def _merge_cells(mask: np.ndarray) -> list[tuple[Span, Span, Span]]:
     return boxes
 
 
-def count_windows(block: Block, window: tuple[int, int, int], overlap: float) -> int:
-    """Windows the sliding window runs over this block's reach (what progress counts)."""
-    return math.prod(len(window_starts(b - a, w, overlap)) for (a, b), w in zip(block.reach, window))
+def count_windows(spans: Sequence[Span], window: tuple[int, int, int], overlap: float) -> int:
+    """Windows the sliding window runs over a region ((start, stop) per axis): a block's reach, what labelling's
+    progress counts, or a held-out box, what a validation's time scales with."""
+    return math.prod(len(window_starts(b - a, w, overlap)) for (a, b), w in zip(spans, window))
 
 
 @dataclass(frozen=True)

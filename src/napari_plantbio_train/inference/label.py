@@ -167,7 +167,7 @@ def label_stack(model: str, image: Any, *, models_dir: str | Path | None = None,
     else:
         inside, outside = blockwise.plan_around(shape, window3, job.overlap, halo, settings.block_voxels, near)
         blocks = outside if far else inside
-    windows = {b.index: blockwise.count_windows(b, window3, job.overlap) for b in blocks}
+    windows = {b.index: blockwise.count_windows(b.reach, window3, job.overlap) for b in blocks}
     total_windows = sum(windows.values())
 
     if settings.scheduler and (output is None or isinstance(output, np.ndarray)):

@@ -148,7 +148,7 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         given = None if eligible else run.before_given
         result = score_region(model, material, config, device, autocast, given)
         validating += time.perf_counter() - tick
-        predicted = holdout_windows(material, skip=given or ())
+        predicted = holdout_windows(material, skip=given) if given else every_window
         if limit and predicted:
             reserve = min(FINAL_VALIDATION_SHARE * limit, (time.perf_counter() - tick) * every_window / predicted)
         kept = (best_score, -math.inf if best_tiebreak is None else best_tiebreak)  # none kept: an equal score wins

@@ -20,7 +20,8 @@ import torch
 from ..evaluation.metrics import (foreground_iou, instance_scores, match_instances, match_instances_per_slice,
                                   semantic_scores)
 from ..inference.predictor import labels_from_probabilities, make_predictor
-from ..inference.sliding import predict_stack, window_origins
+from ..inference.blockwise import count_windows
+from ..inference.sliding import predict_stack
 from ..job.kinds import channel_names
 from .material import window3
 from .sampling import crop
@@ -92,7 +93,7 @@ def score_region(model: torch.nn.Module, material: "Material", config: "TrainCon
 def holdout_windows(material: "Material", skip: Iterable[str] = ()) -> int:
     """How many windows a validation predicts (the parts named in ``skip`` left out): what its time scales with."""
     window = window3(material.window)
-    return sum(len(window_origins([(0, b - a) for a, b in box.region], window, VALIDATION_OVERLAP))
+    return sum(count_windows(box.region, window, VALIDATION_OVERLAP)
                for part in material.holdout.parts if part.name not in set(skip) for box in part.boxes)
 
 
