@@ -296,7 +296,7 @@ def play_round(number: int, user: str, strategy: str, state: dict, image: np.nda
 
     picked = [i for kind, i in chosen if kind == "pred"]
     upcoming = [i for i in open_ids if i not in picked][:args.next]
-    near = round_regions(image.shape, fixed & ~fixed_before, corrected, upcoming, window)
+    near = round_regions(image.shape, fixed & ~fixed_before, corrected, upcoming, window, overlap=settings.overlap)
     after_layer, uncertainty, times = relabel(name, image, corrected, fixed, near, store.root, settings)
     seconds.update({k: v for k, v in times.items() if k != "near_share"})
     t = time.perf_counter()

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_plantbio_train.inference.blockwise import count_windows, touching_windows
 from napari_plantbio_train.inference.label import LabelSettings, label_stack
-from napari_plantbio_train.inference.relabel import merge_relabelled, near_regions, round_regions
+from napari_plantbio_train.inference.relabel import NEAR_MOST, merge_relabelled, near_regions, round_regions
 from napari_plantbio_train.job.events import run_to_end
 
 # Blocks of about a quarter of the 4 x 192 x 192 crop, and thresholds at which the 20-iteration model finds objects.
@@ -90,7 +91,25 @@ def test_a_sprawling_queued_object_waits_for_the_whole_stacks_pass():
     labels[:, 190, 5:195] = 7
     reviewed = np.zeros(labels.shape, bool)
     reviewed[1, 150:160, 20:30] = True
-    regions = round_regions(labels.shape, reviewed, labels, [7, 2], (4, 32, 32))
-    assert regions[0] == ((0, 3), (142, 168), (12, 38)), "the ring around the correction comes first"
-    assert regions[1:] == [((0, 4), (10, 20), (10, 20))], "the compact object, not the sprawling one"
-    assert sum(np.prod([b - a for a, b in r]) for r in regions) <= 0.25 * labels.size
+    regions = round_regions(labels.shape, reviewed, labels, [7, 2], (4, 32, 32), overlap=0.5)
+    assert regions[0] == ((0, 4), (10, 20), (10, 20)), "the compact object, not the sprawling one"
+    assert regions[1:] == [((0, 3), (142, 168), (12, 38))], "then the ring around the correction"
+    windows = set().union(*(touching_windows(r, labels.shape, (4, 32, 32), 0.5) for r in regions))
+    assert len(windows) <= NEAR_MOST * count_windows([(0, 4), (0, 200), (0, 200)], (4, 32, 32), 0.5)
+
+
+def test_a_rounds_first_boxes_are_budgeted_by_the_windows_they_share():
+    """Boxes side by side need mostly the same windows, so they fit a budget their separate costs would not;
+    a box as small elsewhere needs windows of its own and waits for the whole stack's pass."""
+    labels = np.zeros((4, 256, 256), np.uint16)
+    for i, x in enumerate((40, 52, 64), start=1):  # three small objects side by side
+        labels[:, 40:48, x:x + 8] = i
+    labels[:, 200:208, 200:208] = 4  # one as small, far away
+    window, overlap = (4, 64, 64), 0.5
+    alone = len(touching_windows(((0, 4), (40, 48), (40, 48)), labels.shape, window, overlap))
+    together = len(touching_windows(((0, 4), (40, 48), (40, 72)), labels.shape, window, overlap))
+    whole = count_windows([(0, 4), (0, 256), (0, 256)], window, overlap)
+    most = (together + 0.5) / whole
+    assert 3 * alone > together + 0.5, "the three separately would not fit the budget"
+    regions = round_regions(labels.shape, None, labels, [1, 2, 3, 4], window, overlap=overlap, most=most)
+    assert regions == [((0, 4), (40, 48), (x, x + 8)) for x in (40, 52, 64)]

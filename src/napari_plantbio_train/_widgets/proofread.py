@@ -346,7 +346,7 @@ class ProofreadQueue(QWidget):
         labels = np.asarray(self.layer.data)
         upcoming = [e.id for e in self.entries[self.position + 1:self.position + 1 + NEXT_RELABELLED_FIRST]]
         regions = round_regions(_stack3(labels).shape, _stack3(self.reviewed), _stack3(labels), upcoming,
-                                record.window)
+                                record.window, overlap=_overlap(self.options))
         folder = JobFolder()
         image = folder.stage("image", level0(self.image))
         options = [*self.options, "--block-voxels", str(int(self.block_voxels))]
@@ -456,6 +456,14 @@ class ProofreadQueue(QWidget):
 def _edit_key(item: Any) -> frozenset[int]:
     """One napari history item, whichever of its queues it is in (undo moves the same atoms, reversed)."""
     return frozenset(id(atom) for atom in item)
+
+
+def _overlap(options: list[str]) -> float:
+    """The window overlap of the ``predict`` options a result was labelled with (``label_widget.predict_options``),
+    which sizes a round's first part: its budget is a share of a whole labelling's windows."""
+    if "--overlap" in options[:-1]:
+        return float(options[options.index("--overlap") + 1])
+    return float(LabelSettings.overlap)
 
 
 def _stack3(array: np.ndarray | None) -> np.ndarray | None:

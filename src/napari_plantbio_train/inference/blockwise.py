@@ -54,11 +54,16 @@ class Block:
         return math.prod(b - a for a, b in self.reach)
 
 
+def _touching(span: Span, size: int, window: int, overlap: float) -> list[int]:
+    """The starts of the grid windows that touch `span` along one axis of length `size`."""
+    if size <= window:
+        return [0]
+    return [s for s in window_starts(size, window, overlap) if s < span[1] and s + window > span[0]]
+
+
 def _reach(span: Span, size: int, window: int, overlap: float) -> Span:
     """The extent of the grid windows that touch `span` along one axis."""
-    if size <= window:
-        return (0, size)
-    starts = [s for s in window_starts(size, window, overlap) if s < span[1] and s + window > span[0]]
+    starts = _touching(span, size, window, overlap)
     return (min(starts), min(size, max(starts) + window))
 
 
@@ -161,6 +166,14 @@ def count_windows(spans: Sequence[Span], window: tuple[int, int, int], overlap: 
     """Windows the sliding window runs over a region ((start, stop) per axis): a block's reach, what labelling's
     progress counts, or a held-out box, what a validation's time scales with."""
     return math.prod(len(window_starts(b - a, w, overlap)) for (a, b), w in zip(spans, window))
+
+
+def touching_windows(spans: Sequence[Span], shape: Sequence[int], window: Sequence[int],
+                     overlap: float) -> set[tuple[int, ...]]:
+    """Origins of the whole stack's window grid that touch a region ((start, stop) per axis): what labelling
+    only that region costs, since a core is predicted from every window that touches it (see ``Block.reach``).
+    Regions that share windows share their cost, so the union of these sets counts a group of regions."""
+    return set(itertools.product(*(_touching(span, n, w, overlap) for span, n, w in zip(spans, shape, window))))
 
 
 @dataclass(frozen=True)
