@@ -250,3 +250,25 @@ def test_a_short_version_validates_at_its_own_pace_not_its_parents_interval(tiny
     _, events = run_to_end(train(job, image, labels, models_dir=models))
     assert next(e for e in events if isinstance(e, Started)).plan == ()  # still nothing planned or timed
     assert ModelStore(models).record("chl-v2").config.validate_every == version_interval(job, pace) == 10
+
+
+def test_every_round_fine_tunes_at_a_fifth_of_the_first_models_rate(tiny_models, tmp_path, chloroplast_crop):
+    # A fifth of the parent's rate at each round compounded: round 3 trained at 1/125 of the first model's rate.
+    import shutil
+
+    from napari_plantbio_train.training.material import FINE_TUNE_LR_FACTOR, correction_round
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models / "chl", models / "chl")
+    store = ModelStore(models)
+    first = store.record("chl")
+    image, labels = chloroplast_crop
+    reviewed = np.zeros(labels.shape, bool)
+    reviewed[:, :96, :96] = True
+    parent = first
+    for version in ("chl-v2", "chl-v3"):
+        job = correction_round(parent, version).replace(iterations=2, iteration_save=2, workers=1)
+        assert job.lr == pytest.approx(first.config.lr * FINE_TUNE_LR_FACTOR), version
+        run_to_end(train(job, image, labels, auto_labels=labels, reviewed=reviewed, models_dir=models))
+        parent = store.record(version)
+    assert correction_round(parent, "chl-v4").lr == pytest.approx(first.config.lr * FINE_TUNE_LR_FACTOR)

@@ -229,13 +229,17 @@ ROUND_MINUTES = 1.0
 def continuation(parent: ModelRecord, name: str) -> TrainConfig:
     """The job that continues ``parent`` as a new version ``name``, before the user's own changes.
 
-    Fine-tuning defaults: a fifth of the parent's learning rate and a short run adapt the model to corrected
-    labels, and half of its windows from the lineage's first data (rehearsal.py) keep it from forgetting what it
-    learned. Data fields start empty: the corrected stack is new data; the validation interval is chosen for
-    the new job's own length (planning.plan.version_interval).
+    Fine-tuning defaults: a fifth of the learning rate the lineage was trained from scratch with, and a short
+    run, adapt the model to corrected labels, and half of its windows from the lineage's first data
+    (rehearsal.py) keep it from forgetting what it learned. A version of a version keeps its parent's rate,
+    already a fine-tuning one: a fifth of a fifth at each round left round 3 at 1/125 of the first model's rate
+    (1.6e-5), where its minute changed no validation score (benchmarks/proofread_round.py, 2026-12-04). Data
+    fields start empty: the corrected stack is new data; the validation interval is chosen for the new job's
+    own length (planning.plan.version_interval).
     """
+    from_scratch = parent.config.init_from is None
     return parent.config.replace(
-        name=name, init_from=parent.name, lr=parent.config.lr * FINE_TUNE_LR_FACTOR,
+        name=name, init_from=parent.name, lr=parent.config.lr * (FINE_TUNE_LR_FACTOR if from_scratch else 1.0),
         iterations=min(parent.config.iterations, FINE_TUNE_MAX_ITERATIONS), time_limit_min=None, image=None,
         labels=None, extra_images=(), extra_labels=(), pair_weights=None, touched_only=False, auto_labels=None,
         validate_every=None, rehearse=REHEARSE_SHARE)
