@@ -58,7 +58,7 @@ def lr_at(iteration: int, progress: float, base_lr: float, warmup: int) -> float
     ``progress`` is the larger of the iteration share and the time-limit share, so a job that will be cut by
     its time limit still anneals before it ends instead of stopping at a high learning rate. The warm-up follows
     it too: sized by the iteration cap alone, a one-minute proofreading round (cap 1,000, so 100 iterations of
-    warm-up) spent 100 of its 106-151 iterations warming up, then fell from the peak to a tenth of it within ten
+    warm-up) spent 100 of its 106-176 iterations warming up, then fell from the peak to a tenth of it within ten
     iterations, since its time was by then three quarters gone (benchmarks/proofread_round.py, 2026-12-04).
     """
     progress = min(max(progress, 0.0), 1.0)
