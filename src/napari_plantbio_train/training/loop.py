@@ -35,7 +35,6 @@ from .validation import PART_SCORES, holdout_windows, score_region
 from .view import ViewFile, ViewPreviews, ViewSource
 
 WARMUP_ITERATIONS = 100
-WARMUP_SHARE = 0.1  # of a job's progress, the most its warm-up lasts
 # Of a job's time, at most what validations may take when the job chose its own interval: a proofreading round's
 # held-out corrections took 2-7 s to score against 5 s for the 15 iterations between two validations, so a
 # one-minute second round trained 67 iterations (139 with the share). A validation due past the share waits for the
@@ -52,19 +51,14 @@ FINAL_VALIDATION_SHARE = 0.25
 
 
 def lr_at(iteration: int, progress: float, base_lr: float, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` iterations or ``WARMUP_SHARE`` of the progress, whichever ends first, then
-    cosine decay to 1% of the base by ``progress`` = 1.
+    """Linear warm-up over ``warmup`` iterations, then cosine decay to 1% of the base by ``progress`` = 1.
 
     ``progress`` is the larger of the iteration share and the time-limit share, so a job that will be cut by
-    its time limit still anneals before it ends instead of stopping at a high learning rate. The warm-up follows
-    it too: sized by the iteration cap alone, a one-minute proofreading round (cap 1,000, so 100 iterations of
-    warm-up) spent 100 of its 106-176 iterations warming up, then fell from the peak to a tenth of it within ten
-    iterations, since its time was by then three quarters gone (benchmarks/proofread_round.py, 2026-12-04).
+    its time limit still anneals before it ends instead of stopping at a high learning rate.
     """
+    if iteration < warmup:
+        return base_lr * (iteration + 1) / warmup
     progress = min(max(progress, 0.0), 1.0)
-    ramp = max((iteration + 1) / warmup, progress / WARMUP_SHARE)
-    if ramp <= 1.0:
-        return base_lr * ramp
     return base_lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
