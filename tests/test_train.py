@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import threading
 
 import numpy as np
@@ -30,6 +31,20 @@ def test_lr_warms_up_then_decays():
     assert lr_at(9, 0.1, 1e-3, 10) == pytest.approx(1e-3)
     assert lr_at(50, 0.5, 1e-3, 10) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
     assert lr_at(100, 1.0, 1e-3, 10) == pytest.approx(1e-5)
+
+
+def test_a_time_limited_jobs_warm_up_ends_with_a_tenth_of_its_time():
+    # A one-minute round capped at 1,000 iterations: warm-up of 100 iterations, but ~150 fit in its minute.
+    assert lr_at(4, 0.05, 1e-3, 100, time_share=0.05) == pytest.approx(0.5e-3), "half way through a tenth"
+    assert lr_at(7, 0.1, 1e-3, 100, time_share=0.1) == pytest.approx(1e-3), "the peak at a tenth of the time"
+    cosine = 1e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(0.3 * math.pi)))
+    assert lr_at(20, 0.3, 1e-3, 100, time_share=0.3) == pytest.approx(cosine)
+
+
+def test_an_iteration_bound_jobs_warm_up_follows_its_iterations_only():
+    # Progress alone (no time limit) must not end the ramp: a 20-iteration job warms up over 3 iterations.
+    assert lr_at(0, 0.05, 1e-3, 3) == pytest.approx(1e-3 / 3)
+    assert lr_at(1, 0.1, 1e-3, 3) == pytest.approx(2e-3 / 3)
 
 
 def test_losses_fall_to_near_zero_for_a_perfect_prediction():

@@ -35,6 +35,8 @@ from .validation import PART_SCORES, holdout_windows, score_region
 from .view import ViewFile, ViewPreviews, ViewSource
 
 WARMUP_ITERATIONS = 100
+# Of a time limit, the most a time-limited job's warm-up lasts (see lr_at).
+WARMUP_TIME_SHARE = 0.1
 # Of a job's time, at most what validations may take when the job chose its own interval: a proofreading round's
 # held-out corrections took 2-7 s to score against 5 s for the 15 iterations between two validations, so a
 # one-minute second round trained 67 iterations (139 with the share). A validation due past the share waits for the
@@ -50,14 +52,20 @@ VALIDATION_SHARE = 0.2
 FINAL_VALIDATION_SHARE = 0.25
 
 
-def lr_at(iteration: int, progress: float, base_lr: float, warmup: int) -> float:
+def lr_at(iteration: int, progress: float, base_lr: float, warmup: int, time_share: float = 0.0) -> float:
     """Linear warm-up over ``warmup`` iterations, then cosine decay to 1% of the base by ``progress`` = 1.
 
     ``progress`` is the larger of the iteration share and the time-limit share, so a job that will be cut by
-    its time limit still anneals before it ends instead of stopping at a high learning rate.
+    its time limit still anneals before it ends instead of stopping at a high learning rate. ``time_share`` is
+    the time-limit share alone (0 for a job without a limit): a time-limited job's warm-up also ends with
+    ``WARMUP_TIME_SHARE`` of its time. Sized by the iteration cap alone, a one-minute proofreading round (cap
+    1,000, so 100 iterations of warm-up) spent 100 of its 106-151 iterations warming up, then fell from the peak
+    to a tenth of it within ten iterations (benchmarks/proofread_round.py, 2026-12-04). Iteration-bound jobs
+    keep their iteration warm-up: ending it by the iteration share as well shortened a 20-iteration job's ramp.
     """
-    if iteration < warmup:
-        return base_lr * (iteration + 1) / warmup
+    ramp = max((iteration + 1) / warmup, min(max(time_share, 0.0), 1.0) / WARMUP_TIME_SHARE)
+    if ramp <= 1.0:
+        return base_lr * ramp
     progress = min(max(progress, 0.0), 1.0)
     return base_lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
@@ -211,8 +219,10 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
             reason = "time limit"
             break
         iteration += 1
-        progress = max(iteration / config.iterations, elapsed / limit if limit else 0.0)
-        lr = lr_at(iteration - 1, progress, config.lr, min(WARMUP_ITERATIONS, config.iterations // 10 + 1))
+        time_share = elapsed / limit if limit else 0.0
+        progress = max(iteration / config.iterations, time_share)
+        lr = lr_at(iteration - 1, progress, config.lr, min(WARMUP_ITERATIONS, config.iterations // 10 + 1),
+                   time_share)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
