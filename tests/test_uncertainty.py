@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -48,6 +50,15 @@ def test_objects_are_ranked_most_uncertain_first():
     assert [o.id for o in ranked] == [2, 3, 1]
     assert ranked[0].centroid == pytest.approx((0.0, 12.5, 4.5)) and ranked[0].voxels == 36
     assert rank_objects(np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.float32)) == []
+
+
+def test_ids_left_out_by_an_erasure_are_passed_over_quietly():
+    labels = np.zeros((12, 12), np.uint16)
+    labels[1:4, 1:4], labels[6:10, 6:10] = 2, 5  # 1, 3 and 4 erased
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a missing id's centroid would be 0/0
+        ranked = rank_objects(labels, np.ones(labels.shape, np.float32))
+    assert sorted(o.id for o in ranked) == [2, 5] and {o.voxels for o in ranked} == {9, 16}
 
 
 def test_label_stack_returns_the_map(chloroplast_crop, tmp_path):

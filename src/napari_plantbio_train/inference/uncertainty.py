@@ -52,14 +52,14 @@ def rank_objects(labels: np.ndarray, uncertainty: np.ndarray, band: int = 2) -> 
         return []
     grown = labels
     if band > 0:  # each background voxel near an object joins the nearest object's band
-        _, nearest = ndimage.distance_transform_edt(labels == 0, return_indices=True)
-        reach = ndimage.distance_transform_edt(labels == 0) <= band
-        grown = np.where(reach, labels[tuple(nearest)], 0)
-    ids = np.arange(1, top + 1)
+        distance, nearest = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+        grown = np.where(distance <= band, labels[tuple(nearest)], 0)
+    sizes = np.bincount(labels.ravel(), minlength=top + 1)
+    # Only ids present: merges and erasures leave gaps, whose centroid would be 0/0.
+    ids = np.flatnonzero(sizes[1:]) + 1
     sums = ndimage.sum_labels(uncertainty, grown, ids)
     counts = ndimage.sum_labels(np.ones_like(uncertainty), grown, ids)
-    sizes = np.bincount(labels.ravel(), minlength=top + 1)[1:]
     centroids = ndimage.center_of_mass(np.ones(labels.shape), labels, ids)
-    ranked = [RankedObject(int(i), float(s / c), tuple(float(v) for v in centre), int(n))
-              for i, s, c, n, centre in zip(ids, sums, counts, sizes, centroids) if n > 0]
+    ranked = [RankedObject(int(i), float(s / c), tuple(float(v) for v in centre), int(sizes[i]))
+              for i, s, c, centre in zip(ids, sums, counts, centroids)]
     return sorted(ranked, key=lambda o: -o.uncertainty)
