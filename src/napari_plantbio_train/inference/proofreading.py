@@ -165,7 +165,7 @@ def training_statistics(pairs: Sequence[tuple[Any, np.ndarray | None, np.ndarray
         all_tiles = np.concatenate([all_tiles, np.asarray(previous["tiles"], float).reshape(-1, 2)])
         all_objects = np.concatenate([all_objects, np.asarray(previous["objects"], float).reshape(-1, len(FEATURES))])
     return {"version": STATISTICS_VERSION, "tile": tile, "features": list(FEATURES),
-            "objects": _rounded(_sample(all_objects, MAX_OBJECTS, rng)),
+            "objects": _rounded(_sample(_distinct(all_objects), MAX_OBJECTS, rng)),
             "tiles": _rounded(_sample(all_tiles, MAX_TILES, rng))}
 
 
@@ -178,6 +178,17 @@ def _mostly(labels: np.ndarray, known: np.ndarray) -> np.ndarray:
     keep = inside * 2 > sizes
     keep[0] = False
     return keep[labels]
+
+
+def _distinct(rows: np.ndarray) -> np.ndarray:
+    """Rows as model.json keeps them, each once, in their first order: an object a version saw in its parent's
+    data too (its corrections' image overlapping the parent's) would otherwise weigh twice in the distances, and
+    the parent's rows, already rounded, would meet their unrounded selves."""
+    rows = np.asarray(_rounded(rows), float).reshape(-1, rows.shape[1]) if len(rows) else rows
+    if not len(rows):
+        return rows
+    _, first = np.unique(rows, axis=0, return_index=True)
+    return rows[np.sort(first)]
 
 
 def _sample(rows: np.ndarray, most: int, rng: np.random.Generator) -> np.ndarray:
