@@ -110,16 +110,16 @@ def precision_at(ids: list[int], errors: set[int]) -> float:
     return round(sum(i in errors for i in first) / max(1, len(first)), 3)
 
 
-def picks(user: str, labels: np.ndarray, truth: np.ndarray, queue: list, fixed: np.ndarray, hidden: np.ndarray,
+def picks(user: str, labels: np.ndarray, truth: np.ndarray, queue: list, fixed: np.ndarray, cut: int,
           count: int) -> list[tuple[str, int]]:
     """What the user fixes this round: ("pred", id) objects of the labels or ("true", id) missed true objects,
-    none touching the ``hidden`` part."""
-    fixed_ids = _mostly_in(labels, fixed) | _touching(labels, hidden)
+    none reaching the never-shown rows from ``cut`` on."""
+    fixed_ids = _mostly_in(labels, fixed) | _ids(labels[:, cut:])
     if user == "queue":
         return [("pred", e.id) for e in queue if e.id not in fixed_ids][:count]
     worst = [(v, -int(np.count_nonzero(labels == i)), "pred", i) for i, v in best_iou(labels, truth).items()
              if i not in fixed_ids]
-    missed_ids = _mostly_in(truth, fixed) | _touching(truth, hidden)
+    missed_ids = _mostly_in(truth, fixed) | _ids(truth[:, cut:])
     worst += [(v, -int(np.count_nonzero(truth == i)), "true", i) for i, v in best_iou(truth, labels).items()
               if v < 0.5 and i not in missed_ids]
     return [(kind, i) for _, _, kind, i in sorted(worst)[:count]]
@@ -131,38 +131,38 @@ def _mostly_in(labels: np.ndarray, mask: np.ndarray) -> set[int]:
     return {int(i) for i in np.flatnonzero(inside * 2 > sizes) if i}
 
 
-def _touching(labels: np.ndarray, mask: np.ndarray) -> set[int]:
-    ids = np.unique(labels[mask])
-    return {int(i) for i in ids if i}
+def _ids(labels: np.ndarray) -> set[int]:
+    return {int(i) for i in np.unique(labels) if i}
 
 
-def fix(labels: np.ndarray, truth: np.ndarray, chosen: list[tuple[str, int]], hidden: np.ndarray) -> np.ndarray:
+def fix(labels: np.ndarray, truth: np.ndarray, chosen: list[tuple[str, int]], cut: int) -> np.ndarray:
     """The voxels the user repaints for the chosen objects: around each, and every true object it touches, all
-    outside the ``hidden`` part the user never sees."""
+    above the never-shown rows from ``cut`` on."""
     region = np.zeros(labels.shape, bool)
     for kind, i in chosen:
         region |= (labels == i) if kind == "pred" else (truth == i)
     region = ndimage.binary_dilation(region, structure=np.ones((1, 3, 3), bool), iterations=FIX_RING)
     touched = np.unique(truth[region])
-    return (region | np.isin(truth, touched[touched > 0])) & ~hidden
+    repainted = region | np.isin(truth, touched[touched > 0])
+    repainted[:, cut:] = False
+    return repainted
 
 
-def hidden_part(truth: np.ndarray, share: float) -> np.ndarray:
-    """The bottom rows that hold ``share`` of the true objects (by their centres): never shown to the simulated
-    users, scored every round. Cut by objects, not rows, so that the share says how many the users keep to fix
-    (on the chloroplast stack's right half, 0.5 leaves 20 on each side of row 1141)."""
-    hidden = np.zeros(truth.shape, bool)
+def never_shown_from(truth: np.ndarray, share: float) -> int:
+    """The first of the bottom rows that hold ``share`` of the true objects (by their centres): never shown to the
+    simulated users, scored every round (the row count when none is held back). Cut by objects, not rows, so that
+    the share says how many the users keep to fix (on the chloroplast stack's right half, 0.5 leaves 20 on each
+    side of row 1141)."""
     ids = np.unique(truth)
     ids = ids[ids > 0]
-    if share > 0 and len(ids):
-        rows = [c[1] for c in ndimage.center_of_mass(np.ones(truth.shape), truth, ids)]
-        hidden[:, int(np.ceil(np.quantile(rows, 1.0 - share))):] = True
-    return hidden
+    if share <= 0 or not len(ids):
+        return truth.shape[1]
+    rows = [c[1] for c in ndimage.center_of_mass(np.ones(truth.shape), truth, ids)]
+    return int(np.ceil(np.quantile(rows, 1.0 - share)))
 
 
-def part_scores(labels: np.ndarray, truth: np.ndarray, fixed: np.ndarray, hidden: np.ndarray) -> dict[str, dict]:
+def part_scores(labels: np.ndarray, truth: np.ndarray, fixed: np.ndarray, cut: int) -> dict[str, dict]:
     """Scores outside the fixes on the part the user sees and on the never-shown part (empty when there is none)."""
-    cut = int(np.argmax(hidden[0, :, 0])) if hidden.any() else labels.shape[1]
     seen, unseen = (slice(None), slice(0, cut)), (slice(None), slice(cut, None))
     out = {"seen": scores_outside(labels[seen], truth[seen], fixed[seen])}
     if cut < labels.shape[1]:
@@ -241,9 +241,8 @@ def main() -> int:
               f"load average before: {os.getloadavg()}"]
     print("\n".join(header), flush=True)
     stamp = int(time.time())
-    hidden = hidden_part(truth, args.test_rows)
-    header.append(f"never shown: rows {int(np.argmax(hidden[0, :, 0])) if hidden.any() else truth.shape[1]}"
-                  f"..{truth.shape[1]} of the right half")
+    cut = never_shown_from(truth, args.test_rows)
+    header.append(f"never shown: rows {cut}..{truth.shape[1]} of the right half")
     print(header[-1], flush=True)
     workers = os.cpu_count() or 1
     if args.first_model:
@@ -280,7 +279,7 @@ def main() -> int:
                 else:
                     try:
                         state, row = play_round(number, user, strategy, state, image, truth,
-                                                hidden, (left_image, left_truth), base, store, settings, window,
+                                                cut, (left_image, left_truth), base, store, settings, window,
                                                 args, stamp, workers)
                     except NothingToFix as reason:
                         report({"user": user, "strategy": strategy, "round": number, "skipped": str(reason)})
@@ -295,8 +294,8 @@ def main() -> int:
                 continue
             final_fixed = state["fixed"]
             report({"user": user, "strategy": strategy, "summary": True,
-                    "initial_outside_all_fixes": part_scores(initial["labels"], truth, final_fixed, hidden),
-                    "after_all_rounds": part_scores(state["layer"], truth, final_fixed, hidden),
+                    "initial_outside_all_fixes": part_scores(initial["labels"], truth, final_fixed, cut),
+                    "after_all_rounds": history[-1]["after"],
                     "f1_gain_round_1": {part: round(history[0]["after"][part]["f1_50"] - scores["f1_50"], 4)
                                         for part, scores in history[0]["before"].items()},
                     "waiting_seconds": [r["waiting_seconds"] for r in history]})
@@ -307,7 +306,7 @@ def main() -> int:
 
 
 def play_round(number: int, user: str, strategy: str, state: dict, image: np.ndarray, truth: np.ndarray,
-               hidden: np.ndarray, original: tuple[np.ndarray, np.ndarray], base: str, store: ModelStore,
+               cut: int, original: tuple[np.ndarray, np.ndarray], base: str, store: ModelStore,
                settings: LabelSettings, window: tuple[int, ...], args: argparse.Namespace, stamp: int,
                workers: int) -> tuple[dict, dict]:
     """One round: rank, fix by script, train a new version, label again. Returns the new state and its row."""
@@ -318,8 +317,8 @@ def play_round(number: int, user: str, strategy: str, state: dict, image: np.nda
     doubt = [o.id for o in rank_objects(layer, state["uncertainty"]) if o.id in set(open_ids)]
     open_errors = errors & set(open_ids)
     t = time.perf_counter()
-    chosen = picks(user, layer, truth, queue, fixed_before, hidden, args.fix)
-    fixed = fixed_before | fix(layer, truth, chosen, hidden)
+    chosen = picks(user, layer, truth, queue, fixed_before, cut, args.fix)
+    fixed = fixed_before | fix(layer, truth, chosen, cut)
     if not chosen or not (fixed & ~fixed_before).any():
         raise NothingToFix(f"round {number}: the {user} user found nothing to fix ({len(queue)} queue entries)")
     # The truth's ids above the layer's, so that a repainted object never shares an id with one left as it was.
@@ -354,7 +353,7 @@ def play_round(number: int, user: str, strategy: str, state: dict, image: np.nda
            "doubt_precision_at_10": precision_at(doubt, open_errors),
            "error_share": round(len(open_errors) / max(1, len(open_ids)), 3),
            "fixed_objects": len(chosen), "fixed_voxels_share": round(float(fixed.mean()), 4),
-           "before": part_scores(layer, truth, fixed, hidden), "after": part_scores(after_layer, truth, fixed, hidden),
+           "before": part_scores(layer, truth, fixed, cut), "after": part_scores(after_layer, truth, fixed, cut),
            "validation": {"before": record.before, "best": record.best_score, "best_parts": record.best_parts,
                           "iterations": record.iterations_done},
            "near_share": times["near_share"], "seconds": {k: round(v, 1) for k, v in seconds.items()},
