@@ -184,9 +184,9 @@ def _distinct(rows: np.ndarray) -> np.ndarray:
     """Rows as model.json keeps them, each once, in their first order: an object a version saw in its parent's
     data too (its corrections' image overlapping the parent's) would otherwise weigh twice in the distances, and
     the parent's rows, already rounded, would meet their unrounded selves."""
-    rows = np.asarray(_rounded(rows), float).reshape(-1, rows.shape[1]) if len(rows) else rows
     if not len(rows):
         return rows
+    rows = np.asarray(_rounded(rows), float)
     _, first = np.unique(rows, axis=0, return_index=True)
     return rows[np.sort(first)]
 
