@@ -81,3 +81,52 @@ def test_params_follow_the_labelled_objects():
     assert p_small["seed_prominence"] < p_large["seed_prominence"]
     assert p_small["min_size"] < p_large["min_size"]
     assert p_large["anisotropy"] == 5 and p_small["anisotropy"] == 1
+
+
+def _ellipse_with_grains() -> tuple[np.ndarray, np.ndarray]:
+    """A lens-shaped object whose bright grains the network called background: (Z, Y, X) foreground and truth."""
+    yy, xx = np.mgrid[:80, :160]
+    lens = ((yy - 40) / 22.0) ** 2 + ((xx - 80) / 60.0) ** 2 <= 1
+    grains = _disc((80, 160), (40, 55), 9) | _disc((80, 160), (40, 80), 9) | _disc((80, 160), (40, 105), 9)
+    foreground = np.repeat((lens & ~grains)[None].astype(np.float32), 3, axis=0)
+    return foreground, np.repeat(lens[None], 3, axis=0)
+
+
+def test_holes_in_an_object_neither_split_it_nor_stay_holes():
+    foreground, lens = _ellipse_with_grains()
+    contour = np.zeros_like(foreground)
+    kept = instances_from_maps(foreground, contour, per_slice=False, seed_prominence=2, fill_holes=0)
+    filled = instances_from_maps(foreground, contour, per_slice=False, seed_prominence=2, fill_holes=1)
+    assert len(np.unique(kept)) > 2, "the rings around the grains seed several objects"
+    assert np.array_equal(np.unique(filled), [0, 1])
+    assert np.array_equal(filled > 0, lens), "the grains belong to the object"
+
+
+def test_the_gap_ringed_by_several_objects_is_no_hole():
+    """Four touching objects around an empty space: the space is nobody's hole and stays background."""
+    ring = np.zeros((1, 60, 60), np.float32)
+    ring[0, 10:50, 10:50] = 1
+    ring[0, 20:40, 20:40] = 0  # the enclosed space
+    contour = np.zeros_like(ring)
+    contour[0, 10:50, 29:31] = 1  # cuts between the four objects
+    contour[0, 29:31, 10:50] = 1
+    labels = instances_from_maps(ring, contour, per_slice=True, min_seed_size=4, min_size=10, fill_holes=1)
+    assert len(np.unique(labels)) == 5
+    assert not labels[0, 20:40, 20:40].any()
+
+
+def test_a_model_fills_holes_unless_its_training_objects_hold_them():
+    from napari_plantbio_train.inference.postprocess import hole_share, params_from_truth
+
+    _, lens = _ellipse_with_grains()
+    solid = lens.astype(np.uint16)
+    holed = solid.copy()
+    holed[:, 31:50, 46:64] = 0  # a grain left unpainted: a real hole of the object
+    assert hole_share(solid) == 0 and hole_share(holed) > 0.01
+    assert params_from_truth(solid, per_slice=False)["fill_holes"] == 1
+    assert params_from_truth(holed, per_slice=False)["fill_holes"] == 0
+    # Touching objects around a gap do not count as holes.
+    four = np.zeros((1, 60, 60), np.uint16)
+    four[0, 10:30, 10:30], four[0, 10:30, 30:50], four[0, 30:50, 10:30], four[0, 30:50, 30:50] = 1, 2, 3, 4
+    four[0, 20:40, 20:40] = 0
+    assert hole_share(four) == 0

@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 TTA = (("none", 0), ("4 (flips)", 4), ("8 (flips and transposes)", 8))
 # (setting, label, decimals, maximum): the seeded watershed that splits an instance model's maps into objects.
 POSTPROCESS_FIELDS = (("fg_threshold", "Foreground threshold", 3, 1.0), ("seed_threshold", "Seed threshold", 3, 1.0),
-                      ("min_size", "Min object size (voxels)", 0, 1e9), ("seed_prominence", "Seed prominence", 3, 1e3))
+                      ("min_size", "Min object size (voxels)", 0, 1e9), ("seed_prominence", "Seed prominence", 3, 1e3),
+                      ("fill_holes", "Fill holes (1 yes, 0 no)", 0, 1.0))
 MAP_COLOURS = ("magenta", "green", "cyan", "yellow", "red", "blue")
 
 

@@ -31,7 +31,7 @@ from ..models.store import ModelError, ModelStore
 from ..runtime.hardware import job_device, processes_per_machine
 from ..training import distributed
 from ..training.distributed import DistributedError
-from .parser import FIELD_OPTIONS
+from .parser import FIELD_OPTIONS, POSTPROCESS_OPTIONS
 from .progress import JsonLines, ProgressLine, _duration, _error_event, _line, _reporter
 
 
@@ -373,9 +373,7 @@ def _check_predict_targets(args: argparse.Namespace, stacks: int) -> None:
 
 
 def _label_settings(args: argparse.Namespace) -> LabelSettings:
-    postprocess = {name: getattr(args, name) for name in ("fg_threshold", "seed_threshold", "min_size",
-                                                          "min_seed_size", "seed_prominence")
-                   if getattr(args, name) is not None}
+    postprocess = {name: getattr(args, name) for name in POSTPROCESS_OPTIONS if getattr(args, name) is not None}
     return LabelSettings(overlap=args.overlap, tta=args.tta, batch_size=args.batch_size, precision=args.precision,
                          device=args.device, which=args.checkpoint, postprocess=postprocess,
                          block_voxels=args.block_voxels, workers=args.workers, scheduler=args.scheduler)

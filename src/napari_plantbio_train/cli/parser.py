@@ -10,6 +10,8 @@ from ..inference.label import LabelSettings
 from ..job.kinds import DIMS, MODES, PRECISIONS
 
 # option -> TrainConfig field, for every option that maps one-to-one (the pairs are read by _pairs)
+# Instance post-processing settings the predict command takes (the model's saved values otherwise).
+POSTPROCESS_OPTIONS = ("fg_threshold", "seed_threshold", "min_size", "min_seed_size", "seed_prominence", "fill_holes")
 FIELD_OPTIONS = {
     "mode": "mode", "dims": "dims", "name": "name",
     "voxel_size": "voxel_size", "window": "window", "gpus": "gpus", "workers": "workers", "lr": "lr",
@@ -160,8 +162,11 @@ def _add_predict(commands: Any) -> None:
     add("--precision", choices=PRECISIONS, default="auto",
         help="auto: bf16 where the hardware runs it natively and a probe saw it work, else fp32")
     add("--device", help="cpu, cuda or cuda:N (default: the first GPU if there is one)")
-    for name in ("fg_threshold", "seed_threshold", "min_size", "min_seed_size", "seed_prominence"):
-        add(f"--{name.replace('_', '-')}", type=float, help="instance post-processing (default: the model's)")
+    for name in POSTPROCESS_OPTIONS:
+        add(f"--{name.replace('_', '-')}", type=float,
+            help="instance post-processing (default: the model's)" + (": 1 fills the holes objects enclose in a "
+                                                                     "slice, 0 keeps them" if name == "fill_holes"
+                                                                     else ""))
     add("--block-voxels", type=int, default=LabelSettings.block_voxels, help="largest block held in memory")
     add("--workers", type=int, default=1, help="blocks labelled at once on this machine")
     add("--scheduler", help="address of a dask.distributed scheduler to run the blocks on")

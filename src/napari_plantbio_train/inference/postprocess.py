@@ -7,7 +7,14 @@ prominence), which splits two touching blobs at their waist even through a gap. 
 this took matched F1 from 0.24 to 0.61-0.63 on the same network's maps. A seeded watershed on the inverted
 distance grows the seeds back out to the full foreground. Per-slice mode never connects voxels
 across z: it uses the same 3D calls with a neighbourhood that is flat in z, so every slice is segmented on its
-own while ids stay unique across the stack, with no Python loop over slices or objects.
+own while ids stay unique across the stack.
+
+Organelles are labelled solid, but what lies inside them need not look like them: a chloroplast's starch grains
+are as bright as the vacuole around it, and a network often calls them background. Each such hole turns a core
+into a ring whose distance map has a maximum on every side of the hole, and the ring is seeded as several
+objects. Filling each core's own in-plane holes (``fill_holes``) took matched F1 on the chloroplast stack's
+unseen side from 0.47 to 0.61 and from 0.34 to 0.58 for two 15-minute models (0.66 to 0.70 and 0.70 to 0.74 on
+the side they trained on). A model whose training objects do hold holes keeps them (``params_from_truth``).
 """
 
 from __future__ import annotations
@@ -20,13 +27,14 @@ from skimage.segmentation import watershed
 from ..job.kinds import POSTPROCESS_DEFAULTS
 
 _D = POSTPROCESS_DEFAULTS
+HOLE_SHARE_SOLID = 0.01  # labelled objects with at most this share of holes were painted solid: fill predicted ones
 
 
 def instances_from_maps(foreground: np.ndarray, contour: np.ndarray, *, per_slice: bool,
                         fg_threshold: float = _D["fg_threshold"], seed_threshold: float = _D["seed_threshold"],
                         min_seed_size: int = int(_D["min_seed_size"]), min_size: int = int(_D["min_size"]),
                         seed_prominence: float = _D["seed_prominence"],
-                        anisotropy: float = _D["anisotropy"]) -> np.ndarray:
+                        anisotropy: float = _D["anisotropy"], fill_holes: float = _D["fill_holes"]) -> np.ndarray:
     """Label objects in (Z, Y, X) probability maps; uint32 ids are consecutive from 1, 0 is background.
 
     The flooded relief is the inverted distance of the cores to their border, so two seeds meet at the waist
@@ -36,7 +44,8 @@ def instances_from_maps(foreground: np.ndarray, contour: np.ndarray, *, per_slic
 
     `seed_prominence` (in-plane pixels) is how much a core's distance-to-border maximum must stand above the
     saddle to its neighbour to seed an object of its own; `anisotropy` (z spacing over x/y spacing) makes the
-    3D distance count thick sections as far apart as they are.
+    3D distance count thick sections as far apart as they are. `fill_holes` (0 or 1) fills the holes each core
+    encloses in-plane, and the objects grown from it cover them.
     """
     foreground = np.asarray(foreground, dtype=np.float32)
     contour = np.asarray(contour, dtype=np.float32)
@@ -50,6 +59,8 @@ def instances_from_maps(foreground: np.ndarray, contour: np.ndarray, *, per_slic
 
     cores = _drop_small(ndimage.label((foreground - contour) > seed_threshold, structure=neighbours)[0],
                         min_seed_size)
+    if fill_holes:
+        cores = _fill_core_holes(cores)
     distance = _distance_to_border(cores, per_slice, anisotropy)
     block = _block(per_slice)
     # Maxima on every second in-plane pixel: the distance map is smooth, and the search is the slow step
@@ -63,8 +74,49 @@ def instances_from_maps(foreground: np.ndarray, contour: np.ndarray, *, per_slic
     has_peak = np.bincount(cores[peaks], minlength=cores.max() + 1) > 0
     orphan = (cores > 0) & ~has_peak[cores]
     seeds[orphan] = cores[orphan] + n_peaks
-    labels = watershed(-distance, markers=seeds, mask=foreground > fg_threshold, connectivity=neighbours)
+    mask = foreground > fg_threshold
+    if fill_holes:
+        mask |= cores > 0  # a filled hole is part of its object, whatever its foreground probability
+    labels = watershed(-distance, markers=seeds, mask=mask, connectivity=neighbours)
     return _drop_small(labels, min_size).astype(np.uint32, copy=False)
+
+
+def _fill_core_holes(cores: np.ndarray) -> np.ndarray:
+    """Each core with the holes it encloses in a slice given its own id (in place; returned for clarity).
+
+    One core at a time, so that background ringed by several touching cores (the space between organelles
+    pressed around a cell) is no core's hole and stays background; another core inside a hole is left alone.
+    """
+    for label, box in enumerate(ndimage.find_objects(cores), start=1):
+        if box is None:
+            continue
+        view = cores[box]
+        view[_filled_in_plane(view == label) & (view == 0)] = label
+    return cores
+
+
+def _filled_in_plane(mask: np.ndarray) -> np.ndarray:
+    """A (Z, Y, X) mask with the holes of each slice filled: a hole is enclosed within a section, while along a
+    few thick sections almost nothing is."""
+    return np.stack([ndimage.binary_fill_holes(plane) for plane in mask])
+
+
+def hole_share(labels: np.ndarray) -> float:
+    """Of the labelled objects' in-plane area, the share of the holes they enclose: ~0 where organelles were
+    painted solid. Objects are measured one at a time, so the gap ringed by several touching objects is no
+    object's hole."""
+    stack = np.asarray(labels)
+    stack = stack if stack.ndim == 3 else stack[np.newaxis]
+    if stack.max() >= 2**20:  # sparse ids: find_objects keeps a slot per id up to the largest
+        stack = np.unique(stack, return_inverse=True)[1].reshape(stack.shape)
+    area = holes = 0
+    for label, box in enumerate(ndimage.find_objects(stack), start=1):
+        if box is None:
+            continue
+        inside = stack[box] == label
+        area += int(inside.sum())
+        holes += int(_filled_in_plane(inside).sum()) - int(inside.sum())
+    return holes / area if area else 0.0
 
 
 def _distance_to_border(cores: np.ndarray, per_slice: bool, anisotropy: float) -> np.ndarray:
@@ -113,7 +165,7 @@ def params_from_truth(labels: np.ndarray, *, per_slice: bool, anisotropy: float 
 
     Fixed pixel thresholds cannot suit both 20-pixel vesicles and 200-pixel chloroplasts: the seed prominence
     follows the typical in-plane object radius, and the smallest object kept follows the smallest objects the
-    user labelled.
+    user labelled. Holes are filled unless the labelled objects hold them (over 1% of their area).
     """
     labels = np.asarray(labels)
     stack = labels if labels.ndim == 3 else labels[np.newaxis]
@@ -124,8 +176,9 @@ def params_from_truth(labels: np.ndarray, *, per_slice: bool, anisotropy: float 
     sizes = sizes[sizes > 0]
     if not len(areas):
         return {"seed_prominence": _D["seed_prominence"], "min_size": int(_D["min_size"]),
-                "anisotropy": float(anisotropy)}
+                "anisotropy": float(anisotropy), "fill_holes": _D["fill_holes"]}
     radius = float(np.sqrt(np.median(areas) / np.pi))
     return {"seed_prominence": float(np.clip(0.12 * radius, 1.0, 12.0)),
             "min_size": int(max(16, 0.1 * np.percentile(sizes, 5))),
-            "anisotropy": 1.0 if per_slice else float(anisotropy)}
+            "anisotropy": 1.0 if per_slice else float(anisotropy),
+            "fill_holes": 1.0 if hole_share(stack) <= HOLE_SHARE_SOLID else 0.0}

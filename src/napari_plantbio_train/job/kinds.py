@@ -29,8 +29,10 @@ INSTANCE_CHANNELS = ("foreground", "contour")
 
 # The seeded watershed that turns an instance model's maps into objects (postprocess.py); a trained model saves
 # its own values, scaled to the objects it was trained on (postprocess.params_from_truth).
+# fill_holes is 0 or 1 (organelles are painted solid; a model whose training objects held holes saves 0).
 POSTPROCESS_DEFAULTS: dict[str, float] = {"fg_threshold": 0.5, "seed_threshold": 0.5, "min_seed_size": 16,
-                                          "min_size": 64, "seed_prominence": 4.0, "anisotropy": 1.0}
+                                          "min_size": 64, "seed_prominence": 4.0, "anisotropy": 1.0,
+                                          "fill_holes": 1.0}
 
 
 def facts(mode: str) -> ModeFacts:
