@@ -130,3 +130,18 @@ def test_a_model_fills_holes_unless_its_training_objects_hold_them():
     four[0, 10:30, 10:30], four[0, 10:30, 30:50], four[0, 30:50, 10:30], four[0, 30:50, 30:50] = 1, 2, 3, 4
     four[0, 20:40, 20:40] = 0
     assert hole_share(four) == 0
+
+
+def test_the_predict_command_and_the_dock_carry_every_setting():
+    """A setting the dock changes reaches the child's predict command, and the command's options reach the engine."""
+    from napari_plantbio_train.cli.commands import _label_settings
+    from napari_plantbio_train.cli.parser import POSTPROCESS_OPTIONS, build_parser
+    from napari_plantbio_train.inference.label import LabelSettings
+    from napari_plantbio_train.job.kinds import POSTPROCESS_DEFAULTS
+    from napari_plantbio_train._widgets.label_widget import predict_options
+
+    assert set(POSTPROCESS_OPTIONS) <= set(POSTPROCESS_DEFAULTS)
+    changed = {"fill_holes": 0.0, "seed_prominence": 7.5}
+    options = predict_options(LabelSettings(postprocess=changed))
+    args = build_parser().parse_args(["predict", "--model", "m", "--image", "i.tif", "--output", "o.tif", *options])
+    assert _label_settings(args).postprocess == changed
