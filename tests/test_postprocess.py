@@ -145,3 +145,11 @@ def test_the_predict_command_and_the_dock_carry_every_setting():
     options = predict_options(LabelSettings(postprocess=changed))
     args = build_parser().parse_args(["predict", "--model", "m", "--image", "i.tif", "--output", "o.tif", *options])
     assert _label_settings(args).postprocess == changed
+
+
+def test_the_foreground_threshold_still_decides_which_objects_exist():
+    foreground, _ = _ellipse_with_grains()
+    foreground *= 0.8  # confident cores, yet below a threshold at its top
+    labels = instances_from_maps(foreground, np.zeros_like(foreground), per_slice=False, seed_threshold=0.5,
+                                 fg_threshold=0.9, seed_prominence=2, fill_holes=1)
+    assert not labels.any(), "a filled hole is no object of its own"

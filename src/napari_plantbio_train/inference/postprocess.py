@@ -59,8 +59,15 @@ def instances_from_maps(foreground: np.ndarray, contour: np.ndarray, *, per_slic
 
     cores = _drop_small(ndimage.label((foreground - contour) > seed_threshold, structure=neighbours)[0],
                         min_seed_size)
+    mask = foreground > fg_threshold
     if fill_holes:
-        cores = _fill_core_holes(cores)
+        solid = _fill_core_holes(cores.copy())
+        # A filled hole joins the mask the watershed floods where its core does: the foreground threshold still
+        # decides which objects exist (at its top, none), the filling only what they cover.
+        flooded = np.bincount(cores[mask], minlength=int(cores.max()) + 1) > 0
+        flooded[0] = False
+        mask |= (cores == 0) & flooded[solid]
+        cores = solid
     distance = _distance_to_border(cores, per_slice, anisotropy)
     block = _block(per_slice)
     # Maxima on every second in-plane pixel: the distance map is smooth, and the search is the slow step
@@ -74,9 +81,6 @@ def instances_from_maps(foreground: np.ndarray, contour: np.ndarray, *, per_slic
     has_peak = np.bincount(cores[peaks], minlength=cores.max() + 1) > 0
     orphan = (cores > 0) & ~has_peak[cores]
     seeds[orphan] = cores[orphan] + n_peaks
-    mask = foreground > fg_threshold
-    if fill_holes:
-        mask |= cores > 0  # a filled hole is part of its object, whatever its foreground probability
     labels = watershed(-distance, markers=seeds, mask=mask, connectivity=neighbours)
     return _drop_small(labels, min_size).astype(np.uint32, copy=False)
 
