@@ -9,9 +9,9 @@ from typing import Any
 from ..inference.label import LabelSettings
 from ..job.kinds import DIMS, MODES, PRECISIONS
 
-# option -> TrainConfig field, for every option that maps one-to-one (the pairs are read by _pairs)
 # Instance post-processing settings the predict command takes (the model's saved values otherwise).
 POSTPROCESS_OPTIONS = ("fg_threshold", "seed_threshold", "min_size", "min_seed_size", "seed_prominence", "fill_holes")
+# option -> TrainConfig field, for every option that maps one-to-one (the pairs are read by _pairs)
 FIELD_OPTIONS = {
     "mode": "mode", "dims": "dims", "name": "name",
     "voxel_size": "voxel_size", "window": "window", "gpus": "gpus", "workers": "workers", "lr": "lr",
