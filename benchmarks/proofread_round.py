@@ -355,7 +355,7 @@ def play_round(number: int, user: str, strategy: str, state: dict, image: np.nda
            "fixed_objects": len(chosen), "fixed_voxels_share": round(float(fixed.mean()), 4),
            "before": part_scores(layer, truth, fixed, cut), "after": part_scores(after_layer, truth, fixed, cut),
            "validation": {"before": record.before, "best": record.best_score, "best_parts": record.best_parts,
-                          "iterations": record.iterations_done},
+                          "best_iteration": record.best_iteration, "iterations": record.iterations_done},
            "near_share": times["near_share"], "seconds": {k: round(v, 1) for k, v in seconds.items()},
            "waiting_seconds": round(waiting)}
     new_state = dict(model=name, layer=after_layer, queue=queue_after, uncertainty=uncertainty, fixed=fixed)

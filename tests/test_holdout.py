@@ -99,15 +99,18 @@ def test_a_touched_only_continuation_scores_what_it_learns(tiny_models, tmp_path
     note = next(e for e in events if isinstance(e, Started)).validation_note
     assert "held-out" in note and "block the first model was validated on" in note
     validations = [e for e in events if isinstance(e, Validation)]
-    assert validations[0].iteration == 0 and not validations[0].is_best, "the parent's score is the 'before'"
+    assert validations[0].iteration == 0 and validations[0].is_best, "the parent's score is the 'before' and the " \
+        "first candidate for the best"
     trained_scores = [v.score for v in validations[1:]]
     assert len(set(trained_scores)) > 1, f"a validation score that never moves: {trained_scores}"
     assert all("learned_score" in v.metrics and "kept_score" in v.metrics for v in validations)
     assert all(v.score == pytest.approx((v.metrics["learned_score"] + v.metrics["kept_score"]) / 2)
                for v in validations)
     record = ModelStore(models).record("chl-v2")
-    assert record.best_iteration > validations[1].iteration, "the best checkpoint is not merely the first one"
-    assert record.best_score == max(v.score for v in validations[1:])
+    chosen = [v for v in validations if v.is_best][-1]
+    assert (record.best_iteration, record.best_score) == (chosen.iteration, max(v.score for v in validations))
+    assert record.best_iteration not in (0, validations[1].iteration), \
+        f"the best checkpoint is neither the parent nor merely the first one: {[(v.iteration, v.score) for v in validations]}"
     assert set(record.best_parts) == {"learned_score", "kept_score"} and record.before["validation_score"] == \
         pytest.approx(validations[0].score)
     rows = list(csv.DictReader(open(record.folder / "metrics.csv")))
@@ -131,3 +134,30 @@ def test_a_job_that_cannot_validate_says_so_and_keeps_its_final_weights(chloropl
     assert not [e for e in events if isinstance(e, Validation)]
     record = ModelStore(models_dir).record("lone")
     assert (record.best_iteration, record.best_score) == (4, None), "the end of the schedule is kept as the best"
+
+
+def test_a_version_that_never_beats_its_parent_keeps_the_parents_weights(tiny_models, tmp_path, plate_crop):
+    """A continuation that only gets worse (a rate that wrecks the weights) ends with its parent's weights as its
+    best, and its own last ones beside them: a round never hands back a model worse than it started from by its
+    own validation."""
+    import torch
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models / "plate", models / "plate")
+    store = ModelStore(models)
+    parent = store.record("plate")
+    image, labels = plate_crop
+    config = continuation(parent, "plate-v2").replace(iterations=6, validate_every=3, iteration_save=6, lr=1.0,
+                                                      workers=1, rehearse=0.0)
+    _, events = run_to_end(train(config, image, labels * 3, models_dir=models))
+    validations = [e for e in events if isinstance(e, Validation)]
+    assert validations[0].iteration == 0 and validations[0].is_best
+    assert all(v.score < validations[0].score and not v.is_best for v in validations[1:]), \
+        f"the wrecking rate did not wreck: {[(v.iteration, v.score) for v in validations]}"
+    record = store.record("plate-v2")
+    assert (record.best_iteration, record.best_score) == (0, validations[0].score)
+    assert record.iterations_done == 6 and record.parent == "plate"
+    best, last = store.load_checkpoint(record, "best")["model"], store.load_checkpoint(record, "last")["model"]
+    kept = store.load_checkpoint(parent, "best")["model"]
+    assert all(torch.equal(best[k], kept[k]) for k in kept), "the version's best is its parent's weights"
+    assert any(not torch.equal(last[k], kept[k]) for k in kept), "and its last weights are its own"

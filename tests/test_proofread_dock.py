@@ -194,6 +194,12 @@ def test_retrain_job_continues_the_model_on_what_was_reviewed(queue, tiny_models
     widget._on_train_event(Validation(50, 0.5, {"learned_score": 0.6, "kept_score": 0.4}, True))
     assert widget.round_info.text() == ("Round 1: before 0.250 (learned 0.100, kept 0.400) → "
                                         "best 0.500 (learned 0.600, kept 0.400)")
+    # A round whose steps never beat the parent's weights keeps them, and says so.
+    widget._on_train_event(Validation(0, 0.45, {"learned_score": 0.3, "kept_score": 0.6}, True))
+    widget._on_train_event(Validation(50, 0.37, {"learned_score": 0.2, "kept_score": 0.54}, False))
+    assert widget.round_info.text() == ("Round 1: before 0.450 (learned 0.300, kept 0.600) → best 0.450 (learned "
+                                        "0.300, kept 0.600) (so far no step beat the parent: the version keeps the "
+                                        "parent's weights)")
     viewer.layers.remove(layer)
     with pytest.raises(ConfigError, match="removed"):
         widget.retrain_job()

@@ -306,9 +306,9 @@ class ProofreadQueue(QWidget):
             self.round_info.say(f"Round {self.round}: training {event.model_dir.name}"
                                 f"{'; ' + event.validation_note if event.validation_note else ''}…")
         elif isinstance(event, Validation):
-            if event.iteration == 0 and not event.is_best:
+            if event.iteration == 0:
                 self.before = event
-            elif event.is_best:
+            if event.is_best:
                 self.after = event
             self.round_info.say(self.score_text())
         elif isinstance(event, Finished):
@@ -321,7 +321,10 @@ class ProofreadQueue(QWidget):
         def score(event: Validation | None) -> str:
             return "…" if event is None else f"{event.score:.3f}{parts_text(event.metrics)}"
 
-        return f"Round {self.round}: before {score(self.before)} → best {score(self.after)}"
+        text = f"Round {self.round}: before {score(self.before)} → best {score(self.after)}"
+        if self.after is not None and self.after.iteration == 0 and self.before is not None:
+            text += " (so far no step beat the parent: the version keeps the parent's weights)"
+        return text
 
     def _on_train_error(self, error: BaseException) -> None:
         text = str(error) if isinstance(error, (ConfigError, ChildDied)) else f"{type(error).__name__}: {error}"

@@ -147,28 +147,32 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     every_window = holdout_windows(material)
     iteration, last_saved, last_validated, reason = start, start, start, "completed"
 
-    def validation(at: int, eligible: bool = True) -> Generator[Event, None, dict]:
-        """Score what is held out, show it, and keep the weights if they are the best so far (``eligible``:
-        weights this job trained; the parent's, scored before the first step, are only the "before", and of
-        those the parts the parent scored itself are not predicted again)."""
+    def validation(at: int, parent: bool = False) -> Generator[Event, None, dict]:
+        """Score what is held out, show it, and keep the weights if they are the best so far. ``parent``: the
+        weights the job starts from, scored before its first step: the round's "before", of which the parts the
+        parent scored itself are not predicted again, and the first candidate for the version's best."""
         nonlocal best_score, best_tiebreak, validating, reserve
         tick = time.perf_counter()
-        given = None if eligible else run.before_given
+        given = run.before_given if parent else None
         result = score_region(model, material, config, device, autocast, given)
         validating += time.perf_counter() - tick
         predicted = holdout_windows(material, skip=given) if given else every_window
         if limit and predicted:
             reserve = min(FINAL_VALIDATION_SHARE * limit, (time.perf_counter() - tick) * every_window / predicted)
         kept = (best_score, -math.inf if best_tiebreak is None else best_tiebreak)  # none kept: an equal score wins
-        is_best = eligible and (best_score is None or (result.score, result.tiebreak) > kept)
+        # A parent that cannot be scored is no candidate: nothing trained would beat its NaN.
+        is_best = ((best_score is None or (result.score, result.tiebreak) > kept)
+                   and (math.isfinite(result.score) or not parent))
         yield Validation(at, result.score, result.metrics, is_best)
         if result.offset is not None:
             yield Preview(at, result.probabilities, result.labels, result.offset, result.channel_names)
         # Plain finite numbers or nothing: model.json refuses NaN (a semantic part with no class present scores it).
         parts = {k: result.metrics[k] for k in PART_SCORES if math.isfinite(result.metrics.get(k, math.nan))}
         if is_best:
-            best_score, best_tiebreak = result.score, result.tiebreak
-            writer.describe(best_parts=parts, best_tiebreak=result.tiebreak)
+            # The parent's tiebreak leaves out the parts it was given, so it does not compare with a full one:
+            # trained weights that equal the parent's score win.
+            best_score, best_tiebreak = result.score, (None if parent and given else result.tiebreak)
+            writer.describe(best_parts=parts, best_tiebreak=best_tiebreak)
             yield CheckpointSaved(at, writer.save_best(at, _cpu_state(model), best_score), "best")
         model.train()
         return {"validation_score": result.score if math.isfinite(result.score) else None, **parts}
@@ -203,8 +207,12 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         return writer.save(at, state, keep=keep)
 
     if writer is not None and validated and config.init_from is not None and start == 0:
-        # The parent's weights on what this job holds out: the "before" of the round, for the dock and model.json.
-        before = yield from validation(0, eligible=False)
+        # The parent's weights on what this job holds out: the "before" of the round, for the dock and model.json,
+        # and the version's best until a step beats them. A one-minute proofreading round that scored below its
+        # parent on both held-out corrections and the kept block also labelled the tissue nobody corrected worse in
+        # 9 of 13 rounds (benchmarks/proofread_round.py, 2026-12-04 and -06): such a version keeps the parent's
+        # weights as its best, and its last weights beside them.
+        before = yield from validation(0, parent=True)
         writer.describe(validation_before=before)
         writer.log({"iteration": 0, **before, "elapsed_seconds": time.perf_counter() - began})
     model.train()
