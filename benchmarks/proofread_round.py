@@ -227,6 +227,9 @@ def main() -> int:
     parser.add_argument("--test-rows", type=float, default=0.5, metavar="SHARE",
                         help="share of the right half's true objects (its bottom rows) never shown to the "
                              "users, scored every round")
+    parser.add_argument("--round-lr", type=float,
+                        help="a round's learning rate (the product's continuation rate unless given: a fifth of "
+                             "the first model's)")
     parser.add_argument("--first-model", type=Path, metavar="FOLDER",
                         help="a model this script trained on the left half before (its folder): skip that training")
     args = parser.parse_args()
@@ -331,6 +334,8 @@ def play_round(number: int, user: str, strategy: str, state: dict, image: np.nda
         iterations=100_000, iteration_save=100_000, time_limit_min=args.continue_minutes, workers=workers,
         touched_only=True, touched_margin=args.touched_margin, rehearse=args.rehearse,
         pair_weights=tuple(args.balance) if args.balance[1] else None)
+    if args.round_lr:
+        job = job.replace(lr=args.round_lr)
     extra = [original] if args.balance[1] else []
     t = time.perf_counter()
     # Trusted: everything corrected so far (the reviewed mask), whatever the new version's parent labelled.
@@ -341,12 +346,20 @@ def play_round(number: int, user: str, strategy: str, state: dict, image: np.nda
 
     picked = [i for kind, i in chosen if kind == "pred"]
     upcoming = [i for i in open_ids if i not in picked][:args.next]
-    near = round_regions(image.shape, fixed & ~fixed_before, corrected, upcoming, window, overlap=settings.overlap)
-    after_layer, uncertainty, times = relabel(name, image, corrected, fixed, near, store.root, settings)
-    seconds.update({k: v for k, v in times.items() if k != "near_share"})
-    t = time.perf_counter()
-    _, queue_after = queue_for(record, after_layer, image, uncertainty)
-    seconds["queue"] = time.perf_counter() - t
+    if record.best_iteration == 0:
+        # As the dock does: a version that kept its parent's weights labels as the layer is labelled; nothing is
+        # relabelled or ranked again, and the queue goes on where it was.
+        after_layer, uncertainty, queue_after = corrected, state["uncertainty"], queue
+        times = {"relabel_near": 0.0, "relabel_whole": 0.0, "near_share": 0.0}
+        seconds.update(relabel_near=0.0, relabel_whole=0.0, queue=0.0)
+    else:
+        near = round_regions(image.shape, fixed & ~fixed_before, corrected, upcoming, window,
+                             overlap=settings.overlap)
+        after_layer, uncertainty, times = relabel(name, image, corrected, fixed, near, store.root, settings)
+        seconds.update({k: v for k, v in times.items() if k != "near_share"})
+        t = time.perf_counter()
+        _, queue_after = queue_for(record, after_layer, image, uncertainty)
+        seconds["queue"] = time.perf_counter() - t
     waiting = seconds["fix"] + seconds["continue"] + seconds["relabel_near"]
     row = {"user": user, "strategy": strategy, "round": number, "model": name,
            "queue_precision_at_10": precision_at(open_ids, open_errors),

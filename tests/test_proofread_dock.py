@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 from napari.utils.key_bindings import coerce_keybinding
 
-from napari_plantbio_train._widgets.corrections import auto_label_metadata
+from napari_plantbio_train._widgets.corrections import AUTO_LABEL_KEY, auto_label_metadata
 from napari_plantbio_train._widgets.proofread import KEYS, ProofreadQueue
 from napari_plantbio_train.inference.label import label_stack
 from napari_plantbio_train.inference.proofreading import QueueEntry
@@ -244,3 +244,40 @@ def test_retrain_on_corrections_runs_the_round_in_a_child(make_napari_viewer, qt
     # Round 2's queue is ranked by the new version (and its thread is done before the viewer goes).
     qtbot.waitUntil(lambda: widget.requeueing is None, timeout=JOB_TIMEOUT_MS)
     assert "objects queued by chl-v2" in widget.info.text() or "no objects left" in widget.info.text()
+
+
+def test_a_round_that_kept_its_parents_weights_leaves_the_labels_and_moves_on(make_napari_viewer, tiny_models,
+                                                                               tmp_path, plate_crop):
+    """A version whose steps never beat its parent labels as the layer is labelled already: the dock relabels
+    nothing (the user waits for nothing more), says so, and the next round continues the version."""
+    from napari_plantbio_train.training.loop import train
+    from napari_plantbio_train.training.material import continuation
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models / "plate", models / "plate")
+    store = ModelStore(models)
+    image, truth = plate_crop
+    config = continuation(store.record("plate"), "plate-v2").replace(iterations=4, validate_every=2,
+                                                                     iteration_save=4, lr=1.0, rehearse=0.0)
+    run_to_end(train(config, image, truth * 3, models_dir=models))
+    version = store.record("plate-v2")
+    assert version.best_iteration == 0, "the wrecking rate did not wreck"
+    viewer = make_napari_viewer()
+    raw = viewer.add_image(image, name="raw")
+    auto = ndimage.label(truth)[0].astype(np.uint32)
+    layer = viewer.add_labels(auto.copy(), name="raw [plate]", metadata=auto_label_metadata("plate", "raw [plate]",
+                                                                                           auto))
+    widget = ProofreadQueue(viewer, lambda: models)
+    widget.load(layer, np.zeros(auto.shape, np.float32), image=raw, record=store.record("plate"))
+    layer.data[:4, :4] = 7  # a correction of the user's, which stays
+    before = layer.data.copy()
+    widget.round, widget.trained = 1, "plate-v2"
+    widget._on_train_event(Validation(0, 0.6, {}, True))
+    widget._on_train_event(Validation(4, 0.2, {}, False))
+    widget._on_train_finished()
+    assert widget.relabelling is None and widget.trained is None, "nothing relabelled"
+    np.testing.assert_array_equal(layer.data, before)
+    assert widget.record.name == "plate-v2" and round_number(widget.record) == 2
+    assert layer.metadata[AUTO_LABEL_KEY]["model"] == "plate-v2"
+    text = widget.round_info.text()
+    assert "plate-v2 saved with plate's weights: your labels stand" in text and "Retrain for round 2" in text

@@ -335,8 +335,24 @@ class ProofreadQueue(QWidget):
             self._running_stops.discard(self.worker.stop_event)
         self.worker = None
         if self.trained is not None and self._usable() and self.image in self.viewer.layers:
-            self.relabel(self.trained)
+            record = ModelStore(self.models_dir()).record(self.trained)
+            if record.parent is not None and record.best_iteration == 0:
+                self._kept_parent(record)
+            else:
+                self.relabel(self.trained)
         self._update_retrain()
+
+    def _kept_parent(self, record: ModelRecord) -> None:
+        """A version that kept its parent's weights (no step beat them on what it held out) labels the stack as
+        the layer is labelled already: nothing to relabel or rank again, so the user waits for nothing more; the
+        next round continues it, on all corrections so far."""
+        kept = self.layer.metadata.get(AUTO_LABEL_KEY)
+        if isinstance(kept, dict):
+            kept.update(model=record.name)
+        self.record, self.trained = record, None
+        self.round_info.say(f"{self.score_text()}\n{record.name} saved with {record.parent}'s weights: your labels "
+                            f"stand, nothing to relabel. Keep correcting, then Retrain for round "
+                            f"{round_number(record)}.")
 
     # ----- relabelling --------------------------------------------------------------------------------------------
     def relabel(self, model: str) -> bool:

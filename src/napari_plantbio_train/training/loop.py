@@ -169,9 +169,9 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         # Plain finite numbers or nothing: model.json refuses NaN (a semantic part with no class present scores it).
         parts = {k: result.metrics[k] for k in PART_SCORES if math.isfinite(result.metrics.get(k, math.nan))}
         if is_best:
-            # The parent's tiebreak leaves out the parts it was given, so it does not compare with a full one:
-            # trained weights that equal the parent's score win.
-            best_score, best_tiebreak = result.score, (None if parent and given else result.tiebreak)
+            # Trained weights that equal the parent's score win: the parent's tiebreak leaves out the parts it was
+            # given (it does not compare with a full one), and a round's weights have seen the corrections.
+            best_score, best_tiebreak = result.score, (None if parent else result.tiebreak)
             writer.describe(best_parts=parts, best_tiebreak=best_tiebreak)
             yield CheckpointSaved(at, writer.save_best(at, _cpu_state(model), best_score), "best")
         model.train()
