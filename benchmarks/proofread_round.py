@@ -346,7 +346,7 @@ def play_round(number: int, user: str, strategy: str, state: dict, image: np.nda
 
     picked = [i for kind, i in chosen if kind == "pred"]
     upcoming = [i for i in open_ids if i not in picked][:args.next]
-    if record.best_iteration == 0:
+    if record.kept_parent:
         # As the dock does: a version that kept its parent's weights labels as the layer is labelled; nothing is
         # relabelled or ranked again, and the queue goes on where it was.
         after_layer, uncertainty, queue_after = corrected, state["uncertainty"], queue

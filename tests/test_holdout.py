@@ -156,7 +156,7 @@ def test_a_version_that_never_beats_its_parent_keeps_the_parents_weights(tiny_mo
         f"the wrecking rate did not wreck: {[(v.iteration, v.score) for v in validations]}"
     record = store.record("plate-v2")
     assert (record.best_iteration, record.best_score) == (0, validations[0].score)
-    assert record.iterations_done == 6 and record.parent == "plate"
+    assert record.iterations_done == 6 and record.parent == "plate" and record.kept_parent and not parent.kept_parent
     best, last = store.load_checkpoint(record, "best")["model"], store.load_checkpoint(record, "last")["model"]
     kept = store.load_checkpoint(parent, "best")["model"]
     assert all(torch.equal(best[k], kept[k]) for k in kept), "the version's best is its parent's weights"

@@ -336,7 +336,7 @@ class ProofreadQueue(QWidget):
         self.worker = None
         if self.trained is not None and self._usable() and self.image in self.viewer.layers:
             record = ModelStore(self.models_dir()).record(self.trained)
-            if record.parent is not None and record.best_iteration == 0:
+            if record.kept_parent:
                 self._kept_parent(record)
             else:
                 self.relabel(self.trained)

@@ -81,6 +81,12 @@ class ModelRecord:
     def score_name(self) -> str:
         return score_name(self.config.mode)
 
+    @property
+    def kept_parent(self) -> bool:
+        """A version none of whose steps beat its parent's weights, which it kept as its best (training/loop.py):
+        it labels exactly as its parent does."""
+        return self.parent is not None and self.best_iteration == 0
+
 
 @dataclass(frozen=True)
 class FolderState:
