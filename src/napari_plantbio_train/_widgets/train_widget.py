@@ -299,7 +299,7 @@ class TrainWidget(QWidget):
         name = score_name(self.config.mode) if self.config is not None else "score"
         when = "Before training" if event.iteration == 0 else f"Iteration {event.iteration}"
         self._set_status(f"{when}: {name} {event.score:.3f}{parts_text(event.metrics)}"
-                         f"{' (best so far)' if event.is_best else ''} on what is held out.")
+                         f"{' (kept as the best weights)' if event.is_best else ''} on what is held out.")
 
     def _on_checkpoint(self, event: CheckpointSaved) -> None:
         if event.reason in ("stop", "final"):

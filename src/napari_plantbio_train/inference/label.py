@@ -58,7 +58,7 @@ class LabelSettings:
     batch_size: int | None = None  # windows per forward pass; None: the model's samples per batch
     precision: str = "auto"  # bf16 where native and seen to work here (hardware.py), else fp32
     device: str | None = None  # "cpu", "cuda" or "cuda:N"; None: the first GPU when there is one
-    which: str = "best"  # checkpoint: "best" (best validation score) or "last"
+    which: str = "best"  # checkpoint: "best" (best smoothed validation score) or "last"
     postprocess: dict[str, float] = field(default_factory=dict)  # overrides of the model's watershed settings
     block_voxels: int = 32 * 2**20  # largest block (windows included) held in memory at once
     halo: int | None = None  # in-plane context around instance blocks in pixels; None: half the window

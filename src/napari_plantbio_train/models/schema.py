@@ -82,6 +82,8 @@ FIELDS: dict[str, Check] = {
     "best_score": _optional(_number),
     "best_iteration": _optional(_integer(0)),
     "best_tiebreak": _optional(_number),
+    "best_smoothed": _optional(_number),
+    "score_smoothed": _optional(_number),
     "postprocess": _optional(_table({}, required=())),
     "parent": _optional(_text),
     "lineage": _list_of(_text),

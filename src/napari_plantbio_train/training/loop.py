@@ -50,6 +50,15 @@ VALIDATION_SHARE = 0.2
 # used to come after its minute, while the user waited: 78.8 s from start to end (158 iterations), now 67.4 s
 # (137; AMD EPYC, fp32).
 FINAL_VALIDATION_SHARE = 0.25
+# The version's best is chosen on the validation score smoothed over the job's validations (each counts 0.3, the
+# history 0.7: about the last three), as nnU-Net chooses its best checkpoint on a moving average of its pseudo-Dice.
+# A held-out block scores few objects (7 on the chloroplast stack: one object moves F1 by 0.14) or a narrow strip
+# (plate: 0.88-0.90 from iteration 300 on), so the raw best was one lucky validation: the plate's iteration 600 of
+# 3,584 (0.898) labelled the rows never trained on at IoU 0.908, its later checkpoints at 0.921-0.924; three
+# chloroplast models' raw bests scored unseen F1 0.609/0.565/0.533, their last weights 0.636/0.652/0.533 (AMD EPYC,
+# 2026-12-07). A smoothed score only rises while the scores stay above it, so a real decline still holds the best
+# back, and a new best's own score is always above the parent's, which opens the average.
+SCORE_SMOOTHING = 0.7
 
 
 def lr_at(iteration: int, progress: float, base_lr: float, warmup: int, time_share: float = 0.0) -> float:
@@ -125,7 +134,7 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     config, material, model, net, forward = run.config, run.material, run.model, run.net, run.forward
     optimizer, writer, device, autocast, batches = run.optimizer, run.writer, run.device, run.autocast, run.batches
     start, best_score, folder = run.start, run.best_score, run.folder
-    best_tiebreak = run.best_tiebreak
+    best_tiebreak, smoothed, best_smoothed = run.best_tiebreak, run.smoothed, run.best_smoothed
     target_dtype = torch.long if config.mode == "semantic" else torch.float32
 
     validated = bool(material.holdout.parts)
@@ -148,10 +157,11 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     iteration, last_saved, last_validated, reason = start, start, start, "completed"
 
     def validation(at: int, parent: bool = False) -> Generator[Event, None, dict]:
-        """Score what is held out, show it, and keep the weights if they are the best so far. ``parent``: the
-        weights the job starts from, scored before its first step: the round's "before", of which the parts the
-        parent scored itself are not predicted again, and the first candidate for the version's best."""
-        nonlocal best_score, best_tiebreak, validating, reserve
+        """Score what is held out, show it, and keep the weights if the smoothed score is the best so far.
+        ``parent``: the weights the job starts from, scored before its first step: the round's "before", of which
+        the parts the parent scored itself are not predicted again, and the first candidate for the version's
+        best."""
+        nonlocal best_score, best_tiebreak, smoothed, best_smoothed, validating, reserve
         tick = time.perf_counter()
         given = run.before_given if parent else None
         result = score_region(model, material, config, device, autocast, given)
@@ -159,10 +169,19 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         predicted = holdout_windows(material, skip=given) if given else every_window
         if limit and predicted:
             reserve = min(FINAL_VALIDATION_SHARE * limit, (time.perf_counter() - tick) * every_window / predicted)
-        kept = (best_score, -math.inf if best_tiebreak is None else best_tiebreak)  # none kept: an equal score wins
+        finite = math.isfinite(result.score)
+        if finite:
+            # (as a step towards the new score, so that equal scores leave it exactly as it was)
+            smoothed = (result.score if smoothed is None
+                        else smoothed + (1 - SCORE_SMOOTHING) * (result.score - smoothed))
+        candidate = smoothed if finite else result.score
+        # None kept: an equal score wins. A job resumed from before smoothing compares with its raw best, and a
+        # best that scored NaN (a semantic block without the class) gives way to any finite score.
+        reference = best_smoothed if best_smoothed is not None else best_score
+        reference = reference if reference is None or math.isfinite(reference) else -math.inf
+        kept = (reference, -math.inf if best_tiebreak is None else best_tiebreak)
         # A parent that cannot be scored is no candidate: nothing trained would beat its NaN.
-        is_best = ((best_score is None or (result.score, result.tiebreak) > kept)
-                   and (math.isfinite(result.score) or not parent))
+        is_best = ((best_score is None or (candidate, result.tiebreak) > kept) and (finite or not parent))
         yield Validation(at, result.score, result.metrics, is_best)
         if result.offset is not None:
             yield Preview(at, result.probabilities, result.labels, result.offset, result.channel_names)
@@ -172,8 +191,10 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
             # Trained weights that equal the parent's score win: the parent's tiebreak leaves out the parts it was
             # given (it does not compare with a full one), and a round's weights have seen the corrections.
             best_score, best_tiebreak = result.score, (None if parent else result.tiebreak)
-            writer.describe(best_parts=parts, best_tiebreak=best_tiebreak)
+            best_smoothed = candidate if finite else None
+            writer.describe(best_parts=parts, best_tiebreak=best_tiebreak, best_smoothed=best_smoothed)
             yield CheckpointSaved(at, writer.save_best(at, _cpu_state(model), best_score), "best")
+        writer.describe(score_smoothed=smoothed)  # where a resumed job's average goes on from
         model.train()
         return {"validation_score": result.score if math.isfinite(result.score) else None, **parts}
 

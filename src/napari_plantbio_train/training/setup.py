@@ -56,6 +56,8 @@ class Run:
     plan: Plan | None = None  # what the plan chose for the fields left empty (None: every field was given)
     paced_validation: bool = False  # validate_every was left to the job: validations keep to VALIDATION_SHARE
     best_tiebreak: float | None = None  # what broke the best score's ties (validation.RegionScore.tiebreak)
+    smoothed: float | None = None  # the validation score's running average so far (loop.SCORE_SMOOTHING)
+    best_smoothed: float | None = None  # that average when the best weights were kept
     before_given: dict[str, float] | None = None  # parts of the "before" the parent scored already (by part name)
 
 
@@ -132,6 +134,7 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     verdict = usable(gather(rank, verdict)[0])
     precision = verdict.precision
     folder, writer, best_score, best_tiebreak = store.folder(config.name), None, None, None
+    smoothed, best_smoothed = None, None
     if rank.is_main:
         writer = ModelWriter(store, config, resume=resume)
         writer.describe(network=model.spec, normalisation=material.normalisation.to_dict(),
@@ -150,6 +153,7 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         if not resume:
             _keep_first_data(store, config, parent, material, labels)
         best_score, best_tiebreak = writer.meta.get("best_score"), writer.meta.get("best_tiebreak")
+        smoothed, best_smoothed = writer.meta.get("score_smoothed"), writer.meta.get("best_smoothed")
 
     # A resumed job draws new windows, not the same ones; on a GPU, worker processes keep batches ready.
     processes = config.data_processes(device.type)
@@ -166,7 +170,7 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     return Run(config=config, material=material, model=model, net=net, forward=forward, optimizer=optimizer,
                writer=writer, folder=folder, start=start, best_score=best_score, batches=batches, device=device,
                verdict=verdict, autocast=autocast, batch_hint=batch_hint, plan=plan, paced_validation=paced,
-               best_tiebreak=best_tiebreak, before_given=parent_scores(parent, material.holdout, verdict, device))
+               best_tiebreak=best_tiebreak, smoothed=smoothed, best_smoothed=best_smoothed, before_given=parent_scores(parent, material.holdout, verdict, device))
 
 
 def plan_job(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, store: ModelStore, resume: bool,
