@@ -196,7 +196,7 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
             yield CheckpointSaved(at, writer.save_best(at, _cpu_state(model), best_score), "best")
         writer.describe(score_smoothed=smoothed)  # where a resumed job's average goes on from
         model.train()
-        return {"validation_score": result.score if math.isfinite(result.score) else None, **parts}
+        return {"validation_score": result.score if finite else None, **parts}
 
     def accumulate() -> tuple[float, float]:
         """Gradients of `iteration_step` batches (one optimiser step); returns (loss, seconds waiting for data)."""

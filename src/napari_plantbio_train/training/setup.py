@@ -170,7 +170,8 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     return Run(config=config, material=material, model=model, net=net, forward=forward, optimizer=optimizer,
                writer=writer, folder=folder, start=start, best_score=best_score, batches=batches, device=device,
                verdict=verdict, autocast=autocast, batch_hint=batch_hint, plan=plan, paced_validation=paced,
-               best_tiebreak=best_tiebreak, smoothed=smoothed, best_smoothed=best_smoothed, before_given=parent_scores(parent, material.holdout, verdict, device))
+               best_tiebreak=best_tiebreak, smoothed=smoothed, best_smoothed=best_smoothed,
+               before_given=parent_scores(parent, material.holdout, verdict, device))
 
 
 def plan_job(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, store: ModelStore, resume: bool,
