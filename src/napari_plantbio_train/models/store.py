@@ -359,15 +359,14 @@ class ModelWriter:
     def planned_bytes(self, model: torch.nn.Module) -> int:
         """About the most disk this job's checkpoints take at once: the periodic ones kept, ``last.pt`` (a stop)
         and ``best.pt``. The best holds the weights (measured: serialised once, as it will be written); a full
-        checkpoint holds AdamW's two moments of each weight and the weights' running average besides, about four
-        times as much."""
+        checkpoint holds AdamW's two moments of each weight besides, about three times as much."""
         buffer = io.BytesIO()
         torch.save({"model": model.state_dict(), "iteration": 0, "description": self.description()}, buffer)
         best = buffer.tell()
         config = self.config
         saves = -(-config.iterations // config.iteration_save)  # the series, the final one included
         periodic = min(config.keep_checkpoints, saves)
-        return (periodic + 1) * 4 * best + best
+        return (periodic + 1) * 3 * best + best
 
     def save_best(self, iteration: int, weights: dict[str, Any], score: float | None) -> Path:
         """The best weights so far (``score`` None: a job that cannot validate keeps its final weights)."""

@@ -135,7 +135,6 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     optimizer, writer, device, autocast, batches = run.optimizer, run.writer, run.device, run.autocast, run.batches
     start, best_score, folder = run.start, run.best_score, run.folder
     best_tiebreak, smoothed, best_smoothed = run.best_tiebreak, run.smoothed, run.best_smoothed
-    average = run.average
     target_dtype = torch.long if config.mode == "semantic" else torch.float32
 
     validated = bool(material.holdout.parts)
@@ -165,11 +164,7 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         nonlocal best_score, best_tiebreak, smoothed, best_smoothed, validating, reserve
         tick = time.perf_counter()
         given = run.before_given if parent else None
-        # The weights are scored and kept as their running average (averaging.py; before the first step, the
-        # weights themselves).
-        with average.applied(model):
-            result = score_region(model, material, config, device, autocast, given)
-            weights = _cpu_state(model)
+        result = score_region(model, material, config, device, autocast, given)
         validating += time.perf_counter() - tick
         predicted = holdout_windows(material, skip=given) if given else every_window
         if limit and predicted:
@@ -198,7 +193,7 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
             best_score, best_tiebreak = result.score, (None if parent else result.tiebreak)
             best_smoothed = candidate if finite else None
             writer.describe(best_parts=parts, best_tiebreak=best_tiebreak, best_smoothed=best_smoothed)
-            yield CheckpointSaved(at, writer.save_best(at, weights, best_score), "best")
+            yield CheckpointSaved(at, writer.save_best(at, _cpu_state(model), best_score), "best")
         writer.describe(score_smoothed=smoothed)  # where a resumed job's average goes on from
         model.train()
         return {"validation_score": result.score if finite else None, **parts}
@@ -224,7 +219,7 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
 
     def save(at: int, keep: bool = True) -> Path | None:
         """Every rank, at the same iterations: record that the replicas agree; rank 0 writes the checkpoint."""
-        state = {**_full_state(model, optimizer, at), "average": average.state_dict()}
+        state = _full_state(model, optimizer, at)
         replicas = gather(rank, weights_digest(state["model"])) if rank.distributed else None
         if writer is None:
             return None
@@ -271,7 +266,6 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        average.update(model)
         loss_sum = mean(rank, loss_sum)
         seconds = time.perf_counter() - tick
         seconds_ema = seconds if seconds_ema is None else 0.9 * seconds_ema + 0.1 * seconds
@@ -289,8 +283,7 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         if views is not None and views.wanted(due):
             # Where the user looks, at each validation (unless the user turned that off) and when asked (a stat
             # per iteration otherwise).
-            with average.applied(model):  # what the job would keep, as validation shows it
-                shown = views.predict(model, iteration, device, autocast, seconds_ema)
+            shown = views.predict(model, iteration, device, autocast, seconds_ema)
             if shown is not None:
                 yield shown
         if writer is not None and (iteration % config.log_every == 0 or "validation_score" in row):
@@ -307,10 +300,8 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         scores = yield from validation(iteration)
         writer.log({"iteration": iteration, **scores, "elapsed_seconds": time.perf_counter() - began})
     if writer is not None and not validated:
-        # Nothing to choose by: the end of the schedule (its running average) is the best this job can vouch for.
-        with average.applied(model):
-            weights = _cpu_state(model)
-        yield CheckpointSaved(iteration, writer.save_best(iteration, weights, None), "best")
+        # Nothing to choose by: the end of the schedule is the best this job can vouch for.
+        yield CheckpointSaved(iteration, writer.save_best(iteration, _cpu_state(model), None), "best")
     # Decided alike on every rank (the save compares replicas): a new model has no checkpoint until it saves one.
     if iteration != last_saved or not (resume or last_saved != start):
         final = reason == "completed"

@@ -26,7 +26,6 @@ from ..planning import network_for
 from ..planning.plan import Plan, auto_fields, make_plan, version_interval
 from ..runtime.hardware import Probe, Verdict, autocast_for, choose_precision, usable
 from ..runtime.memory import suggest_batch_size
-from .averaging import WeightAverage
 from .distributed import Rank, gather
 from .loader import window_batches
 from .known import painted
@@ -54,7 +53,6 @@ class Run:
     verdict: Verdict
     autocast: Any
     batch_hint: int | None
-    average: WeightAverage  # the weights' running average, which validation scores and the best keeps
     plan: Plan | None = None  # what the plan chose for the fields left empty (None: every field was given)
     paced_validation: bool = False  # validate_every was left to the job: validations keep to VALIDATION_SHARE
     best_tiebreak: float | None = None  # what broke the best score's ties (validation.RegionScore.tiebreak)
@@ -127,7 +125,6 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
         model.load_state_dict(previous_state["model"])
         optimizer.load_state_dict(previous_state["optimizer"])
         start = int(previous_state["iteration"])
-    average = WeightAverage(model, previous_state.get("average") if previous_state is not None else None)
     net = _data_parallel(model, rank)
     # bf16 autocast where the hardware runs it natively and a probe saw it work here, fp32 elsewhere; rank 0
     # decides for every rank (one probe, one format for the whole job), before anything is written.
@@ -173,7 +170,7 @@ def set_up(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
     return Run(config=config, material=material, model=model, net=net, forward=forward, optimizer=optimizer,
                writer=writer, folder=folder, start=start, best_score=best_score, batches=batches, device=device,
                verdict=verdict, autocast=autocast, batch_hint=batch_hint, plan=plan, paced_validation=paced,
-               best_tiebreak=best_tiebreak, smoothed=smoothed, best_smoothed=best_smoothed, average=average,
+               best_tiebreak=best_tiebreak, smoothed=smoothed, best_smoothed=best_smoothed,
                before_given=parent_scores(parent, material.holdout, verdict, device))
 
 
