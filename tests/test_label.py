@@ -173,7 +173,8 @@ def test_3d_model_refuses_a_2d_image(trained, plate_crop):
 @pytest.mark.parametrize("settings, field", [(dict(overlap=1.0), "overlap"), (dict(tta=3), "tta"),
                                              (dict(batch_size=0), "batch_size"), (dict(precision="fp8"), "precision"),
                                              (dict(postprocess={"min_size": -1}), "min_size"),
-                                             (dict(postprocess={"bogus": 1}), "bogus")])
+                                             (dict(postprocess={"bogus": 1}), "bogus"),
+                                             (dict(postprocess={"min_confidence": 1.5}), "min_confidence")])
 def test_bad_settings_name_the_field(trained, chloroplast_crop, settings, field):
     with pytest.raises(ConfigError) as info:
         run_to_end(label_stack("chl", chloroplast_crop[0], models_dir=trained, settings=LabelSettings(**settings)))

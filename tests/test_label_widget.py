@@ -75,7 +75,10 @@ def test_models_are_listed_and_new_ones_appear(make_napari_viewer, trained, tmp_
                                                    "best mean IoU ")
 
     widget.select_model("plate")
-    assert widget.post_group.isHidden(), "a semantic model has no watershed settings"
+    shown = {key for key, box in widget.post_boxes.items() if not box.isHidden()}
+    assert shown == {"min_confidence"}, "a semantic model has no watershed settings, only its confidence floor"
+    saved = {**POSTPROCESS_DEFAULTS, **(widget.record.postprocess or {})}
+    assert widget.post_boxes["min_confidence"].value() == pytest.approx(saved["min_confidence"], abs=1e-3)
     (models / "half-written").mkdir()  # a job before its first checkpoint: not a model yet
     (models / "damaged").mkdir()
     shutil.copy(trained / "chl" / "config.json", models / "damaged")
@@ -95,7 +98,7 @@ def test_a_picked_model_fills_the_settings(dock, trained):
     widget.select_model("chl")
     record = widget.record
     saved = {**POSTPROCESS_DEFAULTS, **(record.postprocess or {})}
-    assert not widget.post_group.isHidden()
+    assert not any(box.isHidden() for box in widget.post_boxes.values())
     for key, box in widget.post_boxes.items():
         assert box.value() == pytest.approx(saved[key], abs=1e-3)
     settings = widget.settings()

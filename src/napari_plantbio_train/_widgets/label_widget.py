@@ -44,10 +44,13 @@ if TYPE_CHECKING:
     from napari.layers import Layer
 
 TTA = (("none", 0), ("4 (flips)", 4), ("8 (flips and transposes)", 8))
-# (setting, label, decimals, maximum): the seeded watershed that splits an instance model's maps into objects.
+# (setting, label, decimals, maximum): the seeded watershed that splits an instance model's maps into objects, and
+# the least mean probability an object (semantic: a region of a class) needs to be kept, in both modes.
 POSTPROCESS_FIELDS = (("fg_threshold", "Foreground threshold", 3, 1.0), ("seed_threshold", "Seed threshold", 3, 1.0),
                       ("min_size", "Min object size (voxels)", 0, 1e9), ("seed_prominence", "Seed prominence", 3, 1e3),
-                      ("fill_holes", "Fill holes (1 yes, 0 no)", 0, 1.0))
+                      ("fill_holes", "Fill holes (1 yes, 0 no)", 0, 1.0),
+                      ("min_confidence", "Min object confidence", 3, 1.0))
+BOTH_MODES = ("min_confidence",)
 MAP_COLOURS = ("magenta", "green", "cyan", "yellow", "red", "blue")
 
 
@@ -83,12 +86,17 @@ class AutoLabelWidget(QWidget):
         for text, value in TTA:
             self.tta.addItem(text, value)
         self.batch_size = QSpinBox(minimum=1, maximum=4096)
-        self.post_group = QGroupBox("Post-processing (instance models)")
+        self.post_group = QGroupBox("Post-processing")
         post_form = QFormLayout(self.post_group)
         self.post_boxes: dict[str, QDoubleSpinBox] = {}
+        self._post_labels: dict[str, QLabel] = {}
         for key, text, decimals, top in POSTPROCESS_FIELDS:
             self.post_boxes[key] = QDoubleSpinBox(decimals=decimals, maximum=top, singleStep=0.05 if decimals else 1)
-            post_form.addRow(text, self.post_boxes[key])
+            self._post_labels[key] = QLabel(text)
+            post_form.addRow(self._post_labels[key], self.post_boxes[key])
+        self.post_boxes["min_confidence"].setToolTip(
+            "Objects (semantic: regions of a class) whose mean probability is below this become background. A "
+            "model sets it from the least sure object its validation block confirmed; 0 keeps everything.")
         self.show_maps = QCheckBox("show probability maps")
         self.show_doubt = QCheckBox("show uncertainty and rank objects by it")
         # Where the job runs: a separate program by default, so a crash can never close napari.
@@ -239,7 +247,10 @@ class AutoLabelWidget(QWidget):
     def _on_model_changed(self, *_args: Any) -> None:
         record = self.record
         # Before a model is picked the thresholds are the model's to say: blank and disabled, not 0.000.
-        self.post_group.setVisible(record is None or record.config.mode == "instance")
+        instance = record is None or record.config.mode == "instance"
+        for key, box in self.post_boxes.items():  # a semantic model has no watershed to set
+            box.setVisible(instance or key in BOTH_MODES)
+            self._post_labels[key].setVisible(instance or key in BOTH_MODES)
         for box in self.post_boxes.values():
             box.setSpecialValueText("" if record is not None else " ")
             box.setEnabled(record is not None)

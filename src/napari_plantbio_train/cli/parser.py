@@ -9,8 +9,15 @@ from typing import Any
 from ..inference.label import LabelSettings
 from ..job.kinds import DIMS, MODES, PRECISIONS
 
-# Instance post-processing settings the predict command takes (the model's saved values otherwise).
-POSTPROCESS_OPTIONS = ("fg_threshold", "seed_threshold", "min_size", "min_seed_size", "seed_prominence", "fill_holes")
+# Post-processing settings the predict command takes (the model's saved values otherwise): the instance watershed's,
+# and min_confidence in both modes.
+POSTPROCESS_OPTIONS = ("fg_threshold", "seed_threshold", "min_size", "min_seed_size", "seed_prominence", "fill_holes",
+                       "min_confidence")
+POSTPROCESS_HELP = {
+    "fill_holes": "instance post-processing (default: the model's): 1 fills the holes objects enclose in a slice, "
+                  "0 keeps them",
+    "min_confidence": "objects (semantic: regions of a class) whose mean probability is below this become "
+                      "background (default: the model's, measured on its validation block; 0 keeps all)"}
 # option -> TrainConfig field, for every option that maps one-to-one (the pairs are read by _pairs)
 FIELD_OPTIONS = {
     "mode": "mode", "dims": "dims", "name": "name",
@@ -163,10 +170,8 @@ def _add_predict(commands: Any) -> None:
         help="auto: bf16 where the hardware runs it natively and a probe saw it work, else fp32")
     add("--device", help="cpu, cuda or cuda:N (default: the first GPU if there is one)")
     for name in POSTPROCESS_OPTIONS:
-        add(f"--{name.replace('_', '-')}", type=float,
-            help="instance post-processing (default: the model's)" + (": 1 fills the holes objects enclose in a "
-                                                                     "slice, 0 keeps them" if name == "fill_holes"
-                                                                     else ""))
+        add(f"--{name.replace('_', '-')}", type=float, help=POSTPROCESS_HELP.get(
+            name, "instance post-processing (default: the model's)"))
     add("--block-voxels", type=int, default=LabelSettings.block_voxels, help="largest block held in memory")
     add("--workers", type=int, default=1, help="blocks labelled at once on this machine")
     add("--scheduler", help="address of a dask.distributed scheduler to run the blocks on")

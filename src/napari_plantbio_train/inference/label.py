@@ -91,6 +91,8 @@ class LabelSettings:
                 out.append(ConfigError(key, f"is not a post-processing setting ({', '.join(POSTPROCESS_DEFAULTS)})"))
             elif not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 out.append(ConfigError(key, f"must be a non-negative number, got {value!r}"))
+            elif key == "min_confidence" and value > 1:
+                out.append(ConfigError(key, f"is a probability: at most 1, got {value!r}"))
         return out
 
 

@@ -34,7 +34,8 @@ def instances_from_maps(foreground: np.ndarray, contour: np.ndarray, *, per_slic
                         fg_threshold: float = _D["fg_threshold"], seed_threshold: float = _D["seed_threshold"],
                         min_seed_size: int = int(_D["min_seed_size"]), min_size: int = int(_D["min_size"]),
                         seed_prominence: float = _D["seed_prominence"],
-                        anisotropy: float = _D["anisotropy"], fill_holes: float = _D["fill_holes"]) -> np.ndarray:
+                        anisotropy: float = _D["anisotropy"], fill_holes: float = _D["fill_holes"],
+                        min_confidence: float = _D["min_confidence"]) -> np.ndarray:
     """Label objects in (Z, Y, X) probability maps; uint32 ids are consecutive from 1, 0 is background.
 
     The flooded relief is the inverted distance of the cores to their border, so two seeds meet at the waist
@@ -45,7 +46,8 @@ def instances_from_maps(foreground: np.ndarray, contour: np.ndarray, *, per_slic
     `seed_prominence` (in-plane pixels) is how much a core's distance-to-border maximum must stand above the
     saddle to its neighbour to seed an object of its own; `anisotropy` (z spacing over x/y spacing) makes the
     3D distance count thick sections as far apart as they are. `fill_holes` (0 or 1) fills the holes each core
-    encloses in-plane, and the objects grown from it cover them.
+    encloses in-plane, and the objects grown from it cover them. `min_confidence` drops the objects whose mean
+    foreground probability is below it.
     """
     foreground = np.asarray(foreground, dtype=np.float32)
     contour = np.asarray(contour, dtype=np.float32)
@@ -82,6 +84,9 @@ def instances_from_maps(foreground: np.ndarray, contour: np.ndarray, *, per_slic
     orphan = (cores > 0) & ~has_peak[cores]
     seeds[orphan] = cores[orphan] + n_peaks
     labels = watershed(-distance, markers=seeds, mask=mask, connectivity=neighbours)
+    if min_confidence > 0 and labels.max():
+        mean = ndimage.mean(foreground, labels, np.arange(1, labels.max() + 1))
+        labels[np.concatenate([[False], np.asarray(mean) < min_confidence])[labels]] = 0
     return _drop_small(labels, min_size).astype(np.uint32, copy=False)
 
 

@@ -12,6 +12,7 @@ import torch
 
 from ..job.kinds import POSTPROCESS_DEFAULTS, activation
 from .postprocess import instances_from_maps
+from .semantic import semantic_labels
 
 
 def make_predictor(model: torch.nn.Module, mode: str, device: torch.device, autocast: Any):
@@ -29,10 +30,9 @@ def make_predictor(model: torch.nn.Module, mode: str, device: torch.device, auto
 
 def labels_from_probabilities(probabilities: np.ndarray, mode: str, dims: str, classes: list[int] | None,
                               postprocess: dict[str, float] | None = None) -> np.ndarray:
-    """Instance: seeded watershed to one id per object. Semantic: the most likely class, as its label value."""
+    """Instance: seeded watershed to one id per object. Semantic: the most likely class, as its label value,
+    where its region is sure enough (semantic.py)."""
+    settings = {**POSTPROCESS_DEFAULTS, **(postprocess or {})}
     if mode == "instance":
-        return instances_from_maps(probabilities[0], probabilities[1], per_slice=dims == "2d",
-                                   **{**POSTPROCESS_DEFAULTS, **(postprocess or {})})
-    index = probabilities.argmax(0)
-    values = np.asarray(classes)
-    return values[index].astype(np.min_scalar_type(int(values.max())), copy=False)
+        return instances_from_maps(probabilities[0], probabilities[1], per_slice=dims == "2d", **settings)
+    return semantic_labels(probabilities, classes or [], dims, settings["min_confidence"])

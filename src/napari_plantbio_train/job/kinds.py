@@ -30,9 +30,12 @@ INSTANCE_CHANNELS = ("foreground", "contour")
 # The seeded watershed that turns an instance model's maps into objects (postprocess.py); a trained model saves
 # its own values, scaled to the objects it was trained on (postprocess.params_from_truth).
 # fill_holes is 0 or 1 (organelles are painted solid; a model whose training objects held holes saves 0).
+# min_confidence, in both modes, drops the objects (semantic: connected regions of a class) whose mean probability
+# is below it; a semantic model saves the value its validation block measured (inference/semantic.py), an instance
+# model 0: its wrong objects on unseen tissue were as sure as its right ones (chloroplast stack, 2026-12-07).
 POSTPROCESS_DEFAULTS: dict[str, float] = {"fg_threshold": 0.5, "seed_threshold": 0.5, "min_seed_size": 16,
                                           "min_size": 64, "seed_prominence": 4.0, "anisotropy": 1.0,
-                                          "fill_holes": 1.0}
+                                          "fill_holes": 1.0, "min_confidence": 0.0}
 
 
 def facts(mode: str) -> ModeFacts:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..inference.semantic import min_confidence_from
 from ..job.config import ConfigError, TrainConfig
 from ..job.events import (CheckpointSaved, Event, Finished, Preview, Progress, Started, StopSignal, Validation,
                           run_to_end, stop_requested)
@@ -193,6 +194,10 @@ def _train(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *,
             best_score, best_tiebreak = result.score, (None if parent else result.tiebreak)
             best_smoothed = candidate if finite else None
             writer.describe(best_parts=parts, best_tiebreak=best_tiebreak, best_smoothed=best_smoothed)
+            if result.confidence is not None:
+                # The best weights' own measure of a region sure enough to keep (inference/semantic.py).
+                writer.describe(postprocess={**(material.postprocess or {}),
+                                             "min_confidence": min_confidence_from(result.confidence)})
             yield CheckpointSaved(at, writer.save_best(at, _cpu_state(model), best_score), "best")
         writer.describe(score_smoothed=smoothed)  # where a resumed job's average goes on from
         model.train()

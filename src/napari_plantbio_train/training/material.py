@@ -57,7 +57,7 @@ class Material:
     foreground: np.ndarray  # (Z, Y, X) bool: where labelled objects are, for aiming windows at them
     train_region: Region
     val_region: Region
-    postprocess: dict[str, float] | None  # instance mode: watershed settings scaled to the labelled objects
+    postprocess: dict[str, float] | None  # watershed settings scaled to the labelled objects; semantic: a parent's
     known: np.ndarray | None = None  # (Z, Y, X) bool where labels can be trusted; None: everywhere
     extra: list[Source] = field(default_factory=list)
     weights: tuple[float, ...] = (1.0,)
@@ -129,10 +129,11 @@ def prepare(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, previ
     for source, region in zip(sources, holdout.train_regions):
         source.region = region
     train_region, val_region = holdout.train_regions[0], holdout.first_region
-    postprocess = None
-    if config.mode == "instance":
-        postprocess = (previous or {}).get("postprocess") or params_from_truth(
-            crop(truth, train_region), per_slice=config.dims == "2d", anisotropy=config.anisotropy)
+    # A version keeps its parent's settings (a semantic model's min_confidence until its own validation sets it).
+    postprocess = (previous or {}).get("postprocess")
+    if config.mode == "instance" and not postprocess:
+        postprocess = params_from_truth(crop(truth, train_region), per_slice=config.dims == "2d",
+                                        anisotropy=config.anisotropy)
     given = len(sources) - (rehearsal is not None)
     weights = tuple(float(w) for w in config.pair_weights) if config.pair_weights else (1.0,) * given
     if rehearsal is not None:  # its share of all windows: the given pairs keep their proportions between them

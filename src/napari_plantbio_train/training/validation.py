@@ -21,6 +21,7 @@ from ..evaluation.metrics import (foreground_iou, instance_scores, match_instanc
                                   semantic_scores)
 from ..inference.predictor import labels_from_probabilities, make_predictor
 from ..inference.blockwise import count_windows
+from ..inference.semantic import confirmed_confidence
 from ..inference.sliding import predict_stack
 from ..job.kinds import channel_names
 from .material import window3
@@ -51,6 +52,9 @@ class RegionScore:
     # 1,000, whose labels of the unseen part scored F1 0.42 where iteration 4,500's scored 0.48 (foreground IoU
     # of the block 0.80 against 0.91).
     tiebreak: float = 0.0
+    # Semantic: the least mean probability of a predicted region the held-out labels confirm (None: none was), from
+    # which the weights' ``min_confidence`` is set (inference/semantic.py).
+    confidence: float | None = None
 
 
 def score_region(model: torch.nn.Module, material: "Material", config: "TrainConfig", device: torch.device,
@@ -65,6 +69,7 @@ def score_region(model: torch.nn.Module, material: "Material", config: "TrainCon
     scores: dict[str, float] = {}
     overlaps: list[float] = []
     first: dict[str, float] | None = None
+    confidences: list[float] = []
     preview: tuple[np.ndarray, np.ndarray, tuple[int, int, int]] | None = None
     for part in material.holdout.parts:
         if given and part.name in given:
@@ -72,8 +77,10 @@ def score_region(model: torch.nn.Module, material: "Material", config: "TrainCon
             continue
         judged = []
         for box in part.boxes:
-            probabilities, labels, metrics = _score_box(predictor, material, config, box)
+            probabilities, labels, metrics, confidence = _score_box(predictor, material, config, box)
             judged.append(metrics)
+            if confidence is not None:
+                confidences.append(confidence)
             if preview is None and box.pair == 0:
                 preview = (probabilities, labels, tuple(a for a, _ in box.region))  # type: ignore[assignment]
         pooled = _pooled(judged, config.mode)
@@ -85,9 +92,10 @@ def score_region(model: torch.nn.Module, material: "Material", config: "TrainCon
     metrics = {k: v for k, v in (first or {}).items() if k != "score"} | scores
     names = channel_names(config.mode, material.classes)
     tiebreak = float(np.mean(overlaps)) if overlaps else 0.0
+    confidence = min(confidences) if confidences else None
     if preview is None:
-        return RegionScore(score, metrics, channel_names=names, tiebreak=tiebreak)
-    return RegionScore(score, metrics, preview[0], preview[1], names, preview[2], tiebreak)
+        return RegionScore(score, metrics, channel_names=names, tiebreak=tiebreak, confidence=confidence)
+    return RegionScore(score, metrics, preview[0], preview[1], names, preview[2], tiebreak, confidence)
 
 
 def holdout_windows(material: "Material", skip: Iterable[str] = ()) -> int:
@@ -125,7 +133,7 @@ def parent_scores(parent: "ModelRecord | None", holdout: "Holdout", verdict: "Ve
 
 
 def _score_box(predictor: Any, material: "Material", config: "TrainConfig",
-               box: "Box") -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+               box: "Box") -> tuple[np.ndarray, np.ndarray, dict[str, float], float | None]:
     stack, truth, target, known = material.pair(box.pair)
     image = material.normalisation.apply(crop(stack, box.region))
     probabilities = predict_stack(predictor, image, spatial_dims=config.spatial_dims, window=material.window,
@@ -135,7 +143,9 @@ def _score_box(predictor: Any, material: "Material", config: "TrainConfig",
     scored = box.mask if box.mask is not None else (None if known is None else crop(known, box.region))
     _, metrics, labels = judge(probabilities, expected, config.mode, config.dims, material.classes,
                                material.postprocess, scored)
-    return probabilities, labels, metrics
+    confidence = (confirmed_confidence(probabilities, expected, material.classes or [], config.dims, scored)
+                  if config.mode == "semantic" else None)
+    return probabilities, labels, metrics, confidence
 
 
 def _pooled(judged: list[dict[str, float]], mode: str) -> dict[str, float]:
