@@ -38,6 +38,7 @@ from napari_plantbio_train import LabelSettings, TrainConfig, label_stack, read,
 from napari_plantbio_train.evaluation.evaluate import evaluate  # noqa: E402
 from napari_plantbio_train.runtime.hardware import cpu_model  # noqa: E402
 from napari_plantbio_train.job.events import Finished, Started, Validation  # noqa: E402
+from napari_plantbio_train.models.store import ModelStore  # noqa: E402
 from napari_plantbio_train.training import sampling  # noqa: E402
 
 INTENSITIES = {"drift": sampling.DRIFT, "mild": sampling.MILD}
@@ -106,6 +107,16 @@ def run(task: str, recipe: str, minutes: float, models_dir: Path, overrides: dic
         key = "unseen" if overlap is None else f"unseen_overlap_{overlap:g}"
         result[key] = {"seconds": round(time.perf_counter() - start, 1), "precision": events[0].precision,
                        **{k: round(float(scores[k]), 4) for k in keys}}
+    record = ModelStore(models_dir).record(config.name)
+    floor = (record.postprocess or {}).get("min_confidence", 0.0)
+    result["min_confidence"] = floor
+    if floor:
+        # The same weights without the floor their validation measured (inference/semantic.py): what it removed.
+        labelled, _ = run_to_end(label_stack(config.name, test_image, models_dir=models_dir,
+                                             settings=LabelSettings(postprocess={"min_confidence": 0.0})))
+        scores = evaluate(labelled.labels, test_truth, config.mode, per_slice=False)
+        keys = ("f1_50", "ap_50", "n_pred", "foreground_iou") if config.mode == "instance" else ("mean_iou",)
+        result["unseen_without_floor"] = {k: round(float(scores[k]), 4) for k in keys if k in scores}
     result["load_after"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(result), flush=True)
     return result
