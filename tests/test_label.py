@@ -69,6 +69,25 @@ def test_blocks_give_the_whole_stack_result(trained, chloroplast_crop):
     assert np.array_equal(ids, np.arange(ids.size))  # one consecutive numbering across blocks
 
 
+def test_a_semantic_confidence_floor_judges_regions_alike_in_blocks(trained, plate_crop):
+    """With a floor, a semantic block sees regions cut by its edge through a halo, as instance blocks do."""
+    image = plate_crop[0]
+    plain, _ = run_to_end(label_stack("plate", image, models_dir=trained, probabilities=True,
+                                      settings=LabelSettings(postprocess={"min_confidence": 0.0}, **FP32)))
+    regions, n = ndimage.label(plain.labels == 3)
+    means = ndimage.mean(plain.probabilities[1], regions, np.arange(1, n + 1))
+    assert n >= 2, "the tiny model finds regions to judge"
+    floor = float(np.sort(means)[n // 2])  # about half of the regions fall below it
+    post = {"min_confidence": floor}
+    whole, _ = run_to_end(label_stack("plate", image, models_dir=trained, settings=LabelSettings(postprocess=post,
+                                                                                                **FP32)))
+    blocks, events = run_to_end(label_stack("plate", image, models_dir=trained,
+                                            settings=LabelSettings(postprocess=post, block_voxels=20_000, **FP32)))
+    assert events[0].blocks > 2
+    assert 0 < (whole.labels == 3).sum() < (plain.labels == 3).sum()
+    np.testing.assert_array_equal(blocks.labels, whole.labels)
+
+
 def test_blocks_split_real_chloroplasts_as_the_whole_stack_does():
     """Perfect foreground/contour maps of real chloroplasts (or of synthetic touching organelles), post-processed
     block by block with the default halo, give the same objects as the whole stack (and as the truth)."""

@@ -162,7 +162,7 @@ def label_stack(model: str, image: Any, *, models_dir: str | Path | None = None,
     shape = stack_shape(image)
     job = _make_job(record, store, settings, shape, image)
     window3 = job.window3
-    halo = _halo(settings.halo, window3, record)
+    halo = _halo(settings.halo, window3, record, float(job.postprocess["min_confidence"]))
     planned = blockwise.plan_blocks(shape, window3, job.overlap, halo, settings.block_voxels)
     if near is None:
         blocks = planned
@@ -218,12 +218,14 @@ def label_stack(model: str, image: Any, *, models_dir: str | Path | None = None,
     return result
 
 
-def _halo(halo_xy: int | None, window3: tuple[int, int, int], record: ModelRecord) -> tuple[int, int, int]:
-    """Context around each block. Semantic labels are per voxel and need none. Instance labels need the objects
-    cut by a block edge seen whole enough from both sides to be split the same way: half a window in-plane
-    (a window is sized to hold objects) joined every object cut by an edge of real chloroplast blocks, where a
-    quarter window left two of ten objects split in two."""
-    if record.config.mode != "instance":
+def _halo(halo_xy: int | None, window3: tuple[int, int, int], record: ModelRecord,
+          min_confidence: float) -> tuple[int, int, int]:
+    """Context around each block. Semantic labels are per voxel and need none, unless a confidence floor judges
+    whole regions (semantic.py). Instance labels need the objects cut by a block edge seen whole enough from both
+    sides to be split the same way: half a window in-plane (a window is sized to hold objects) joined every object
+    cut by an edge of real chloroplast blocks, where a quarter window left two of ten objects split in two. A
+    semantic region that reaches past the halo is judged on what each block sees of it."""
+    if record.config.mode != "instance" and not min_confidence:
         return (0, 0, 0)
     if halo_xy is None:
         halo_xy = max(window3[1], window3[2]) // 2
