@@ -335,6 +335,59 @@ def test_validations_of_an_interval_left_to_the_job_keep_to_their_share_of_its_t
     assert [v.iteration for v in _of(events, Validation)] == due
 
 
+def test_a_chosen_validation_waits_when_the_final_one_would_follow_it_too_soon():
+    from napari_plantbio_train.training.loop import validation_waits
+
+    # 60 s limit, validations of 4 s (2 s spent so far): at 40 s, 12 s of training would follow this validation
+    # before the final one; at 50 s only 2, less than the validation itself.
+    assert not validation_waits(False, validating=2.0, reserve=4.0, elapsed=40.0, limit=60.0)
+    assert validation_waits(False, validating=2.0, reserve=4.0, elapsed=50.0, limit=60.0)
+    assert not validation_waits(True, validating=2.0, reserve=4.0, elapsed=50.0, limit=60.0), "the last never waits"
+    assert not validation_waits(False, validating=2.0, reserve=4.0, elapsed=50.0, limit=0.0), "no limit, no final"
+    assert validation_waits(False, validating=8.0, reserve=4.0, elapsed=40.0, limit=0.0), "past the time share"
+
+
+def test_a_time_limited_job_does_not_validate_just_before_its_final_validation(chloroplast_crop, models_dir,
+                                                                                monkeypatch):
+    """On a clock that moves only when read, with one validation due every 20 iterations (about 1 s) and a 30 s
+    limit: the first validation takes 0.1 s, the others 2.3 s. After the second, the time share next allows one at
+    about 23.5 s, which would leave less training before the final one (2.3 s kept back for it) than it costs
+    itself: a job that chose its own interval skips it (without that rule it validated at iteration 280 and again
+    at 286) and trains on. An interval the user gave is kept."""
+    from types import SimpleNamespace
+
+    from napari_plantbio_train.planning import plan
+    from napari_plantbio_train.training import loop
+
+    clock, stamps = [0.0], []
+
+    def now() -> float:
+        clock[0] += 0.01
+        return clock[0]
+
+    real = loop.score_region
+
+    def validation(*args, **kwargs):
+        stamps.append(clock[0])
+        clock[0] += 0.1 if len(stamps) == 1 else 2.3
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=now))
+    monkeypatch.setattr(loop, "score_region", validation)
+    monkeypatch.setattr(plan, "validation_interval", lambda iterations: 20)
+    image, labels = chloroplast_crop
+    config = TrainConfig(name="spaced", mode="instance", dims="2d", window=(64, 64), time_limit_min=0.5,
+                         **{**TINY, "iterations": 100000, "validate_every": None, "iteration_save": 100000})
+    _, events = run_to_end(train(config, image, labels, models_dir=models_dir))
+    finished = _of(events, Finished)[-1]
+    assert finished.reason == "time limit"
+    assert [v.iteration for v in _of(events, Validation)] == [20, 40, finished.iteration]
+    assert stamps[-1] - stamps[-2] > 20.0
+    stamps.clear()
+    run_to_end(train(config.replace(name="given", validate_every=20), image, labels, models_dir=models_dir))
+    assert len(stamps) > 3, "an interval the user gave is kept"
+
+
 def test_a_flat_validation_score_keeps_the_weights_that_overlap_the_truth_best(chloroplast_crop, models_dir,
                                                                                monkeypatch):
     """An F1 over a handful of held-out objects stays flat for thousands of iterations; among equal scores the
