@@ -54,10 +54,7 @@ def instances_from_maps(foreground: np.ndarray, contour: np.ndarray, *, per_slic
     if foreground.ndim != 3 or foreground.shape != contour.shape:
         raise ValueError(f"foreground and contour must be (Z, Y, X) maps of one shape, got {foreground.shape} "
                          f"and {contour.shape}")
-    # Face neighbours only: EM stacks are anisotropic, and diagonal steps across thick z sections merge objects.
-    neighbours = ndimage.generate_binary_structure(3, 1)
-    if per_slice:
-        neighbours[0] = neighbours[2] = False
+    neighbours = face_neighbours(per_slice)
 
     cores = _drop_small(ndimage.label((foreground - contour) > seed_threshold, structure=neighbours)[0],
                         min_seed_size)
@@ -150,6 +147,15 @@ def _distance_to_border(cores: np.ndarray, per_slice: bool, anisotropy: float) -
             values = ndimage.distance_transform_edt(inside, sampling=(anisotropy, 1.0, 1.0))
         distance[grown] = np.where(inside, values, distance[grown])
     return ndimage.gaussian_filter(distance, sigma=(0, 1.5, 1.5))
+
+
+def face_neighbours(per_slice: bool) -> np.ndarray:
+    """The 6 face neighbours of a (Z, Y, X) voxel, or the 4 in-plane ones when slices are segmented on their own.
+    Face neighbours only: EM stacks are anisotropic, and diagonal steps across thick z sections merge objects."""
+    neighbours = ndimage.generate_binary_structure(3, 1)
+    if per_slice:
+        neighbours[0] = neighbours[2] = False
+    return neighbours
 
 
 def _block(per_slice: bool) -> np.ndarray:

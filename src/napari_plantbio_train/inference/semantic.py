@@ -10,16 +10,19 @@ middle; a region's mean does. How sure is sure enough differs from model to mode
 measured ranged 0.72-0.89), so each model measures it on its validation block while it trains
 (``confirmed_confidence``) and saves it as ``min_confidence``; auto-labelling then gives regions below it to the
 background. Applied to those ten models, it kept every true pore and raised their mean IoU on the unseen rows from
-0.909 to 0.920 (0.869 -> 0.924 for the worst but one; the worst, 0.881, had its slot above its floor). Like StarDist's thresholds tuned on validation images, it is a post-processing setting the model
-chose, shown with the others and open to the user.
+0.909 to 0.920 (0.869 -> 0.924 for the worst but one; the worst, 0.881, had its slot above its floor).
+Like StarDist's thresholds tuned on validation images, it is a post-processing setting the model chose, shown
+with the others and open to the user.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from scipy import ndimage
+
+from .postprocess import face_neighbours
 
 # Below the least confident region the validation confirmed, by this much, is where a region is dropped: the
 # confirmed regions of new tissue are a little less sure than those of the block. On the plate's ten models, 0.03
@@ -41,19 +44,13 @@ def background_index(classes: Sequence[int] | None) -> int | None:
 
 def semantic_labels(probabilities: np.ndarray, classes: Sequence[int], dims: str,
                     min_confidence: float = 0.0) -> np.ndarray:
-    """The most likely class per pixel as its label value; with ``min_confidence``, the connected regions of a
-    class whose mean probability of that class is below it become background."""
+    """The most likely class per voxel of (K, Z, Y, X) maps as its label value; with ``min_confidence``, the
+    connected regions of a class whose mean probability of that class is below it become background."""
     index = probabilities.argmax(0)
     background = background_index(classes)
     if min_confidence > 0 and background is not None:
-        for channel in range(probabilities.shape[0]):
-            if channel == background:
-                continue
-            regions, n = ndimage.label(index == channel, structure=_neighbours(index.ndim, dims))
-            if not n:
-                continue
-            mean = ndimage.mean(probabilities[channel], regions, np.arange(1, n + 1))
-            unsure = np.concatenate([[False], np.asarray(mean) < min_confidence])
+        for _channel, regions, mean in _class_regions(probabilities, index, background, dims):
+            unsure = np.concatenate([[False], mean < min_confidence])
             index[unsure[regions]] = background
     values = np.asarray(classes)
     return values[index].astype(np.min_scalar_type(int(values.max())), copy=False)
@@ -69,30 +66,22 @@ def confirmed_confidence(probabilities: np.ndarray, truth: np.ndarray, classes: 
     if background is None:
         return None
     index = probabilities.argmax(0)
-    structure = _neighbours(index.ndim, dims)
     trusted = np.ones(index.shape, bool) if known is None else np.asarray(known, bool)
     least: float | None = None
-    for channel in range(probabilities.shape[0]):
-        if channel == background:
-            continue
-        true_regions, n_true = ndimage.label((truth == channel) & trusted, structure=structure)
+    for channel, regions, mean in _class_regions(probabilities, index, background, dims):
+        true_regions, n_true = ndimage.label((truth == channel) & trusted, structure=face_neighbours(dims == "2d"))
         if not n_true:
             continue
-        sizes = np.bincount(true_regions.ravel())[1:]
-        smallest = max(MIN_CONFIRMING_SIZE, CONFIRMING_SHARE * float(np.median(sizes)))
-        regions, n = ndimage.label(index == channel, structure=structure)
-        if not n:
-            continue
-        ids = np.arange(1, n + 1)
+        true_sizes = np.bincount(true_regions.ravel())[1:]
+        smallest = max(MIN_CONFIRMING_SIZE, CONFIRMING_SHARE * float(np.median(true_sizes)))
+        n = len(mean)
         size = np.bincount(regions.ravel(), minlength=n + 1)[1:]
         judged = np.bincount(regions[trusted], minlength=n + 1)[1:]
         right = np.bincount(regions[trusted & (truth == channel)], minlength=n + 1)[1:]
         confirmed = (size >= smallest) & (judged > 0) & (2 * right > judged)
-        if not confirmed.any():
-            continue
-        mean = np.asarray(ndimage.mean(probabilities[channel], regions, ids))
-        low = float(mean[confirmed].min())
-        least = low if least is None else min(least, low)
+        if confirmed.any():
+            low = float(mean[confirmed].min())
+            least = low if least is None else min(least, low)
     return least
 
 
@@ -101,9 +90,14 @@ def min_confidence_from(confidence: float | None) -> float:
     return 0.0 if confidence is None else round(max(0.0, confidence - CONFIDENCE_MARGIN), 4)
 
 
-def _neighbours(ndim: int, dims: str) -> np.ndarray:
-    """Face neighbours; a 2D model's stack is judged slice by slice, so regions never join across z."""
-    structure = ndimage.generate_binary_structure(ndim, 1)
-    if dims == "2d" and ndim == 3:
-        structure[0] = structure[2] = False
-    return structure
+def _class_regions(probabilities: np.ndarray, index: np.ndarray, background: int,
+                   dims: str) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(channel, its regions labelled 1..n, their mean probability of it) for each class but the background, where
+    it is the most likely class anywhere. A 2D model's stack is judged slice by slice: regions never join across z."""
+    structure = face_neighbours(dims == "2d")
+    for channel in range(probabilities.shape[0]):
+        if channel == background:
+            continue
+        regions, n = ndimage.label(index == channel, structure=structure)
+        if n:
+            yield channel, regions, np.asarray(ndimage.mean(probabilities[channel], regions, np.arange(1, n + 1)))
