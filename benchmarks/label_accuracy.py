@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append  # noqa: E402
 from train_real import DATA, JOBS  # noqa: E402
@@ -96,17 +98,20 @@ def run(task: str, recipe: str, minutes: float, models_dir: Path, overrides: dic
               "train_seconds": round(train_seconds), "iterations": iterations, "window": window,
               "best_validation": None if best is None else round(best, 4), "plan": plan,
               "labelled_shape": list(test_image.shape), "load_before": [round(v, 2) for v in load_before]}
+    def scored(labels: np.ndarray) -> dict[str, float]:
+        scores = evaluate(labels, test_truth, config.mode, per_slice=False)
+        keys = (["f1_50", "precision_50", "recall_50", "ap_50", "f1_75", "n_pred", "n_true", "foreground_iou"]
+                if config.mode == "instance" else [k for k in scores if k.startswith(("mean_", "iou_", "pixel"))])
+        return {k: round(float(scores[k]), 4) for k in keys}
+
     for overlap in overlaps:
         start = time.perf_counter()
         labelled, events = run_to_end(label_stack(config.name, test_image, models_dir=models_dir,
                                                   settings=LabelSettings(**({} if overlap is None else
                                                                             {"overlap": overlap}))))
-        scores = evaluate(labelled.labels, test_truth, config.mode, per_slice=False)
-        keys = (["f1_50", "precision_50", "recall_50", "ap_50", "f1_75", "n_pred", "n_true", "foreground_iou"]
-                if config.mode == "instance" else [k for k in scores if k.startswith(("mean_", "iou_", "pixel"))])
         key = "unseen" if overlap is None else f"unseen_overlap_{overlap:g}"
         result[key] = {"seconds": round(time.perf_counter() - start, 1), "precision": events[0].precision,
-                       **{k: round(float(scores[k]), 4) for k in keys}}
+                       **scored(labelled.labels)}
     record = ModelStore(models_dir).record(config.name)
     floor = (record.postprocess or {}).get("min_confidence", 0.0)
     result["min_confidence"] = floor
@@ -114,9 +119,7 @@ def run(task: str, recipe: str, minutes: float, models_dir: Path, overrides: dic
         # The same weights without the floor their validation measured (inference/semantic.py): what it removed.
         labelled, _ = run_to_end(label_stack(config.name, test_image, models_dir=models_dir,
                                              settings=LabelSettings(postprocess={"min_confidence": 0.0})))
-        scores = evaluate(labelled.labels, test_truth, config.mode, per_slice=False)
-        keys = ("f1_50", "ap_50", "n_pred", "foreground_iou") if config.mode == "instance" else ("mean_iou",)
-        result["unseen_without_floor"] = {k: round(float(scores[k]), 4) for k in keys if k in scores}
+        result["unseen_without_floor"] = scored(labelled.labels)
     result["load_after"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(result), flush=True)
     return result
