@@ -47,8 +47,9 @@ from napari_plantbio_train import LabelSettings, TrainConfig, label_stack, read,
 from napari_plantbio_train.evaluation.evaluate import evaluate  # noqa: E402
 from napari_plantbio_train.runtime.hardware import cpu_model  # noqa: E402
 from napari_plantbio_train.job.events import Finished, Started, Validation  # noqa: E402
-from napari_plantbio_train.models.store import ModelStore  # noqa: E402
+from napari_plantbio_train.models.store import ModelRecord, ModelStore  # noqa: E402
 from napari_plantbio_train.training import sampling  # noqa: E402
+from napari_plantbio_train.training.rehearsal import REHEARSAL_FILE  # noqa: E402
 
 INTENSITIES = {"drift": sampling.DRIFT, "mild": sampling.MILD}
 
@@ -128,31 +129,29 @@ def run(task: str, recipe: str, minutes: float, models_dir: Path, overrides: dic
                                              settings=LabelSettings(postprocess={"min_confidence": 0.0})))
         result["unseen_without_floor"] = scored(labelled.labels)
     if checkpoints:
-        result["unseen_by_checkpoint"] = by_checkpoint(record.folder, test_image, scored)
+        result["unseen_by_checkpoint"] = by_checkpoint(record, test_image, scored)
     result["load_after"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(result), flush=True)
     return result
 
 
-def by_checkpoint(folder: Path, image: np.ndarray,
+def by_checkpoint(record: ModelRecord, image: np.ndarray,
                   scored: Callable[[np.ndarray], dict[str, float]]) -> dict[str, dict]:
     """The unseen part's scores with each checkpoint the job kept, labelled as the product labels with its best:
     a copy of the model folder whose best checkpoint is that one (the store reads nothing else by choice)."""
-    record = json.loads((folder / "model.json").read_text())
     out = {}
     with tempfile.TemporaryDirectory(prefix="plantbio-checkpoint-") as scratch:
-        for path in sorted((folder / "checkpoints").glob("*.pt")):
-            if path.name == Path(record["best"]).name:
+        for path in sorted((record.folder / "checkpoints").glob("*.pt")):
+            if record.best and path.name == Path(record.best).name:
                 continue
             # A folder of its own for each: the labeller keeps a model loaded per folder, name and model.json stamp.
             root = Path(scratch) / path.stem
-            copy = root / folder.name
-            shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("*.pt"))
-            (copy / "checkpoints").mkdir(exist_ok=True)
-            shutil.copyfile(path, copy / record["best"])
-            if record.get("last"):
-                shutil.copyfile(folder / record["last"], copy / record["last"])
-            labelled, _ = run_to_end(label_stack(folder.name, image, models_dir=root))
+            copy = root / record.name
+            # Weights and the rehearsal crop stay behind: labelling reads neither but the two copied below.
+            shutil.copytree(record.folder, copy, ignore=shutil.ignore_patterns("*.pt", REHEARSAL_FILE))
+            shutil.copyfile(record.folder / record.last, copy / record.last)
+            shutil.copyfile(path, copy / (record.best or record.last))  # what labelling reads as the best
+            labelled, _ = run_to_end(label_stack(record.name, image, models_dir=root))
             out[path.stem] = scored(labelled.labels)
             print(f"  checkpoint {path.stem}: {out[path.stem]}", flush=True)
     return out
