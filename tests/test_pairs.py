@@ -17,6 +17,7 @@ from napari_plantbio_train.job.config import ConfigError, TrainConfig
 from napari_plantbio_train.training.known import touched, within
 from napari_plantbio_train.models.store import ModelStore
 from napari_plantbio_train.training.material import prepare
+from napari_plantbio_train.training.targets import GAP_REACH
 from napari_plantbio_train.training.loop import _squeeze_z, run_to_end, train
 from napari_plantbio_train.models.losses import segmentation_loss
 
@@ -104,9 +105,11 @@ def test_touched_only_puts_nothing_of_the_untouched_area_in_the_loss(chloroplast
     assert material.known is not None and 0 < material.known.mean() < 0.6
     # Scramble the labels wherever the user did not touch (both results alike, so nothing new is "corrected"):
     # windows drawn with the same seed must give exactly the same loss for any network output.
-    # (Instance targets mark contours from labels up to `contour_width` away in-plane and one slice away along z,
-    # so the scramble keeps that far off in voxels along every axis.)
-    far = ndimage.distance_transform_edt(~material.known) > (config.contour_width or DEFAULT_CONTOUR_WIDTH) + 1
+    # (Instance targets mark contours from labels up to GAP_REACH contour widths away in-plane, in a square (the
+    # background between two objects: sqrt(2) times that along a diagonal), and one slice away along z, so the
+    # scramble keeps that far off along every axis.)
+    reach = GAP_REACH * (config.contour_width or DEFAULT_CONTOUR_WIDTH)
+    far = ndimage.distance_transform_edt(~material.known) > np.sqrt(2) * reach + 1
     other_corrected, other_auto = corrected.copy(), auto.copy()
     scramble = np.random.default_rng(1).integers(0, 5, corrected.shape).astype(corrected.dtype)
     other_corrected[far], other_auto[far] = scramble[far], scramble[far]

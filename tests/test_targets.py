@@ -3,7 +3,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_plantbio_train.io.checks import check_labels as check_label_array
-from napari_plantbio_train.training.targets import class_values, instance_targets, semantic_target
+from napari_plantbio_train.training.targets import GAP_REACH, class_values, instance_targets, semantic_target
 
 
 def touching_squares() -> np.ndarray:
@@ -27,12 +27,39 @@ def test_touching_objects_are_split_into_two_seeds(contour_width):
     assert band.sum() == 2 * max(1, (contour_width + 1) // 2) * 2  # outer edges plus the shared border
 
 
-def test_background_is_neither_foreground_nor_contour():
-    labels = touching_squares()
-    target = instance_targets(labels, per_slice=False)
+def test_background_is_neither_foreground_nor_contour_away_from_gaps():
+    labels = np.zeros((1, 30, 30), dtype=np.uint16)
+    labels[0, 5:15, 5:15] = 1  # alone: no other object within reach of its surroundings
+    target = instance_targets(labels, per_slice=False, contour_width=2)
     background = labels == 0
     assert not target[0][background].any() and not target[1][background].any()
     np.testing.assert_array_equal(target[0] > 0, labels > 0)
+
+
+@pytest.mark.parametrize("gap", [1, 3, 4, 7])
+def test_background_between_near_objects_is_contour(gap):
+    """Painted neighbours usually leave a strip of cytoplasm between them; that strip is what splits them. Up to
+    the reach it is contour whole; wider, the part within reach of both objects is."""
+    reach = GAP_REACH * 2
+    labels = np.zeros((1, 20, 40), dtype=np.uint16)
+    labels[0, 4:16, 4:16] = 1
+    labels[0, 4:16, 16 + gap:28 + gap] = 2
+    target = instance_targets(labels, per_slice=True, contour_width=2)
+    foreground, contour = target[0] > 0, target[1] > 0
+    within = [c for c in range(16, 16 + gap) if c - 15 <= reach and 16 + gap - c <= reach]
+    assert within == list(range(16, 16 + gap)) or gap > reach
+    assert contour[0, 4:16, within].all() and not foreground[0, 4:16, 16:16 + gap].any()
+    assert not contour[0, 4:16, [c for c in range(16, 16 + gap) if c not in within]].any()
+    assert not contour[0, 10, 0] and not contour[0, 10, 39]  # beside one object only
+    assert ndi.label(foreground & ~contour)[1] == 2
+
+
+def test_background_beyond_the_reach_is_not_contour():
+    labels = np.zeros((1, 20, 60), dtype=np.uint16)
+    labels[0, 4:16, 4:16] = 1
+    labels[0, 4:16, 16 + 2 * GAP_REACH * 2 + 1:50] = 2  # one pixel wider than both reaches together
+    contour = instance_targets(labels, per_slice=True, contour_width=2)[1] > 0
+    assert not contour[0, 10, 16:16 + 2 * GAP_REACH * 2 + 1].any()
 
 
 def test_objects_stacked_along_z_get_a_contour_only_in_3d():
@@ -110,7 +137,8 @@ def test_valid_labels_pass():
 @pytest.mark.parametrize("contour_width", [1, 2, 3, 5])
 def test_contours_are_skimage_inner_boundaries_grown_slice_by_slice(contour_width):
     """The one-pass contour equals the per-slice definition it replaced: skimage's inner boundaries, grown
-    in-plane, objects touching each other and the stack's border included."""
+    in-plane, objects touching each other and the stack's border included; plus the background that two
+    different objects come within reach of, by each object's own chessboard distance."""
     from skimage.segmentation import find_boundaries
 
     rng = np.random.default_rng(contour_width)
@@ -122,6 +150,8 @@ def test_contours_are_skimage_inner_boundaries_grown_slice_by_slice(contour_widt
         edge = find_boundaries(plane, mode="inner", connectivity=1)
         if grow:
             edge = ndi.binary_dilation(edge, structure=ndi.generate_binary_structure(2, 1), iterations=grow)
-        expected[z] = edge & (plane > 0)
+        near = sum((ndi.distance_transform_cdt(plane != i, metric="chessboard") <= GAP_REACH * contour_width)
+                   .astype(int) for i in np.unique(plane) if i)
+        expected[z] = (edge & (plane > 0)) | ((plane == 0) & (near >= 2))
     contour = instance_targets(labels, per_slice=True, contour_width=contour_width)[1] > 0
     np.testing.assert_array_equal(contour, expected)
