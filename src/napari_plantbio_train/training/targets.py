@@ -110,7 +110,7 @@ def _gaps(stack: np.ndarray, foreground: np.ndarray, reach: int) -> np.ndarray:
     largest = ndimage.maximum_filter(ids, size=size, mode="constant", cval=0)
     top = ids.max()
     smallest = ndimage.minimum_filter(np.where(foreground, ids, top), size=size, mode="constant", cval=top)
-    return ~foreground & (largest > smallest) & (smallest > 0)
+    return ~foreground & (largest > smallest)  # no object near: largest 0, smallest the top id
 
 
 def _in_plane_edges(stack: np.ndarray, *, grow: bool = False) -> np.ndarray:
