@@ -4,8 +4,8 @@ for add nothing. The precision probe runs the same loss as training.
 
 An instance model's cross-entropy weighs the background between two near objects (training/targets.py marks it as
 contour) ten times, as U-Net's weight map does: on the chloroplast stack the unseen part's F1 went 0.619 -> 0.696
-(best weights) and 0.588 -> 0.631 (mean of the kept checkpoints) against the contour alone, one run each
-(benchmarks/results/label_accuracy.txt, 2026-12-07 17:16).
+against the contour alone (one run each), and five runs of the product with both scored a mean of 0.640 against
+0.591 for five before them (benchmarks/results/label_accuracy.txt, 2026-12-07 17:16 and 18:32-20:08).
 """
 
 from __future__ import annotations
