@@ -106,10 +106,9 @@ def _gaps(stack: np.ndarray, foreground: np.ndarray, reach: int) -> np.ndarray:
     size = (1, 2 * reach + 1, 2 * reach + 1)
     if not foreground.any():
         return np.zeros(stack.shape, bool)
-    ids = np.asarray(stack)
-    largest = ndimage.maximum_filter(ids, size=size, mode="constant", cval=0)
-    top = ids.max()
-    smallest = ndimage.minimum_filter(np.where(foreground, ids, top), size=size, mode="constant", cval=top)
+    largest = ndimage.maximum_filter(stack, size=size, mode="constant", cval=0)
+    top = stack.max()
+    smallest = ndimage.minimum_filter(np.where(foreground, stack, top), size=size, mode="constant", cval=top)
     return ~foreground & (largest > smallest)  # no object near: largest 0, smallest the top id
 
 
