@@ -130,3 +130,61 @@ def test_the_command_line_refuses_in_one_line_when_no_format_survives(tmp_path, 
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: precision: no number format ran") and "SIGSEGV" in lines[0]
     assert not (tmp_path / "models" / "doomed").exists()  # refused before anything was written
+
+
+# ----- a verdict per step -----------------------------------------------------------------------------------------
+# On a Sapphire Rapids (torch 2.13.0) bf16 with AMX ran the planned 4x128x128 step and crashed on an 8x256x256 one:
+# the fault switch "bf16@64x64" plays that, a real SIGSEGV in the probe child on one window only.
+SMALL = Probe({"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "base_channels": 4, "depth": 2},
+              (32, 32), 1, "instance")
+LARGE = Probe({"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "base_channels": 4, "depth": 2},
+              (64, 64), 1, "instance")
+
+
+def test_a_format_that_ran_one_window_is_not_trusted_with_another(cache, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "bf16@64x64")
+    small = choose_precision("auto", CPU, SMALL, machine=AMX_MACHINE)
+    assert (small.precision, small.isa_limit) == ("bf16", None)
+    large = choose_precision("auto", CPU, LARGE, machine=AMX_MACHINE)  # a family verdict would have said bf16
+    assert (large.precision, large.isa_limit) == ("bf16", AMX_OFF) and "bf16 crashed (SIGSEGV)" in large.reason
+    assert len(json.loads(cache.read_text())) == 2
+
+
+def test_steps_run_in_one_process_share_the_first_format_that_ran_them_all(cache, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "bf16@64x64")
+    both = choose_precision("auto", CPU, [SMALL, LARGE], machine=AMX_MACHINE)
+    assert (both.precision, both.isa_limit) == ("bf16", AMX_OFF)
+    assert "on window 64x64" in both.reason  # the crash names the step it happened in
+    # Each step keeps the joint verdict: a later job of either one runs what this process ran, without a probe.
+    monkeypatch.setenv(FAULT_ENV, "fp32,bf16,bf16-amx-off")
+    assert choose_precision("auto", CPU, SMALL, machine=AMX_MACHINE) == both
+    assert choose_precision("auto", CPU, LARGE, machine=AMX_MACHINE) == both
+
+
+def test_a_step_is_the_same_however_its_network_is_written():
+    from napari_plantbio_train.models.network import UNet
+
+    model = UNet(**SMALL.network)
+    assert Probe(model.spec, (32, 32), 1, "instance").key == SMALL.key
+    assert Probe(model.spec, (32, 32), 2, "instance").key != SMALL.key
+
+
+def test_the_plan_probes_every_network_it_times_before_timing_any(tmp_path, cache, monkeypatch):
+    """The planner times its candidates in its own process: each must have run in the probe's format first."""
+    from napari_plantbio_train.planning.plan import make_plan, timed_steps
+    from napari_plantbio_train.training.setup import plan_job
+
+    monkeypatch.setattr(hardware.Machine, "here", classmethod(lambda cls, device: AMX_MACHINE))
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (300, 300), dtype=np.uint8)
+    labels = np.zeros((300, 300), np.uint8)
+    labels[40:90, 40:90], labels[150:230, 120:200] = 1, 2
+    config = TrainConfig(name="planned", mode="instance", dims="2d", base_channels=4, time_limit_min=1)
+    steps = timed_steps(config, make_plan(config, image, labels, device=CPU, precision="fp32", measure=False))
+    windows = sorted({"x".join(map(str, window)) for _, window, _ in steps})
+    assert len(steps) > 1 and len(windows) > 1  # candidates of more than one window: the case to prove
+    monkeypatch.setenv(FAULT_ENV, f"bf16@{windows[-1]}")  # the largest window crashes with AMX, as 8x256x256 did
+    plan_job(config, image, labels, store=ModelStore(tmp_path / "models"), resume=False, device=CPU, threads=1)
+    verdicts = json.loads(cache.read_text())
+    assert len(verdicts) == len(steps)  # every candidate the plan timed was probed, and judged alike
+    assert {(v["precision"], v["isa_limit"]) for v in verdicts.values()} == {("bf16", AMX_OFF)}

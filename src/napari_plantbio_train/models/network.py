@@ -175,6 +175,21 @@ def levels(spatial_dims: int, *, depth: int = 4, anisotropy: float = 1.0, stem_s
     return Levels(tuple(kernels), tuple(pools), tuple(divisor), stem_kernel_z)
 
 
+def network_spec(spatial_dims: int, in_channels: int, out_channels: int, *, base_channels: int = 16, depth: int = 4,
+                 anisotropy: float = 1.0, stem_stride: int = 1, max_channels: int = 256, max_z_pools: int | None = None,
+                 flat_levels: int | None = None) -> dict[str, Any]:
+    """A network's constructor arguments written out in full, as ``UNet.spec`` keeps them: two descriptions of the
+    same network compare equal however they were given (what a precision verdict per network is keyed by)."""
+    spec: dict[str, Any] = dict(
+        spatial_dims=int(spatial_dims), in_channels=int(in_channels), out_channels=int(out_channels),
+        base_channels=int(base_channels), depth=int(depth), anisotropy=float(anisotropy),
+        stem_stride=int(stem_stride), max_channels=int(max_channels),
+        max_z_pools=None if max_z_pools is None else int(max_z_pools))
+    if flat_levels is not None:  # only when set: the specs of models saved before it stay as they were
+        spec["flat_levels"] = int(flat_levels)
+    return spec
+
+
 class UNet(nn.Module):
     """Encoder-decoder with ``depth`` downsampling steps; returns per-pixel logits at the input's resolution.
 
@@ -195,13 +210,10 @@ class UNet(nn.Module):
             raise ValueError("depth must be >= 0 and every channel count >= 1")
         if not anisotropy > 0:
             raise ValueError(f"anisotropy must be positive, got {anisotropy}")
-        self.spec: dict[str, Any] = dict(
-            spatial_dims=int(spatial_dims), in_channels=int(in_channels), out_channels=int(out_channels),
-            base_channels=int(base_channels), depth=int(depth), anisotropy=float(anisotropy),
-            stem_stride=int(stem_stride), max_channels=int(max_channels),
-            max_z_pools=None if max_z_pools is None else int(max_z_pools))
-        if flat_levels is not None:  # only when set: the specs of models saved before it stay as they were
-            self.spec["flat_levels"] = int(flat_levels)
+        self.spec: dict[str, Any] = network_spec(
+            spatial_dims, in_channels, out_channels, base_channels=base_channels, depth=depth,
+            anisotropy=anisotropy, stem_stride=stem_stride, max_channels=max_channels, max_z_pools=max_z_pools,
+            flat_levels=flat_levels)
         d, s = spatial_dims, stem_stride
         plan = levels(spatial_dims, depth=depth, anisotropy=anisotropy, stem_stride=stem_stride,
                       max_z_pools=max_z_pools, flat_levels=flat_levels)

@@ -128,8 +128,9 @@ def make_plan(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, dev
               prints: Fingerprint | None = None) -> Plan:
     """The plan for ``config`` on this data and this machine (``precision``: the verdict the job runs in).
 
-    ``measure=False`` chooses the cheapest candidate without timing any (what the precision probe runs); ``prints``
-    is a fingerprint already taken of this data.
+    ``measure=False`` chooses the cheapest candidate without timing any, and lists every candidate (untimed) that
+    a measured plan may time: the steps the precision probe must see work first (``timed_steps``). ``prints`` is a
+    fingerprint already taken of this data.
     """
     image, labels = np.asarray(image), np.asarray(labels)
     stack = image[np.newaxis] if image.ndim == 2 else image
@@ -139,7 +140,7 @@ def make_plan(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, dev
     if prints is None:
         prints = fingerprint(stack, labels[np.newaxis] if labels.ndim == 2 else labels, mode=config.mode,
                              dims=config.dims, known=known)
-    out_channels = 2 if config.mode == "instance" else max(2, len(prints.shares or ()))
+    outputs = out_channels(config, prints)
     values: dict[str, Any] = {}
 
     voxel, source = _voxel_size(config, prints, auto, reasons)
@@ -155,12 +156,13 @@ def make_plan(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, dev
     timed: list[Candidate] = []
     chosen = candidates[0]
     if len(candidates) > 1 and measure:
-        chosen, timed = _choose(candidates, config, out_channels, device, precision, threads, budget, per_step,
-                                voxel)
+        chosen, timed = _choose(candidates, config, outputs, device, precision, threads, budget, per_step, voxel)
     elif measure:
-        seconds = _seconds(chosen, config, out_channels, device, precision, threads, voxel, None)
+        seconds = _seconds(chosen, config, outputs, device, precision, threads, voxel, None)
         chosen = _with_seconds(chosen, seconds)
         timed = [chosen]
+    else:
+        timed = candidates
     values.update(window=chosen.window, stem_stride=chosen.stem_stride, depth=chosen.depth,
                   batch_size=chosen.batch_size)
     if config.spatial_dims == 3:  # concrete: how many levels are flat, whether chosen or from the voxel size
@@ -194,6 +196,20 @@ def make_plan(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, dev
                 timed=bool(config.time_limit_min), seconds_per_iteration=seconds, expected_iterations=expected,
                 candidates=tuple(timed), fingerprint=prints, device=device.type, precision=precision,
                 reasons=tuple(reasons))
+
+
+def out_channels(config: TrainConfig, prints: Fingerprint) -> int:
+    """The network's outputs: foreground and contour for instances, one per class (at least two) for semantics."""
+    return 2 if config.mode == "instance" else max(2, len(prints.shares or ()))
+
+
+def timed_steps(config: TrainConfig, plan: Plan) -> list[tuple[dict[str, Any], tuple[int, ...], int]]:
+    """The training steps (network, window, batch) that measuring ``plan``'s candidates runs in this process: an
+    unmeasured plan's whole list. A number format must have run every one of them in a probe first, since it can
+    crash on one window and not another (runtime.hardware)."""
+    voxel = tuple(plan.values["voxel_size"])
+    outputs = out_channels(config, plan.fingerprint)
+    return [(_network(c, config, outputs, voxel), c.window, c.batch_size) for c in plan.candidates]
 
 
 # ----- the choices --------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 from ..io.files import atomic_write_json
 from ..models.losses import segmentation_loss
 from ..models.network import UNet
-from ..runtime.hardware import Machine, autocast_for, cache_folder
+from ..runtime.hardware import ISA_ENV, Machine, autocast_for, cache_folder
 
 TIMES_FILE = "step-times.json"
 TIMED_STEPS = 2
@@ -87,7 +88,9 @@ def _measure(network: dict[str, Any], window: tuple[int, ...], batch: int, mode:
 def _key(network: dict[str, Any], window: tuple[int, ...], batch: int, mode: str, device: torch.device,
          precision: str, threads: int) -> str:
     machine = dataclasses.asdict(Machine.here(device))
+    isa = os.environ.get(ISA_ENV)  # bf16 with AMX held off is another pace than with it
     return json.dumps({"machine": machine, "device": device.type, "precision": precision, "threads": threads,
+                       **({"isa_limit": isa} if isa else {}),
                        "network": network, "window": list(window), "batch": batch, "mode": mode}, sort_keys=True)
 
 

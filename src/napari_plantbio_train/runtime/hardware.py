@@ -8,9 +8,13 @@ bf16 on CUDA GPUs that support it and on CPUs with AVX512-BF16 or AMX, and fp32 
 Native is not the same as working. On an Intel Sapphire Rapids CPU, oneDNN's AMX kernels crashed the process
 (SIGSEGV) in the backward pass of our U-Net under bf16 autocast, a fault no Python ``try`` can catch; with
 oneDNN held below AMX (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16``) the same step ran in 4.9 s against 8.4 s in
-fp32. So "auto" never picks a format it has not seen work here: once per machine (CPU model and flags, GPU,
-torch version, network family) a child process runs a forward and backward pass of the job's network in each
-candidate format, best first, and the first that survives is the verdict, cached in the user's cache folder.
+fp32. So "auto" never picks a format it has not seen work here: a child process runs a forward and backward pass
+of each step the caller will run in each candidate format, best first, and the first that survives them all is
+the verdict, cached in the user's cache folder per machine (CPU model and flags, GPU, torch version) and per
+step (network, window, batch, mode). Per step, not per network family: oneDNN picks its kernels by layer and
+shape, and on the same Sapphire Rapids with torch 2.13.0 bf16 with AMX ran the planned 4x128x128 step (0.13 s
+against 0.18 s with AMX off and 0.19 s in fp32) while a 3D transposed convolution on [2, 32, 4, 128, 128] of an
+8x256x256 window crashed (benchmarks/amx_bf16_crash.py); a verdict kept per family let that window's job crash.
 A crash in the child costs the child, never the caller (napari, a cluster job, a test run).
 
 oneDNN reads its ISA limit once, at its first primitive, so AMX can only be turned off before a process computes
@@ -33,6 +37,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +46,7 @@ import torch
 from ..io.files import atomic_write_json
 from ..job.config import ConfigError
 from ..job.kinds import PRECISIONS
+from ..models.network import network_spec
 
 if TYPE_CHECKING:
     from ..job.config import TrainConfig
@@ -48,7 +54,8 @@ if TYPE_CHECKING:
 ISA_ENV = "ONEDNN_MAX_CPU_ISA"
 AMX_OFF = "AVX512_CORE_BF16"  # oneDNN's ISA just below AMX: bf16 stays native, AMX's tile kernels are not used
 CACHE_ENV = "PLANTBIO_CACHE_DIR"  # where verdicts are kept (default: the user cache folder)
-FAULT_ENV = "PLANTBIO_PROBE_FAULT"  # test switch: candidates (e.g. "bf16,bf16-amx-off") whose probe crashes
+FAULT_ENV = "PLANTBIO_PROBE_FAULT"  # test switch: candidates ("bf16,bf16-amx-off") whose probe crashes, or
+# a candidate on one window only ("bf16@8x256x256"), as AMX crashed on one shape and ran another
 PROBE_TIMEOUT_S = 600.0
 VERDICTS_FILE = "precision-verdicts.json"
 
@@ -149,7 +156,7 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Probe:
-    """The step a probe runs: the planned network (its constructor arguments), window, batch and loss."""
+    """A training step a probe runs: the network (its constructor arguments), window, batch and loss."""
 
     network: dict[str, Any]
     window: tuple[int, ...]
@@ -157,30 +164,50 @@ class Probe:
     mode: str
 
     @property
-    def family(self) -> str:
-        return f"unet-{self.network['spatial_dims']}d"
+    def key(self) -> str:
+        """The step as a verdict is kept for it: the same network given in other words is the same step."""
+        return json.dumps({"network": network_spec(**self.network), "window": [int(w) for w in self.window],
+                           "batch": int(self.batch), "mode": self.mode}, sort_keys=True)
+
+    def describe(self) -> str:
+        net = self.network
+        return (f"window {'x'.join(str(w) for w in self.window)}, stem stride {net.get('stem_stride', 1)}, "
+                f"depth {net.get('depth')}, batch {self.batch}")
 
 
-def choose_precision(requested: str, device: torch.device, probe: Probe, *,
+Steps = Probe | Sequence[Probe]
+
+
+def _steps(steps: Steps) -> list[Probe]:
+    found: dict[str, Probe] = {}
+    for step in [steps] if isinstance(steps, Probe) else steps:
+        found.setdefault(step.key, step)
+    return list(found.values())
+
+
+def choose_precision(requested: str, device: torch.device, probe: Steps, *,
                      machine: Machine | None = None) -> Verdict:
-    """The format a job runs in. An explicit "fp32" or "bf16" is the user's to choose and is used as asked; "auto"
-    is the first candidate seen to work here, from the cache or from probing now."""
+    """The format a process runs in. An explicit "fp32" or "bf16" is the user's to choose and is used as asked;
+    "auto" is the first candidate seen to work here for every step in ``probe`` (one format per process: oneDNN's
+    ISA limit cannot change once it computed), from the cache or from probing now."""
     if requested not in PRECISIONS:
         raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     if requested != "auto":
         return Verdict(requested, None, f"{requested} as asked (not verified here)")
     machine = machine or Machine.here(device)
-    key = _key(machine, device, probe.family)
-    cached = _read_cache().get(key)
-    if cached is not None:
-        return Verdict.from_dict(cached)
+    steps = _steps(probe)
+    keys = [_key(machine, device, step) for step in steps]
+    cache = _read_cache()
+    cached = [cache.get(key) for key in keys]
+    if cached[0] is not None and all(entry == cached[0] for entry in cached):
+        return Verdict.from_dict(cached[0])  # every step judged, and alike (else the set is probed together)
     failures: list[str] = []
     for candidate in candidates(device, machine):
-        works, detail = run_probe(candidate, device, probe)
+        works, detail = run_probe(candidate, device, steps)
         if works:
             verdict = Verdict(candidate.precision, candidate.isa_limit, _reason(candidate, machine, device, failures,
                                                                                detail))
-            _write_cache(key, verdict)
+            _write_cache(keys, verdict)
             return verdict
         failures.append(f"{_describe(candidate)} {detail}")
     raise ConfigError("precision", "no number format ran a training step on this machine: " + "; ".join(failures))
@@ -205,18 +232,13 @@ def usable(verdict: Verdict) -> Verdict:
                                  "the dock's job processes set it themselves)")
 
 
-def fresh_process(device: torch.device | None = None) -> None:
-    """Called by an entry point (the command line, a job process) before anything computes: a verdict chosen
-    later may still set oneDNN's ISA limit, and a cached one that needs it sets it now."""
+def fresh_process() -> None:
+    """Called by an entry point (the command line, a job process) before anything computes: the verdict chosen
+    later for the steps it runs may still set oneDNN's ISA limit (``usable``). Other verdicts of this machine set
+    nothing here: they are per step, and a window that needed AMX off says nothing of the next job's (AMX ran the
+    planned step in 0.13 s against 0.18 s without it)."""
     global _FRESH
     _FRESH = True
-    if ISA_ENV in os.environ:
-        return
-    prefix = json.dumps(dataclasses.asdict(Machine.here(device or torch.device("cpu"))), sort_keys=True)
-    for key, verdict in _read_cache().items():
-        if key.startswith(prefix) and verdict.get("isa_limit"):
-            os.environ[ISA_ENV] = str(verdict["isa_limit"])
-            return
 
 
 _FRESH = False
@@ -243,55 +265,64 @@ def autocast_for(precision: str, device: torch.device) -> Any:
 
 
 # ----- the probe ------------------------------------------------------------------------------------------------
-def run_probe(candidate: Candidate, device: torch.device, probe: Probe) -> tuple[bool, str]:
-    """One training step of ``probe`` in ``candidate``'s format, in a child process: (it ran, what happened)."""
+def run_probe(candidate: Candidate, device: torch.device, probe: Steps) -> tuple[bool, str]:
+    """One training step of each of ``probe``'s steps in ``candidate``'s format, in one child process: (they all
+    ran, what happened; a crash names the step it happened in)."""
+    steps = _steps(probe)
     env = dict(os.environ)
     env.pop(ISA_ENV, None)
     if candidate.isa_limit is not None:
         env[ISA_ENV] = candidate.isa_limit
     request = {"candidate": candidate.name, "precision": candidate.precision, "device": str(device),
-               "network": probe.network, "window": list(probe.window), "batch": probe.batch, "mode": probe.mode}
+               "steps": [{"network": s.network, "window": list(s.window), "batch": s.batch, "mode": s.mode}
+                         for s in steps]}
     try:
         done = subprocess.run([sys.executable, "-m", __name__, json.dumps(request)], env=env, capture_output=True,
                               text=True, timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        return False, f"did not finish a step within {PROBE_TIMEOUT_S:.0f} s"
-    if done.returncode == 0 and done.stdout.strip().startswith("ok"):
-        return True, done.stdout.strip().splitlines()[-1]
+        return False, f"did not finish {len(steps)} step(s) within {PROBE_TIMEOUT_S:.0f} s"
+    ran = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("ok ")]
+    if done.returncode == 0 and len(ran) == len(steps):
+        return True, f"ok {', '.join(ran)} s per step"
+    where = f" on {steps[len(ran)].describe()}" if len(steps) > 1 and len(ran) < len(steps) else ""
     if done.returncode < 0:
-        return False, f"crashed ({_signal_name(-done.returncode)})"
+        return False, f"crashed ({_signal_name(-done.returncode)}){where}"
     last = [line for line in (done.stderr or "").splitlines() if line.strip()]
-    return False, f"failed (exit status {done.returncode}{': ' + last[-1][:200] if last else ''})"
+    return False, f"failed{where} (exit status {done.returncode}{': ' + last[-1][:200] if last else ''})"
 
 
 def _probe_main(request: dict[str, Any]) -> int:
-    """The child's side: build the network, run one forward and backward pass, report ``ok <seconds>``."""
-    if request["candidate"] in {c.strip() for c in os.environ.get(FAULT_ENV, "").split(",")}:
-        os.kill(os.getpid(), signal.SIGSEGV)  # the test switch: this candidate's probe dies as the AMX one did
+    """The child's side: for each step, build the network, run one forward and backward pass, print ``ok
+    <seconds>`` at once (so a crash in a later step still tells which ran)."""
     from ..models.losses import segmentation_loss
     from ..models.network import UNet
 
+    faults = {c.strip() for c in os.environ.get(FAULT_ENV, "").split(",")}
     device = torch.device(request["device"])
-    model = UNet(**request["network"]).to(device)
-    window, batch = tuple(request["window"]), int(request["batch"])
-    x = torch.randn(batch, 1, *window, device=device)
-    channels = int(request["network"]["out_channels"])
-    if request["mode"] == "semantic":
-        target = torch.randint(0, channels, (batch, *window), device=device)
-    else:
-        target = (torch.rand(batch, channels, *window, device=device) > 0.5).float()
-    start = time.perf_counter()
-    with autocast_for(request["precision"], device):
-        logits = model(x)
-    loss = segmentation_loss(logits.float(), target, request["mode"])
-    loss.backward()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    if not torch.isfinite(loss):
-        print(f"the loss was {float(loss)}", file=sys.stderr)
-        return 3
-    print(f"ok {seconds:.2f} s per step")
+    for step in request["steps"]:
+        window, batch = tuple(int(w) for w in step["window"]), int(step["batch"])
+        size = "x".join(str(w) for w in window)
+        if request["candidate"] in faults or f"{request['candidate']}@{size}" in faults:
+            os.kill(os.getpid(), signal.SIGSEGV)  # the test switch: this probe dies as the AMX one did
+        model = UNet(**step["network"]).to(device)
+        x = torch.randn(batch, 1, *window, device=device)
+        channels = int(step["network"]["out_channels"])
+        if step["mode"] == "semantic":
+            target = torch.randint(0, channels, (batch, *window), device=device)
+        else:
+            target = (torch.rand(batch, channels, *window, device=device) > 0.5).float()
+        start = time.perf_counter()
+        with autocast_for(request["precision"], device):
+            logits = model(x)
+        loss = segmentation_loss(logits.float(), target, step["mode"])
+        loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        if not torch.isfinite(loss):
+            print(f"the loss was {float(loss)}", file=sys.stderr)
+            return 3
+        print(f"ok {seconds:.2f}", flush=True)
     return 0
 
 
@@ -305,9 +336,9 @@ def cache_folder() -> Path:
     return Path(user_cache_dir("napari-plantbio-train", appauthor=False))
 
 
-def _key(machine: Machine, device: torch.device, family: str) -> str:
+def _key(machine: Machine, device: torch.device, step: Probe) -> str:
     """Machine first, so ``fresh_process`` finds every verdict of this machine by prefix."""
-    return f"{json.dumps(dataclasses.asdict(machine), sort_keys=True)} {device.type} {family}"
+    return f"{json.dumps(dataclasses.asdict(machine), sort_keys=True)} {device.type} {step.key}"
 
 
 def _read_cache() -> dict[str, dict[str, Any]]:
@@ -319,9 +350,9 @@ def _read_cache() -> dict[str, dict[str, Any]]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_cache(key: str, verdict: Verdict) -> None:
+def _write_cache(keys: list[str], verdict: Verdict) -> None:
     data = _read_cache()
-    data[key] = verdict.to_dict()
+    data.update({key: verdict.to_dict() for key in keys})
     with contextlib.suppress(OSError):  # a read-only cache costs a probe next time, nothing else
         atomic_write_json(cache_folder() / VERDICTS_FILE, data)
 

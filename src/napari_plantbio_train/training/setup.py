@@ -23,7 +23,7 @@ from ..models.catalogue import step_seconds_logged
 from ..models.network import UNet
 from ..models.store import ModelRecord, ModelStore, ModelWriter
 from ..planning import network_for
-from ..planning.plan import Plan, auto_fields, make_plan, version_interval
+from ..planning.plan import Plan, auto_fields, make_plan, timed_steps, version_interval
 from ..runtime.hardware import Probe, Verdict, autocast_for, choose_precision, usable
 from ..runtime.memory import suggest_batch_size
 from .distributed import Rank, gather
@@ -188,16 +188,12 @@ def plan_job(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, stor
         stack = np.asarray(image)
         truth = np.asarray(labels)
         known = painted(config, truth[np.newaxis] if truth.ndim == 2 else truth)[1]
-        # The cheapest candidate is what the precision probe runs (a crash there costs a child process); the
-        # candidates are then timed in the format the probe found working.
+        # Every candidate the plan may time is probed first, together (a crash there costs a child process, and a
+        # format can crash on one window and run another); they are then timed in the format that ran them all.
         first = make_plan(config, stack, truth, device=device, precision="fp32", threads=threads, known=known,
                           measure=False)
-        probe_config = first.apply(config)
-        out_channels = 2 if config.mode == "instance" else max(2, len(first.fingerprint.shares or ()))
-        network = {**network_for(probe_config, stack.shape), "in_channels": 1, "out_channels": out_channels}
-        verdict = usable(choose_precision(config.precision, device,
-                                          Probe(network, tuple(probe_config.window), probe_config.batch_size,
-                                                config.mode)))
+        steps = [Probe(network, window, batch, config.mode) for network, window, batch in timed_steps(config, first)]
+        verdict = usable(choose_precision(config.precision, device, steps))
         plan = make_plan(config, stack, truth, device=device, precision=verdict.precision, threads=threads,
                          known=known, prints=first.fingerprint)
     if rank is not None:
