@@ -15,7 +15,12 @@ It prints each trial and, at the end, a self-contained snippet of plain torch fo
 says that nothing crashed here, as on CPUs without AMX). Each trial also runs with AMX off, to show the limit
 is what saves it.
 
-    .venv/bin/python benchmarks/amx_bf16_crash.py [--quick]
+With ``--product`` it checks the product instead: the command line trains a few iterations of the chloroplast
+job with ``--precision auto`` and a fresh verdict cache, on the plan's window and on windows AMX crashes on, each
+in a child process; every job must exit 0 and say the format it chose (2026-12-07: a verdict kept per network
+family let the 8x256x256 job crash with SIGSEGV; verdicts per step fixed it, see runtime/hardware.py).
+
+    .venv/bin/python benchmarks/amx_bf16_crash.py [--quick | --product]
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import platform
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import torch
 
@@ -166,12 +173,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="only the reported case and its layers")
+    parser.add_argument("--product", action="store_true", help="the command line's jobs on windows AMX crashes on")
     args = parser.parse_args()
     if args.child:
         child(json.loads(args.child))
         return 0
+    if args.product:
+        from napari_plantbio_train.runtime.hardware import cpu_model
+
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        print(f"torch {torch.__version__}, CPU {cpu_model()}, AMX {'yes' if amx else 'no'}, load average "
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+        return product()
+    from napari_plantbio_train.runtime.hardware import cpu_model
+
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    print(f"torch {torch.__version__}, CPU {platform.processor() or platform.machine()}, AMX {'yes' if amx else 'no'}, "
+    print(f"torch {torch.__version__}, CPU {cpu_model()}, AMX {'yes' if amx else 'no'}, "
           f"AVX512-BF16 {'yes' if torch.cpu._is_avx512_bf16_supported() else 'no'}", flush=True)
     case = REPORTED
     if not crashes(case, f"reported: {_case(case)}"):
@@ -190,6 +207,53 @@ def main() -> int:
           f"    UNet(**{case['network']!r}) on torch.randn(*{case['shape']!r}) (napari_plantbio_train.model), "
           "forward under bf16 autocast, backward")
     return 0
+
+
+PRODUCT_JOBS = {  # the command line's own fields; None: the plan's choice
+    "plan's defaults": [],
+    "8x256x256, stem 1, no flat levels (the reported case)": ["--window", "8,256,256", "--stem-stride", "1",
+                                                               "--flat-levels", "0"],
+    "4x256x256, stem 1": ["--window", "4,256,256", "--stem-stride", "1"],
+}
+
+
+def product() -> int:
+    """Each job in a child process, one after the other, sharing one fresh verdict cache (as a user's machine
+    would after the first job): exit status, the format and why, seconds per iteration."""
+    import tempfile
+
+    root = Path(__file__).resolve().parent.parent
+    data = root.parent / "shared" / "data" / "chloroplast3d"
+    failures = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "PLANTBIO_CACHE_DIR": str(Path(tmp) / "cache")}
+        env.pop("ONEDNN_MAX_CPU_ISA", None)
+        for number, (label, fields) in enumerate(PRODUCT_JOBS.items()):
+            command = [sys.executable, "-m", "napari_plantbio_train.cli", "train", "--image", str(data / "image.tif"),
+                       "--labels", str(data / "labels.tif"), "--mode", "instance", "--dims", "3d", "--name",
+                       f"amx-{number}", "--models-dir", str(Path(tmp) / "models"), "--iterations", "4",
+                       "--validate-every", "4", "--log-every", "1", "--time-limit", "15", *fields]
+            started = time.perf_counter()
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+            seconds = time.perf_counter() - started
+            said = [line for line in done.stdout.splitlines() + done.stderr.splitlines() if line.startswith("precision")]
+            pace = _pace(Path(tmp) / "models", f"amx-{number}")
+            outcome = "exit 0" if done.returncode == 0 else (
+                f"crashed ({_signal(-done.returncode)})" if done.returncode < 0 else f"exit {done.returncode}")
+            failures += done.returncode != 0
+            print(f"{label:<58} {outcome}, {seconds:.0f} s in all{pace}\n    {said[0] if said else '(no precision line)'}",
+                  flush=True)
+    return 1 if failures else 0
+
+
+def _pace(models: Path, name: str) -> str:
+    from napari_plantbio_train.models.catalogue import step_seconds_logged
+    from napari_plantbio_train.models.store import ModelStore
+
+    if not (models / name).is_dir():
+        return ""
+    seconds = step_seconds_logged(ModelStore(models), name)
+    return f", {seconds:.2f} s per iteration (median)" if seconds else ""
 
 
 def _case(case: dict) -> str:
