@@ -36,8 +36,8 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -337,7 +337,7 @@ def cache_folder() -> Path:
 
 
 def _key(machine: Machine, device: torch.device, step: Probe) -> str:
-    """Machine first, so ``fresh_process`` finds every verdict of this machine by prefix."""
+    """The machine, then the step: a verdict holds for this step on this machine, torch and GPU only."""
     return f"{json.dumps(dataclasses.asdict(machine), sort_keys=True)} {device.type} {step.key}"
 
 
