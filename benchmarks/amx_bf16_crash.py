@@ -178,18 +178,14 @@ def main() -> int:
     if args.child:
         child(json.loads(args.child))
         return 0
-    if args.product:
-        from napari_plantbio_train.runtime.hardware import cpu_model
-
-        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-        print(f"torch {torch.__version__}, CPU {cpu_model()}, AMX {'yes' if amx else 'no'}, load average "
-              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-        return product()
     from napari_plantbio_train.runtime.hardware import cpu_model
 
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     print(f"torch {torch.__version__}, CPU {cpu_model()}, AMX {'yes' if amx else 'no'}, "
-          f"AVX512-BF16 {'yes' if torch.cpu._is_avx512_bf16_supported() else 'no'}", flush=True)
+          f"AVX512-BF16 {'yes' if torch.cpu._is_avx512_bf16_supported() else 'no'}, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    if args.product:
+        return product()
     case = REPORTED
     if not crashes(case, f"reported: {_case(case)}"):
         print("the reported case does not crash on this machine: nothing to narrow down")
@@ -209,7 +205,7 @@ def main() -> int:
     return 0
 
 
-PRODUCT_JOBS = {  # the command line's own fields; None: the plan's choice
+PRODUCT_JOBS = {  # the command line's own fields beside data, mode and dims; none given: the plan's choices
     "plan's defaults": [],
     "8x256x256, stem 1, no flat levels (the reported case)": ["--window", "8,256,256", "--stem-stride", "1",
                                                                "--flat-levels", "0"],

@@ -181,7 +181,7 @@ def test_the_plan_probes_every_network_it_times_before_timing_any(tmp_path, cach
     labels[40:90, 40:90], labels[150:230, 120:200] = 1, 2
     config = TrainConfig(name="planned", mode="instance", dims="2d", base_channels=4, time_limit_min=1)
     steps = timed_steps(config, make_plan(config, image, labels, device=CPU, precision="fp32", measure=False))
-    windows = sorted({"x".join(map(str, window)) for _, window, _ in steps})
+    windows = sorted({"x".join(map(str, step.window)) for step in steps})
     assert len(steps) > 1 and len(windows) > 1  # candidates of more than one window: the case to prove
     monkeypatch.setenv(FAULT_ENV, f"bf16@{windows[-1]}")  # the largest window crashes with AMX, as 8x256x256 did
     plan_job(config, image, labels, store=ModelStore(tmp_path / "models"), resume=False, device=CPU, threads=1)

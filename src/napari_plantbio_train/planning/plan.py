@@ -26,6 +26,7 @@ import torch
 
 from ..job.config import ConfigError, TrainConfig
 from ..models.network import levels
+from ..runtime.hardware import Probe
 from .fingerprint import Fingerprint, fingerprint
 from .timing import TIMED_STEPS, step_seconds
 from .window import deepest, held_out_size, network_for, room_to_validate
@@ -203,13 +204,13 @@ def out_channels(config: TrainConfig, prints: Fingerprint) -> int:
     return 2 if config.mode == "instance" else max(2, len(prints.shares or ()))
 
 
-def timed_steps(config: TrainConfig, plan: Plan) -> list[tuple[dict[str, Any], tuple[int, ...], int]]:
-    """The training steps (network, window, batch) that measuring ``plan``'s candidates runs in this process: an
-    unmeasured plan's whole list. A number format must have run every one of them in a probe first, since it can
-    crash on one window and not another (runtime.hardware)."""
+def timed_steps(config: TrainConfig, plan: Plan) -> list[Probe]:
+    """The training steps that measuring ``plan``'s candidates runs in this process: an unmeasured plan's whole
+    list. A number format must have run every one of them in a probe first, since it can crash on one window and
+    not another (runtime.hardware)."""
     voxel = tuple(plan.values["voxel_size"])
     outputs = out_channels(config, plan.fingerprint)
-    return [(_network(c, config, outputs, voxel), c.window, c.batch_size) for c in plan.candidates]
+    return [Probe(_network(c, config, outputs, voxel), c.window, c.batch_size, config.mode) for c in plan.candidates]
 
 
 # ----- the choices --------------------------------------------------------------------------------------------

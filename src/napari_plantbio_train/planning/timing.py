@@ -22,7 +22,7 @@ import torch
 from ..io.files import atomic_write_json
 from ..models.losses import segmentation_loss
 from ..models.network import UNet
-from ..runtime.hardware import ISA_ENV, Machine, autocast_for, cache_folder
+from ..runtime.hardware import ISA_ENV, Machine, autocast_for, cache_folder, synthetic_batch
 
 TIMES_FILE = "step-times.json"
 TIMED_STEPS = 2
@@ -58,12 +58,7 @@ def _measure(network: dict[str, Any], window: tuple[int, ...], batch: int, mode:
         torch.manual_seed(0)
         model = UNet(**network).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        channels = int(network["out_channels"])
-        x = torch.randn(batch, 1, *window, device=device)
-        if mode == "semantic":
-            target = torch.randint(0, channels, (batch, *window), device=device)
-        else:
-            target = (torch.rand(batch, channels, *window, device=device) > 0.5).float()
+        x, target = synthetic_batch(network, window, batch, mode, device)
         autocast = autocast_for(precision, device)
         times, cpu = [], []
         for step in range(1 + TIMED_STEPS):

@@ -46,7 +46,8 @@ import torch
 from ..io.files import atomic_write_json
 from ..job.config import ConfigError
 from ..job.kinds import PRECISIONS
-from ..models.network import network_spec
+from ..models.losses import segmentation_loss
+from ..models.network import UNet, network_spec
 
 if TYPE_CHECKING:
     from ..job.config import TrainConfig
@@ -291,12 +292,20 @@ def run_probe(candidate: Candidate, device: torch.device, probe: Steps) -> tuple
     return False, f"failed{where} (exit status {done.returncode}{': ' + last[-1][:200] if last else ''})"
 
 
+def synthetic_batch(network: dict[str, Any], window: tuple[int, ...], batch: int, mode: str,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random input and targets of a training step's shapes: what a probe runs and the planner times (the kernels
+    a format picks depend on shapes, not on values)."""
+    channels = int(network["out_channels"])
+    x = torch.randn(batch, 1, *window, device=device)
+    if mode == "semantic":
+        return x, torch.randint(0, channels, (batch, *window), device=device)
+    return x, (torch.rand(batch, channels, *window, device=device) > 0.5).float()
+
+
 def _probe_main(request: dict[str, Any]) -> int:
     """The child's side: for each step, build the network, run one forward and backward pass, print ``ok
     <seconds>`` at once (so a crash in a later step still tells which ran)."""
-    from ..models.losses import segmentation_loss
-    from ..models.network import UNet
-
     faults = {c.strip() for c in os.environ.get(FAULT_ENV, "").split(",")}
     device = torch.device(request["device"])
     for step in request["steps"]:
@@ -305,12 +314,7 @@ def _probe_main(request: dict[str, Any]) -> int:
         if request["candidate"] in faults or f"{request['candidate']}@{size}" in faults:
             os.kill(os.getpid(), signal.SIGSEGV)  # the test switch: this probe dies as the AMX one did
         model = UNet(**step["network"]).to(device)
-        x = torch.randn(batch, 1, *window, device=device)
-        channels = int(step["network"]["out_channels"])
-        if step["mode"] == "semantic":
-            target = torch.randint(0, channels, (batch, *window), device=device)
-        else:
-            target = (torch.rand(batch, channels, *window, device=device) > 0.5).float()
+        x, target = synthetic_batch(step["network"], window, batch, step["mode"], device)
         start = time.perf_counter()
         with autocast_for(request["precision"], device):
             logits = model(x)

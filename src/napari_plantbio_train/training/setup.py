@@ -192,8 +192,7 @@ def plan_job(config: TrainConfig, image: np.ndarray, labels: np.ndarray, *, stor
         # format can crash on one window and run another); they are then timed in the format that ran them all.
         first = make_plan(config, stack, truth, device=device, precision="fp32", threads=threads, known=known,
                           measure=False)
-        steps = [Probe(network, window, batch, config.mode) for network, window, batch in timed_steps(config, first)]
-        verdict = usable(choose_precision(config.precision, device, steps))
+        verdict = usable(choose_precision(config.precision, device, timed_steps(config, first)))
         plan = make_plan(config, stack, truth, device=device, precision=verdict.precision, threads=threads,
                          known=known, prints=first.fingerprint)
     if rank is not None:
