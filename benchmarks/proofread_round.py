@@ -17,7 +17,8 @@ and, with ``--balance 1 1``, the whole left half besides; then it labels the rig
 this round's fixes and the queue's next entries first (what the user waits for), the whole stack afterwards
 (while they proofread), never over their fixes.
 Two ways to train each round (``--strategy``): ``continue`` the last version, or retrain from the ``base`` model
-on all corrections so far (round 1 is the same for both, and run once).
+on all corrections so far (round 1 is the same for both, and run once). ``--drift darker`` makes the right half's
+right half darker, flatter and noisier (_drift.py): tissue the first model never saw, with its truth unchanged.
 
 The bottom rows of the right half that hold ``--test-rows`` of its true objects are never shown to the users: no fix
 reaches them and no object that touches them is picked. Its scores follow the same set of true objects through every
@@ -55,6 +56,7 @@ import tifffile
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _drift import KINDS, drifted  # noqa: E402
 from _results import append  # noqa: E402
 from train_real import DATA, JOBS  # noqa: E402
 
@@ -232,6 +234,8 @@ def main() -> int:
                              "the first model's)")
     parser.add_argument("--first-model", type=Path, metavar="FOLDER",
                         help="a model this script trained on the left half before (its folder): skip that training")
+    parser.add_argument("--drift", choices=KINDS, default="none",
+                        help="make the right half's right half drift from the training part (_drift.py)")
     args = parser.parse_args()
     image = tifffile.imread(DATA / "chloroplast3d" / "image.tif")
     truth_all = tifffile.imread(DATA / "chloroplast3d" / "labels.tif")
@@ -240,6 +244,7 @@ def main() -> int:
     right = (slice(None), rows, slice(SPLIT_X, None if width is None else SPLIT_X + width))
     left_image, left_truth = np.ascontiguousarray(image[left]), np.ascontiguousarray(truth_all[left])
     image, truth = np.ascontiguousarray(image[right]), np.ascontiguousarray(truth_all[right])
+    image = drifted(image, args.drift, image.shape[-1] // 2)
     header = [f"=== {datetime.datetime.now().isoformat(timespec='seconds')} proofread_round {vars(args)}",
               f"load average before: {os.getloadavg()}"]
     print("\n".join(header), flush=True)
