@@ -21,9 +21,9 @@ being labelled (its nearest other objects, in the same units measured among them
 all of its objects are unlike the training ones, yet most of them are what they seem: on the chloroplast stack's
 right half made darker, flatter and noisier (benchmarks/queue_precision.py), the signs measured against training
 alone filled the queue's first 10 with drifted objects, 7 of them errors, where doubt alone found 9; with this
-rule the queue finds 10, and on the stack as it is 8, as doubt does. A lone object unlike everything (a bright
-blob pasted into new tissue, a merge among round objects) still comes first. With too few objects to tell, the
-training objects alone judge. The training side is
+rule the queue finds 10, and on the stack as it is 8, as doubt does. A lone object unlike everything (the tests'
+bright blob pasted into new tissue) still comes first. With too few objects to tell, the training objects alone
+judge. The training side is
 measured by the same functions here when a model trains and saved with it (model.json ``statistics``: plain
 lists), so labelling compares like with like.
 """
