@@ -200,6 +200,14 @@ def first_fields(recipe: str) -> dict:
     return dict(JOBS["chloroplast3d"]) if recipe == "hand" else dict(mode="instance", dims="3d")
 
 
+def train_first(name: str, image: np.ndarray, truth: np.ndarray, minutes: float, recipe: str,
+                models_dir: Path) -> None:
+    """The first model, on the left half: bounded by ``minutes`` alone, on every core (queue_precision.py's too)."""
+    job = TrainConfig(name=name, iterations=100_000, iteration_save=100_000, time_limit_min=minutes,
+                      workers=os.cpu_count() or 1, **first_fields(recipe))
+    run_to_end(train(job, image, truth, models_dir=models_dir))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-minutes", type=float, default=10.0)
@@ -257,9 +265,7 @@ def main() -> int:
         models_dir, base = args.first_model.parent, args.first_model.name
     else:
         models_dir, base = Path(tempfile.mkdtemp(prefix="plantbio-proofread-")), f"round-{stamp}"
-        first = TrainConfig(name=base, iterations=100_000, iteration_save=100_000, time_limit_min=args.train_minutes,
-                            workers=workers, **first_fields(args.recipe))
-        run_to_end(train(first, left_image, left_truth, models_dir=models_dir))
+        train_first(base, left_image, left_truth, args.train_minutes, args.recipe, models_dir)
     store = ModelStore(models_dir)
     settings = LabelSettings(overlap=args.overlap, block_voxels=args.block_voxels)
     window = store.record(base).window

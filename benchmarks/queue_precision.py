@@ -32,16 +32,14 @@ import tifffile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _drift import KINDS, drifted  # noqa: E402
 from _results import append  # noqa: E402
-from proofread_round import SPLIT_X, first_fields, real_errors  # noqa: E402
+from proofread_round import SPLIT_X, real_errors, train_first  # noqa: E402
 from train_real import DATA  # noqa: E402
 
 from napari_plantbio_train.evaluation.evaluate import evaluate  # noqa: E402
 from napari_plantbio_train.inference.label import LabelSettings, label_stack  # noqa: E402
 from napari_plantbio_train.inference.proofreading import with_queue  # noqa: E402
-from napari_plantbio_train.job.config import TrainConfig  # noqa: E402
 from napari_plantbio_train.job.events import run_to_end  # noqa: E402
 from napari_plantbio_train.runtime.hardware import cpu_model  # noqa: E402
-from napari_plantbio_train.training.loop import train  # noqa: E402
 
 SIGNS = ("doubt", "appearance", "shape", "novelty")
 RANKINGS = {"product queue": SIGNS, "doubt alone": ("doubt",), "appearance alone": ("appearance",),
@@ -84,11 +82,9 @@ def main() -> int:
         models_dir, base = args.first_model.parent, args.first_model.name
     else:
         models_dir, base = Path(tempfile.mkdtemp(prefix="plantbio-queue-")), f"queue-{int(time.time())}"
-        job = TrainConfig(name=base, iterations=100_000, iteration_save=100_000, time_limit_min=args.train_minutes,
-                          workers=os.cpu_count() or 1, **first_fields("defaults"))
         left = (slice(None), slice(None), slice(0, SPLIT_X))
-        run_to_end(train(job, np.ascontiguousarray(image[left]), np.ascontiguousarray(truth_all[left]),
-                         models_dir=models_dir))
+        train_first(base, np.ascontiguousarray(image[left]), np.ascontiguousarray(truth_all[left]),
+                    args.train_minutes, "defaults", models_dir)
     right = (slice(None), slice(None), slice(SPLIT_X, None))
     plain, truth = np.ascontiguousarray(image[right]), np.ascontiguousarray(truth_all[right])
     start = plain.shape[-1] // 2  # the drifted columns of the right half: its right half

@@ -113,8 +113,9 @@ def _discs(shape: tuple[int, int], centres: list[tuple[int, int]], radius: int) 
 
 def test_new_tissue_full_of_alike_objects_does_not_push_the_doubted_ones_back():
     """A region of darker tissue makes all of its objects unlike the training ones; alike among themselves, they
-    are mostly what they seem (benchmarks/queue_precision.py: the drift signs alone found 6 errors in 10 there,
-    doubt 9), so the objects the model doubts come first, and one object unlike everything still comes first."""
+    are mostly what they seem (benchmarks/queue_precision.py: with drift, the queue measured against the training
+    objects alone put 7 errors in its first 10, doubt alone 9), so the objects the model doubts come first, and
+    one object unlike everything still comes first."""
     rng = np.random.default_rng(0)
     centres = [(24 + 48 * r, 24 + 48 * c) for r in range(4) for c in range(8)]
     train_labels = _discs((192, 384), centres, 12)[np.newaxis]

@@ -229,12 +229,7 @@ class _Reference:
         scale = np.maximum(spread, np.asarray(floors, float))
         scaled = rows / scale
         tree = cKDTree(scaled)
-        if len(rows) > 1:
-            k = min(NEIGHBOURS, len(rows) - 1)
-            own = tree.query(scaled, k=k + 1)[0][:, 1:].reshape(len(rows), -1).mean(axis=1)
-            typical = float(max(np.percentile(own, TYPICAL), 1.0))
-        else:
-            typical = 1.0
+        typical = float(max(np.percentile(_nearest_others(tree, scaled), TYPICAL), 1.0)) if len(rows) > 1 else 1.0
         return cls(tree, centre, scale, typical)
 
     def distance(self, rows: np.ndarray) -> np.ndarray:
@@ -252,6 +247,12 @@ class _Reference:
         return (np.asarray(row, float) - self.centre) / self.scale
 
 
+def _nearest_others(tree: cKDTree, scaled: np.ndarray) -> np.ndarray:
+    """Each of the tree's own (scaled) rows' mean distance to its nearest other rows (two rows at least)."""
+    k = min(NEIGHBOURS, len(scaled) - 1)
+    return tree.query(scaled, k=k + 1)[0][:, 1:].reshape(len(scaled), -1).mean(axis=1)
+
+
 def _apart(rows: np.ndarray, floors: Sequence[float]) -> np.ndarray:
     """Each row's distance to its nearest *other* rows of the same stack, in units of the stack's own typical
     distance (infinite for all when there are too few rows to tell an outlier from the rest: then the training
@@ -260,8 +261,7 @@ def _apart(rows: np.ndarray, floors: Sequence[float]) -> np.ndarray:
     if len(rows) <= NEIGHBOURS + 1:
         return np.full(len(rows), np.inf)
     own = _Reference.of(rows, floors)
-    found = own.tree.query(rows / own.scale, k=NEIGHBOURS + 1)[0][:, 1:].mean(axis=1)  # type: ignore[union-attr]
-    return found / own.typical
+    return _nearest_others(own.tree, rows / own.scale) / own.typical  # type: ignore[arg-type]
 
 
 def unusual(ratio: np.ndarray | float) -> np.ndarray:
